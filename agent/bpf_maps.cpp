@@ -1,0 +1,133 @@
+#include "bpf_maps.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include <cstring>
+#include <functional>
+#include <span>
+#include <vector>
+
+namespace vpnmeter {
+namespace {
+
+constexpr uint32_t kBatchSize = 4096;
+
+Result<UniqueFd> open_pinned(const std::string& pin_path, const char* name)
+{
+    const std::string path = pin_path + "/" + name;
+    int fd = bpf_obj_get(path.c_str());
+    if (fd < 0) {
+        int err = errno;
+        if (err == ENOENT)
+            return Error{"no vpnmeter maps pinned at " + pin_path + " (" + path +
+                             " missing): is vpnmeterd running with this bpf.pin_path?",
+                         err};
+        return os_error("open pinned map " + path, err);
+    }
+    return UniqueFd(fd);
+}
+
+// Visits every entry of a per-CPU hash map: one key, its per-CPU values.
+template <class Key, class Value>
+Status for_each_percpu(int fd, int ncpus, const char* what,
+                       const std::function<void(const Key&, std::span<const Value>)>& visit)
+{
+    std::vector<Key> keys(kBatchSize);
+    std::vector<Value> values(static_cast<size_t>(kBatchSize) * ncpus);
+    uint64_t token = 0; // hash maps use a u32 bucket cursor; 8 bytes is room enough
+    LIBBPF_OPTS(bpf_map_batch_opts, opts);
+    for (bool first = true;; first = false) {
+        uint32_t count = kBatchSize;
+        int err = bpf_map_lookup_batch(fd, first ? nullptr : &token, &token, keys.data(), values.data(),
+                                       &count, &opts);
+        if (err && first && count == 0 && (err == -EINVAL || err == -ENOTSUP || err == -EOPNOTSUPP))
+            break; // no batch ops on this kernel: fall through to iteration
+        for (uint32_t i = 0; i < count; ++i)
+            visit(keys[i], std::span<const Value>(values.data() + static_cast<size_t>(i) * ncpus, ncpus));
+        if (err == -ENOENT) return ok();
+        if (err) return os_error(std::string("read ") + what + " (batch lookup)", err);
+    }
+    // Key iteration: slower, and an entry deleted meanwhile is simply skipped.
+    Key key{}, next{};
+    std::vector<Value> per_cpu(ncpus);
+    for (void* prev = nullptr; bpf_map_get_next_key(fd, prev, &next) == 0; prev = &key) {
+        key = next;
+        if (bpf_map_lookup_elem(fd, &key, per_cpu.data()) == 0) visit(key, per_cpu);
+    }
+    return ok();
+}
+
+} // namespace
+
+Result<PinnedMaps> PinnedMaps::open(const std::string& pin_path)
+{
+    PinnedMaps maps;
+    maps.ncpus_ = libbpf_num_possible_cpus();
+    if (maps.ncpus_ <= 0) return os_error("count possible CPUs", maps.ncpus_);
+    auto clients = open_pinned(pin_path, kClientsMap);
+    if (!clients) return clients.error();
+    auto ifaces = open_pinned(pin_path, kIfacesMap);
+    if (!ifaces) return ifaces.error();
+    auto links = open_pinned(pin_path, kLinksMap);
+    if (!links) return links.error();
+    maps.clients_ = std::move(clients.value());
+    maps.ifaces_ = std::move(ifaces.value());
+    maps.links_ = std::move(links.value());
+
+    bpf_map_info info{};
+    uint32_t len = sizeof info;
+    if (bpf_obj_get_info_by_fd(maps.clients_.get(), &info, &len))
+        return os_error("query " + pin_path + "/" + kClientsMap);
+    if (info.key_size != sizeof(vpnmeter_client_key) || info.value_size != sizeof(vpnmeter_client_counters))
+        return Error{pin_path + "/" + kClientsMap + " has an incompatible layout (from another vpnmeter version?)"};
+    maps.max_clients_ = info.max_entries;
+    return maps;
+}
+
+Result<CounterSnapshot> PinnedMaps::read()
+{
+    CounterSnapshot snapshot;
+    auto status = for_each_percpu<vpnmeter_client_key, vpnmeter_client_counters>(
+        clients_.get(), ncpus_, kClientsMap, [&](const auto& key, auto per_cpu) {
+            snapshot.clients[ClientKey::from_bpf(key)] = sum_per_cpu(per_cpu);
+        });
+    if (!status) return status.error();
+    status = for_each_percpu<uint32_t, vpnmeter_iface_counters>(
+        ifaces_.get(), ncpus_, kIfacesMap,
+        [&](const uint32_t& ifindex, auto per_cpu) { snapshot.interfaces[ifindex] = sum_per_cpu(per_cpu); });
+    if (!status) return status.error();
+    return snapshot;
+}
+
+Result<std::map<uint32_t, LinkRecord>> PinnedMaps::links() const
+{
+    std::map<uint32_t, LinkRecord> out;
+    uint32_t key = 0, next = 0;
+    for (void* prev = nullptr; bpf_map_get_next_key(links_.get(), prev, &next) == 0; prev = &key) {
+        key = next;
+        vpnmeter_link value{};
+        if (bpf_map_lookup_elem(links_.get(), &key, &value) == 0)
+            out[key] = {std::string(value.name, strnlen(value.name, sizeof value.name)), value.flags};
+    }
+    return out;
+}
+
+Status PinnedMaps::put_link(uint32_t ifindex, const LinkRecord& link)
+{
+    vpnmeter_link value{};
+    std::strncpy(value.name, link.name.c_str(), sizeof value.name - 1);
+    value.flags = link.flags;
+    if (bpf_map_update_elem(links_.get(), &ifindex, &value, BPF_ANY))
+        return os_error("record " + link.name + " in " + kLinksMap);
+    return ok();
+}
+
+Status PinnedMaps::erase_link(uint32_t ifindex)
+{
+    if (bpf_map_delete_elem(links_.get(), &ifindex) && errno != ENOENT)
+        return os_error("erase ifindex " + std::to_string(ifindex) + " from " + kLinksMap);
+    return ok();
+}
+
+} // namespace vpnmeter

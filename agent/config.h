@@ -1,0 +1,43 @@
+// The agent's YAML configuration: what the operator writes, validated.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace vpnmeter {
+
+// A bad config, located: "vpnmeter.yaml:4:13: collect.interval: expected ...".
+class ConfigError : public std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+struct Config {
+    std::string source = "<defaults>"; // the file it came from, for messages
+
+    // Names or globs ("tun*"): interfaces to meter, also ones that appear later.
+    std::vector<std::string> interfaces;
+    std::chrono::milliseconds collect_interval{1000};
+    uint32_t max_clients = 65536;
+    std::string pin_path = "/sys/fs/bpf/vpnmeter";
+    std::string storage_path = "/var/lib/vpnmeter";
+    std::string storage_timezone = "UTC";
+    std::string log_level = "info";
+    // Top-level sections this version does not handle yet, kept for a warning.
+    std::vector<std::string> unsupported_sections;
+};
+
+// Parses `text`, naming `source` in errors. Throws ConfigError.
+Config parse_config(const std::string& text, const std::string& source);
+// Reads and parses a file. Throws ConfigError (also when it can't be read).
+Config load_config(const std::string& path);
+
+// "1s", "500ms", "2m", "1h"; a bare number means seconds. Throws std::invalid_argument.
+std::chrono::milliseconds parse_duration(const std::string& text);
+
+// Whether an interface name matches one of the configured names or globs.
+bool interface_selected(const Config& config, const std::string& ifname);
+
+} // namespace vpnmeter

@@ -1,0 +1,95 @@
+// vpnmeterd: the metering daemon.
+#include <cstdio>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "datapath.h"
+
+using namespace vpnmeter;
+
+namespace {
+
+constexpr const char* kDefaultConfig = "/etc/vpnmeter/vpnmeter.yaml";
+
+Config load_or_exit(const std::string& path)
+{
+    try {
+        return load_config(path);
+    } catch (const ConfigError& e) {
+        std::fprintf(stderr, "vpnmeterd: %s\n", e.what());
+        std::exit(2);
+    }
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    CLI::App app{"vpnmeterd: per-client traffic accounting for VPN nodes.\n"
+                 "Counts bytes and packets per client address in the kernel (eBPF on tc) on the\n"
+                 "configured interfaces. Programs and pinned maps outlive the daemon, so counting\n"
+                 "continues while it restarts.",
+                 "vpnmeterd"};
+    std::string config_path = kDefaultConfig;
+    std::string pin_path;
+    bool detach = false;
+    bool check_only = false;
+    std::string log_level;
+    app.add_option("-c,--config", config_path, "YAML configuration file")->capture_default_str();
+    app.add_flag("--detach", detach,
+                 "remove the tc programs this agent attached and the maps it pinned, then exit "
+                 "(counters are lost); run it in the network namespace the agent ran in");
+    app.add_flag("--check-config", check_only, "validate the configuration file and exit");
+    app.add_option("--pin-path", pin_path, "override bpf.pin_path (with --detach: works without a config file)");
+    app.add_option("--log-level", log_level, "trace, debug, info, warn or error (overrides log.level)");
+    app.set_version_flag("--version", std::string("vpnmeterd ") + VPNMETER_VERSION);
+    CLI11_PARSE(app, argc, argv);
+
+    if (check_only) {
+        Config config = load_or_exit(config_path);
+        std::printf("%s: OK (%zu interface patterns, collect every %lld ms, max %u clients)\n", config.source.c_str(),
+                    config.interfaces.size(), static_cast<long long>(config.collect_interval.count()),
+                    config.max_clients);
+        return 0;
+    }
+
+    if (detach) {
+        if (pin_path.empty()) pin_path = load_or_exit(config_path).pin_path;
+        auto summary = detach_all(pin_path);
+        if (!summary) {
+            if (summary.error().code == ENOENT) {
+                std::printf("nothing pinned at %s; nothing to detach\n", pin_path.c_str());
+                return 0;
+            }
+            std::fprintf(stderr, "vpnmeterd --detach: %s\n", summary.error().message().c_str());
+            return 1;
+        }
+        std::fputs(summary->c_str(), stdout);
+        return 0;
+    }
+
+    Config config = load_or_exit(config_path);
+    if (!pin_path.empty()) config.pin_path = pin_path;
+    if (!log_level.empty()) config.log_level = log_level;
+    spdlog::set_level(spdlog::level::from_str(config.log_level));
+    spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+    route_libbpf_logs(spdlog::get_level() <= spdlog::level::debug);
+    for (const auto& section : config.unsupported_sections)
+        spdlog::warn("{}: section `{}` is not supported by this version and is ignored", config.source, section);
+
+    auto daemon = Daemon::start(std::move(config));
+    if (!daemon) {
+        spdlog::critical("{}", daemon.error().message());
+        return 1;
+    }
+    auto status = daemon.value()->run();
+    if (!status) {
+        spdlog::critical("{}", status.error().message());
+        return 1;
+    }
+    return 0;
+}

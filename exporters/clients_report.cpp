@@ -1,0 +1,95 @@
+#include "clients_report.h"
+
+#include <algorithm>
+#include <sstream>
+#include <vector>
+
+#include "format.h"
+
+namespace vpnmeter {
+namespace {
+
+std::string name_of(const InterfaceNames& names, uint32_t ifindex)
+{
+    auto it = names.find(ifindex);
+    return it != names.end() ? it->second : "if" + std::to_string(ifindex);
+}
+
+// Plain text columns: the first left-aligned, the rest right-aligned.
+std::string render(const std::vector<std::vector<std::string>>& rows)
+{
+    std::vector<size_t> width;
+    for (const auto& row : rows)
+        for (size_t i = 0; i < row.size(); ++i) {
+            if (width.size() <= i) width.push_back(0);
+            width[i] = std::max(width[i], row[i].size());
+        }
+    std::ostringstream out;
+    for (const auto& row : rows) {
+        for (size_t i = 0; i < row.size(); ++i) {
+            const std::string pad(width[i] - row[i].size(), ' ');
+            out << (i == 0 ? row[i] + pad : "  " + pad + row[i]);
+        }
+        out << '\n';
+    }
+    return out.str();
+}
+
+} // namespace
+
+nlohmann::json clients_json(const CounterSnapshot& snapshot, const InterfaceNames& names)
+{
+    auto interfaces = nlohmann::json::array();
+    for (const auto& [ifindex, t] : snapshot.interfaces)
+        interfaces.push_back({
+            {"name", name_of(names, ifindex)},
+            {"ifindex", ifindex},
+            {"upload_bytes", t.total.upload.bytes},
+            {"download_bytes", t.total.download.bytes},
+            {"upload_packets", t.total.upload.packets},
+            {"download_packets", t.total.download.packets},
+            {"unattributed_upload_bytes", t.unattributed.upload.bytes},
+            {"unattributed_download_bytes", t.unattributed.download.bytes},
+            {"unattributed_upload_packets", t.unattributed.upload.packets},
+            {"unattributed_download_packets", t.unattributed.download.packets},
+        });
+    auto clients = nlohmann::json::array();
+    for (const auto& [key, t] : snapshot.clients)
+        clients.push_back({
+            {"interface", name_of(names, key.ifindex)},
+            {"address", key.address()},
+            {"upload_bytes", t.upload.bytes},
+            {"download_bytes", t.download.bytes},
+            {"upload_packets", t.upload.packets},
+            {"download_packets", t.download.packets},
+        });
+    return {{"interfaces", interfaces}, {"clients", clients}};
+}
+
+std::string clients_table(const CounterSnapshot& snapshot, const InterfaceNames& names)
+{
+    std::vector<std::vector<std::string>> ifaces = {
+        {"INTERFACE", "UPLOAD", "DOWNLOAD", "UP PKTS", "DOWN PKTS", "UNATTRIBUTED UP", "UNATTRIBUTED DOWN"}};
+    for (const auto& [ifindex, t] : snapshot.interfaces)
+        ifaces.push_back({name_of(names, ifindex), human_bytes(t.total.upload.bytes),
+                          human_bytes(t.total.download.bytes), human_count(t.total.upload.packets),
+                          human_count(t.total.download.packets), human_bytes(t.unattributed.upload.bytes),
+                          human_bytes(t.unattributed.download.bytes)});
+
+    // Busiest clients first: that is what an operator looks for.
+    std::vector<std::pair<ClientKey, Traffic>> sorted(snapshot.clients.begin(), snapshot.clients.end());
+    std::stable_sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) {
+        return a.second.upload.bytes + a.second.download.bytes > b.second.upload.bytes + b.second.download.bytes;
+    });
+    std::vector<std::vector<std::string>> clients = {
+        {"CLIENT", "INTERFACE", "UPLOAD", "DOWNLOAD", "UP PKTS", "DOWN PKTS"}};
+    for (const auto& [key, t] : sorted)
+        clients.push_back({key.address(), name_of(names, key.ifindex), human_bytes(t.upload.bytes),
+                           human_bytes(t.download.bytes), human_count(t.upload.packets),
+                           human_count(t.download.packets)});
+    std::string out = render(ifaces) + "\n";
+    out += sorted.empty() ? "no clients seen yet\n" : render(clients);
+    return out;
+}
+
+} // namespace vpnmeter

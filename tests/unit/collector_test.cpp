@@ -1,0 +1,94 @@
+#include <catch2/catch.hpp>
+
+#include <deque>
+
+#include "collector.h"
+
+using namespace vpnmeter;
+
+namespace {
+
+// Hands out prepared snapshots, one per read.
+class FakeSource : public CounterSource {
+public:
+    std::deque<Result<CounterSnapshot>> reads;
+    Result<CounterSnapshot> read() override
+    {
+        auto next = std::move(reads.front());
+        reads.pop_front();
+        return next;
+    }
+};
+
+const ClientKey alice = ClientKey::parse(5, "10.8.0.2");
+const ClientKey bob = ClientKey::parse(5, "fd00:8::1000");
+
+} // namespace
+
+TEST_CASE("the collector reports what moved since the last read", "[collector]")
+{
+    FakeSource source;
+    CounterSnapshot first;
+    first.clients[alice] = {{1, 100}, {2, 300}};
+    first.interfaces[5] = {{{1, 100}, {2, 300}}, {}};
+    CounterSnapshot second = first;
+    second.clients[alice].upload = {3, 400};
+    second.clients[bob] = {{0, 0}, {1, 80}};
+    second.interfaces[5].total = {{3, 400}, {3, 380}};
+    source.reads.push_back(first);
+    source.reads.push_back(second);
+    source.reads.push_back(second);
+
+    Collector collector(source);
+    auto c1 = collector.collect();
+    REQUIRE(c1);
+    CHECK(c1->delta.clients.at(alice) == first.clients[alice]); // no baseline: all is new
+
+    auto c2 = collector.collect();
+    REQUIRE(c2);
+    CHECK(c2->delta.clients.size() == 2);
+    CHECK(c2->delta.clients.at(alice) == Traffic{{2, 300}, {0, 0}});
+    CHECK(c2->delta.clients.at(bob) == Traffic{{0, 0}, {1, 80}});
+    CHECK(c2->delta.interfaces.at(5).total == Traffic{{2, 300}, {1, 80}});
+
+    auto c3 = collector.collect();
+    REQUIRE(c3);
+    CHECK(c3->delta.clients.empty()); // nothing moved, nothing reported
+    CHECK(c3->delta.interfaces.empty());
+}
+
+TEST_CASE("a baseline from a checkpoint is not counted again", "[collector]")
+{
+    FakeSource source;
+    CounterSnapshot checkpoint;
+    checkpoint.clients[alice] = {{10, 1000}, {10, 1000}};
+    CounterSnapshot now = checkpoint;
+    now.clients[alice].download = {11, 1500};
+    source.reads.push_back(now);
+
+    Collector collector(source, checkpoint);
+    auto cycle = collector.collect();
+    REQUIRE(cycle);
+    CHECK(cycle->delta.clients.at(alice) == Traffic{{0, 0}, {1, 500}});
+}
+
+TEST_CASE("a failed read changes nothing", "[collector]")
+{
+    FakeSource source;
+    CounterSnapshot first;
+    first.clients[alice] = {{1, 100}, {0, 0}};
+    CounterSnapshot later = first;
+    later.clients[alice].upload = {2, 250};
+    source.reads.push_back(first);
+    source.reads.push_back(Error{"read vpnmeter_clients", EIO});
+    source.reads.push_back(later);
+
+    Collector collector(source);
+    REQUIRE(collector.collect());
+    auto failed = collector.collect();
+    REQUIRE_FALSE(failed);
+    CHECK(failed.error().message() == "read vpnmeter_clients: Input/output error");
+    auto cycle = collector.collect();
+    REQUIRE(cycle);
+    CHECK(cycle->delta.clients.at(alice) == Traffic{{1, 150}, {0, 0}}); // nothing lost over the failure
+}

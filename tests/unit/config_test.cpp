@@ -116,3 +116,10 @@ TEST_CASE("interface globs", "[config]")
     CHECK_FALSE(interface_selected(c, "wg1"));
     CHECK_FALSE(interface_selected(c, "eth0"));
 }
+
+TEST_CASE("the shipped example config is valid", "[config]")
+{
+    const Config c = load_config(VPNMETER_SOURCE_DIR "/config/vpnmeter.yaml");
+    CHECK(c.interfaces == std::vector<std::string>{"tun*"});
+    CHECK(c.pin_path == "/sys/fs/bpf/vpnmeter");
+}

@@ -1,0 +1,58 @@
+// Attributes counter deltas to sessions and users: the billing logic.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "collector.h"
+#include "session.h"
+#include "store/store.h"
+
+namespace vpnmeter {
+
+// The sessions an identity source reports as connected right now, for the
+// instances whose source answered this cycle. An instance missing here
+// (source down) keeps its sessions as they were: no answer is not a
+// disconnect.
+using ConnectedSessions = std::map<std::string, std::vector<Session>>;
+
+// Devices as the reconciler needs them: name -> current ifindex (to key a
+// session's addresses), ifindex -> name (to label unattributed bytes; may
+// include devices that are gone).
+struct Interfaces {
+    std::map<std::string, uint32_t> ifindex_by_name;
+    std::map<uint32_t, std::string> name_by_ifindex;
+};
+
+// Rules (docs/architecture.md, "Accounting rules"):
+// - each address's delta goes to the session that held the address during
+//   the cycle, else to its interface's unattributed bucket;
+// - a session that ended is closed at the value read in the cycle that saw
+//   it end; a new session on the address starts from that value;
+// - sum over sessions + unattributed == the interface totals, to the byte.
+class Reconciler {
+public:
+    // Resumes ownership from the last checkpoint and the sessions still open
+    // in the store.
+    Reconciler(const std::optional<Checkpoint>& checkpoint, const std::vector<Session>& open_sessions);
+
+    // One cycle: counters moved in `counters`, sessions connected now.
+    // Returns what to commit; call accept() once it is committed.
+    CycleCommit plan(const Cycle& counters, const ConnectedSessions& connected, const Interfaces& interfaces,
+                     int64_t now) const;
+    void accept(const CycleCommit& committed);
+
+    const std::map<std::string, Session>& active() const { return active_; }
+    const std::map<ClientKey, AddressCheckpoint>& addresses() const { return addresses_; }
+
+private:
+    std::map<std::string, Session> active_;           // by session id
+    std::map<ClientKey, AddressCheckpoint> addresses_; // raw value last accounted + owner
+};
+
+// Session id: stable across agent restarts.
+std::string session_id(const std::string& instance, const std::string& client, int64_t connected_since);
+
+} // namespace vpnmeter

@@ -213,9 +213,9 @@ Result<std::string> detach_all(const std::string& pin_path)
             if (removed.value()) summary += "detached " + std::string(hook.name) + " from " + link.name + "\n";
         }
         if (link.flags & VPNMETER_LINK_CREATED_CLSACT) {
-            const int left = filters_on(sock->get(), ifindex, TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)) +
-                             filters_on(sock->get(), ifindex, TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS));
-            if (left == 0) {
+            const int in = filters_on(sock->get(), ifindex, TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS));
+            const int out = filters_on(sock->get(), ifindex, TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS));
+            if (in == 0 && out == 0) { // -1 is "could not tell": keep the qdisc
                 LIBBPF_OPTS(bpf_tc_hook, qdisc, .ifindex = static_cast<int>(ifindex),
                             .attach_point = static_cast<bpf_tc_attach_point>(BPF_TC_INGRESS | BPF_TC_EGRESS));
                 if (int err = bpf_tc_hook_destroy(&qdisc); err && err != -ENOENT)

@@ -7,13 +7,15 @@ removed on close(), at exit, and on SIGTERM/SIGINT.
 
 from .netns import (LabError, Namespace, add_address, bridge, cleanup_all,
                     own_namespaces, stop_process, stop_processes,
-                    veth_pair)
+                    sweep_stale, veth_pair)
 from .openvpn import OpenVpnLab, VpnClient, log_tail
 from .pki import Pki, make_pki
 from .traffic import IperfResult, run_client, start_server
 
 __all__ = [
     "LabError", "Namespace", "add_address", "bridge", "cleanup_all",
-    "own_namespaces", "stop_process", "stop_processes", "veth_pair", "OpenVpnLab", "VpnClient",
-    "log_tail", "Pki", "make_pki", "IperfResult", "run_client", "start_server",
+    "own_namespaces", "stop_process", "stop_processes",
+    "sweep_stale", "veth_pair",
+    "OpenVpnLab", "VpnClient", "log_tail", "Pki", "make_pki",
+    "IperfResult", "run_client", "start_server",
 ]

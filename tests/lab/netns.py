@@ -14,8 +14,11 @@ import ctypes
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 
@@ -55,7 +58,7 @@ def cleanup_all() -> None:
         try:
             obj.close()
         except Exception as exc:  # keep cleaning the rest
-            print(f"lab cleanup: {obj!r}: {exc}", flush=True)
+            print(f"lab cleanup: {obj!r}: {exc}", file=sys.stderr, flush=True)
     sweep_own_namespaces()
 
 
@@ -76,15 +79,45 @@ def sweep_own_namespaces() -> None:
                        timeout=10)
 
 
+def _dead(pid: str) -> bool:
+    return pid.isdigit() and not os.path.exists(f"/proc/{pid}")
+
+
+def sweep_stale() -> list[str]:
+    """Remove what SIGKILLed runs left: their vpnm-<pid>-* namespaces and
+    vpnm-lab-<pid>-* temp dirs.  Runs of live processes are left alone.
+    Returns what was removed.
+    """
+    done = []
+    names = os.listdir(NETNS_DIR) if os.path.isdir(NETNS_DIR) else []
+    for name in names:
+        parts = name.split("-")
+        if len(parts) >= 3 and parts[0] == PREFIX and _dead(parts[1]):
+            _kill_ns_pids(name)
+            subprocess.run(["ip", "netns", "del", name], capture_output=True,
+                           timeout=10)
+            done.append(name)
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        parts = name.split("-")
+        if name.startswith(f"{PREFIX}-lab-") and len(parts) >= 4 \
+                and _dead(parts[2]):
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+            done.append(os.path.join(tmp, name))
+    return done
+
+
 def _on_signal(signum, frame):
     # Ignore repeats while cleaning so a second Ctrl-C cannot cut it short.
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, signal.SIG_IGN)
+    print(f"lab: {signal.Signals(signum).name}, cleaning up", file=sys.stderr,
+          flush=True)
     try:
         cleanup_all()
-    finally:
-        for s, h in _prev_handlers.items():
-            signal.signal(s, h)
+    finally:  # stay armed: the process may go on (and build another lab)
+        for s in _prev_handlers:
+            signal.signal(s, _on_signal)
     prev = _prev_handlers.get(signum)
     if callable(prev) and prev is not signal.default_int_handler:
         return prev(signum, frame)
@@ -227,6 +260,8 @@ class Namespace:
         """Start a long-running process inside; it is stopped by close().
 
         log: file to append stdout+stderr to (default: discarded).
+        keep_mounts: start via nsenter_argv() instead of `ip netns exec`
+        (for the agent, which needs the host's bpffs and cgroup mounts).
         """
         if self.closed:
             raise LabError(f"{self.name} is closed")

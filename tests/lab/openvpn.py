@@ -75,6 +75,10 @@ class OpenVpnLab:
     """Server + clients over a bridged underlay; see module docstring.
 
     Use as a context manager, or call start() and close() yourself.
+    proto: "udp" or "tcp-server".  static_ips: fixed per-CN VPN addresses
+    (client-config-dir) instead of pool order.  keep: leave the temp dir
+    (configs, logs, status file) for inspection.  UDP clients notify the
+    server on exit, but it keeps the instance ~5 s more ("Delayed exit").
     """
 
     def __init__(self, clients=("alice", "bob", "carol"), *,
@@ -85,16 +89,19 @@ class OpenVpnLab:
                  server_extra=(), client_extra=()):
         if status_version not in (1, 2, 3):
             raise ValueError("status_version must be 1, 2 or 3")
-        if not proto.startswith(("udp", "tcp")):
-            raise ValueError(f"unsupported proto {proto!r}")
+        if proto not in ("udp", "tcp", "tcp-server"):
+            raise ValueError(f"proto must be udp or tcp-server, not {proto!r}")
         self.client_names = list(clients)
-        self.proto, self.port, self.ipv6 = proto, port, ipv6
-        self.udp = proto.startswith("udp")
+        self.udp = proto == "udp"
+        self.proto = "udp" if self.udp else "tcp-server"
+        self.port, self.ipv6 = port, ipv6
         self.management_port = management_port
-        self.status_version, self.status_interval = status_version, status_interval
+        self.status_version = status_version
+        self.status_interval = status_interval
         self.tls_crypt, self.keep = tls_crypt, keep
         self.static_ips = static_ips
-        self.server_extra, self.client_extra = list(server_extra), list(client_extra)
+        self.server_extra = list(server_extra)  # raw config lines
+        self.client_extra = list(client_extra)
         self.server_vpn_ipv4 = SERVER_VPN_IPV4
         self.server_vpn_ipv6 = SERVER_VPN_IPV6 if ipv6 else None
         self.workdir: str | None = None
@@ -190,12 +197,9 @@ class OpenVpnLab:
                             f"{SERVER_VPN_IPV6}\n")
 
     def _server_config(self) -> str:
-        proto = self.proto if self.udp else self.proto.replace("-client", "")
-        if not self.udp and not proto.endswith("-server"):
-            proto += "-server"
         lines = [
             "dev tun0", "dev-type tun", "topology subnet",
-            f"proto {proto}", f"local {SERVER_UNDERLAY}", f"port {self.port}",
+            f"proto {self.proto}", f"local {SERVER_UNDERLAY}", f"port {self.port}",
             f"server {VPN_NET} {VPN_MASK}",
             *([f"server-ipv6 {VPN6_NET}"] if self.ipv6 else []),
             *self._keys(self.pki.server_cert, self.pki.server_key),
@@ -310,14 +314,16 @@ class OpenVpnLab:
             if self.server_proc is None or self.server_proc.poll() is not None:
                 raise LabError(f"openvpn server is not running:\n"
                                f"{log_tail(self.server_log)}")
-            pending = {n for n in pending if not self._client_ready(self.clients[n])}
+            pending = {n for n in pending
+                       if not self._client_ready(self.clients[n])}
             if not pending:
                 break
             if time.monotonic() > deadline:
                 msg = [f"clients not connected after {timeout}s: "
                        f"{sorted(pending)}"]
                 for n in sorted(pending):
-                    msg.append(f"--- {n} log tail:\n{log_tail(self.clients[n].log)}")
+                    msg.append(f"--- {n} log tail:\n"
+                               f"{log_tail(self.clients[n].log)}")
                 msg.append(f"--- server log tail:\n{log_tail(self.server_log)}")
                 raise LabError("\n".join(msg))
             time.sleep(0.1)

@@ -15,9 +15,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
-from .netns import LabError, own_namespaces
+from .netns import LabError, own_namespaces, sweep_stale
 from .openvpn import OpenVpnLab
 from .traffic import run_client, start_server
 
@@ -122,18 +123,18 @@ def signal_test() -> None:
             [sys.executable, "-m", "tests.lab.selftest", "--hold", "60"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             cwd=REPO)
+        watchdog = threading.Timer(90, child.kill)  # readline must not hang
+        watchdog.start()
         try:
-            deadline = time.monotonic() + 30
-            line = ""
-            while not line.startswith("lab up") and time.monotonic() < deadline:
+            line = "-"
+            while line and not line.startswith("lab up"):
                 line = child.stdout.readline()
-                check(line != "" or child.poll() is None,
-                      "child exited before the lab was up")
-            check(line.startswith("lab up"), "child lab not up in 30s")
+            check(line.startswith("lab up"), "child exited before lab was up")
             check(leftovers(child.pid) != [], "child lab not visible")
             child.send_signal(sig)
             rc = child.wait(timeout=30)
         finally:
+            watchdog.cancel()
             if child.poll() is None:
                 child.kill()
                 child.wait()
@@ -156,6 +157,9 @@ def main(argv=None) -> int:
         print("selftest: needs root (network namespaces)", file=sys.stderr)
         return 2
     t0 = time.monotonic()
+    stale = sweep_stale()
+    if stale:
+        print(f"removed leftovers of dead runs: {stale}")
     try:
         run(args)
         if args.signal_test:

@@ -69,10 +69,13 @@ Result<PinnedMaps> PinnedMaps::open(const std::string& pin_path)
     if (!clients) return clients.error();
     auto ifaces = open_pinned(pin_path, kIfacesMap);
     if (!ifaces) return ifaces.error();
+    auto ifaces_more = open_pinned(pin_path, kIfacesMoreMap);
+    if (!ifaces_more) return ifaces_more.error();
     auto links = open_pinned(pin_path, kLinksMap);
     if (!links) return links.error();
     maps.clients_ = std::move(clients.value());
     maps.ifaces_ = std::move(ifaces.value());
+    maps.ifaces_more_ = std::move(ifaces_more.value());
     maps.links_ = std::move(links.value());
 
     bpf_map_info info{};
@@ -93,10 +96,19 @@ Result<CounterSnapshot> PinnedMaps::read()
             snapshot.clients[ClientKey::from_bpf(key)] = sum_per_cpu(per_cpu);
         });
     if (!status) return status.error();
-    status = for_each_percpu<uint32_t, vpnmeter_iface_counters>(
-        ifaces_.get(), ncpus_, kIfacesMap,
-        [&](const uint32_t& ifindex, auto per_cpu) { snapshot.interfaces[ifindex] = sum_per_cpu(per_cpu); });
-    if (!status) return status.error();
+    // Every array slot exists; the ones no packet touched are not interfaces.
+    auto add_interface = [&](const uint32_t& ifindex, auto per_cpu) {
+        InterfaceTraffic traffic = sum_per_cpu(per_cpu);
+        if (traffic != InterfaceTraffic{}) snapshot.interfaces[ifindex] = traffic;
+    };
+    for (auto [fd, name] : {std::pair{ifaces_.get(), kIfacesMap}, std::pair{ifaces_more_.get(), kIfacesMoreMap}}) {
+        status = for_each_percpu<uint32_t, vpnmeter_iface_counters>(fd, ncpus_, name, add_interface);
+        if (!status) return status.error();
+    }
+    // Attached devices show up even before their first packet.
+    if (auto registry = links())
+        for (const auto& [ifindex, link] : registry.value())
+            if (link.flags & (VPNMETER_LINK_INGRESS | VPNMETER_LINK_EGRESS)) snapshot.interfaces.try_emplace(ifindex);
     return snapshot;
 }
 

@@ -13,7 +13,8 @@ namespace vpnmeter {
 
 // Map names; the pinned files are <pin_path>/<name>.
 inline constexpr const char* kClientsMap = "vpnmeter_clients";
-inline constexpr const char* kIfacesMap = "vpnmeter_ifaces";
+inline constexpr const char* kIfacesMap = "vpnmeter_ifaces";          // array by ifindex
+inline constexpr const char* kIfacesMoreMap = "vpnmeter_ifaces_more"; // hash, ifindex >= VPNMETER_MAX_LINKS
 inline constexpr const char* kLinksMap = "vpnmeter_links";
 
 // One entry of the attach registry (vpnmeter_links).
@@ -48,7 +49,7 @@ public:
 
 private:
     PinnedMaps() = default;
-    UniqueFd clients_, ifaces_, links_;
+    UniqueFd clients_, ifaces_, ifaces_more_, links_;
     int ncpus_ = 0;
     uint32_t max_clients_ = 0;
 };

@@ -3,7 +3,11 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <linux/pkt_sched.h>
+#include <linux/ethtool.h>
+#include <linux/sockios.h>
 #include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -78,6 +82,20 @@ Result<bool> detach_hook(uint32_t ifindex, const Hook& hook)
     return true;
 }
 
+// Whether the device takes GSO packets whole (TSO), or the kernel cuts them
+// into segments for it (tun without offloads): then each segment is a
+// packet with its own headers in the device's counters.
+bool offloads_segmentation(const std::string& ifname)
+{
+    UniqueFd sock(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    ifreq request{};
+    ethtool_value value{};
+    value.cmd = ETHTOOL_GTSO;
+    std::strncpy(request.ifr_name, ifname.c_str(), IFNAMSIZ - 1);
+    request.ifr_data = reinterpret_cast<char*>(&value);
+    return sock.valid() && ioctl(sock.get(), SIOCETHTOOL, &request) == 0 && value.data;
+}
+
 int libbpf_log(enum libbpf_print_level level, const char* format, va_list args)
 {
     static bool debug = false;
@@ -123,7 +141,7 @@ Result<Datapath> Datapath::load(const DatapathOptions& options)
     if (!dp.skel_) return os_error("open BPF skeleton");
 
     bpf_map* maps[] = {dp.skel_->maps.vpnmeter_clients, dp.skel_->maps.vpnmeter_ifaces,
-                       dp.skel_->maps.vpnmeter_links};
+                       dp.skel_->maps.vpnmeter_ifaces_more, dp.skel_->maps.vpnmeter_links};
     for (bpf_map* map : maps) {
         const std::string path = options.pin_path + "/" + bpf_map__name(map);
         if (int err = bpf_map__set_pin_path(map, path.c_str()); err) return os_error("set pin path " + path, err);
@@ -157,14 +175,7 @@ Status Datapath::attach(uint32_t ifindex, const std::string& ifname)
                        strncmp(link.name, ifname.c_str(), sizeof link.name) == 0;
     uint32_t flags = known ? (link.flags & VPNMETER_LINK_CREATED_CLSACT) : 0;
 
-    // A zeroed totals entry up front, so the datapath never has to insert
-    // one. Per-CPU map: the value is one struct per possible CPU.
-    const int ncpus = libbpf_num_possible_cpus();
-    if (ncpus <= 0) return os_error("count possible CPUs", ncpus);
-    const std::vector<vpnmeter_iface_counters> zeros(static_cast<size_t>(ncpus));
-    if (int err = bpf_map_update_elem(bpf_map__fd(skel_->maps.vpnmeter_ifaces), &ifindex, zeros.data(), BPF_NOEXIST);
-        err && err != -EEXIST)
-        return os_error("add totals entry for " + ifname, err);
+    if (!offloads_segmentation(ifname)) flags |= VPNMETER_LINK_SEGMENTS;
 
     const int prog_fds[] = {bpf_program__fd(skel_->progs.meter_ingress), bpf_program__fd(skel_->progs.meter_egress)};
     for (size_t i = 0; i < std::size(kHooks); ++i) {
@@ -226,7 +237,7 @@ Result<std::string> detach_all(const std::string& pin_path)
             }
         }
     }
-    for (const char* name : {kClientsMap, kIfacesMap, kLinksMap}) {
+    for (const char* name : {kClientsMap, kIfacesMap, kIfacesMoreMap, kLinksMap}) {
         const std::string path = pin_path + "/" + name;
         if (unlink(path.c_str()) != 0 && errno != ENOENT) return os_error("unpin " + path);
     }

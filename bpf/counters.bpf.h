@@ -14,14 +14,23 @@ struct {
 	__type(value, struct vpnmeter_client_counters);
 } vpnmeter_clients SEC(".maps");
 
+/* Interface totals by ifindex: an array lookup is inlined by the verifier. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, VPNMETER_MAX_LINKS);
 	__type(key, __u32);
 	__type(value, struct vpnmeter_iface_counters);
 } vpnmeter_ifaces SEC(".maps");
 
-/* Written by the agent only; declared here so it is pinned with the rest. */
+/* ... and for the rare ifindex past the array. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, VPNMETER_MAX_LINKS);
+	__type(key, __u32);
+	__type(value, struct vpnmeter_iface_counters);
+} vpnmeter_ifaces_more SEC(".maps");
+
+/* Written by the agent only (read here for per-device flags). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, VPNMETER_MAX_LINKS);
@@ -30,17 +39,17 @@ struct {
 } vpnmeter_links SEC(".maps");
 
 /**
- * count() - add one packet of @len bytes to @c.
+ * count() - add @packets packets of @bytes bytes in all to @c.
  */
-static __always_inline void count(struct vpnmeter_count *c, __u32 len)
+static __always_inline void count(struct vpnmeter_count *c, __u32 packets, __u32 bytes)
 {
-	c->packets += 1;
-	c->bytes += len;
+	c->packets += packets;
+	c->bytes += bytes;
 }
 
 /**
- * lookup_or_insert() - find @key in the per-CPU @map, adding a zeroed entry
- * when missing.
+ * lookup_or_insert() - find @key in the per-CPU hash @map, adding a zeroed
+ * entry when missing.
  *
  * BPF_NOEXIST lets two CPUs race to insert: the loser sees -EEXIST and
  * simply looks the winner's entry up.
@@ -56,4 +65,16 @@ static __always_inline void *lookup_or_insert(void *map, const void *key,
 		return value;
 	bpf_map_update_elem(map, key, zero, BPF_NOEXIST);
 	return bpf_map_lookup_elem(map, key);
+}
+
+/**
+ * iface_counters() - this CPU's totals of interface @ifindex.
+ */
+static __always_inline struct vpnmeter_iface_counters *iface_counters(__u32 ifindex)
+{
+	const struct vpnmeter_iface_counters zero = {};
+
+	if (ifindex < VPNMETER_MAX_LINKS)
+		return bpf_map_lookup_elem(&vpnmeter_ifaces, &ifindex);
+	return lookup_or_insert(&vpnmeter_ifaces_more, &ifindex, &zero);
 }

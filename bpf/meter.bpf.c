@@ -13,26 +13,48 @@
 
 #define TC_ACT_UNSPEC (-1)
 
+/*
+ * What the device will count for this packet. A GSO packet on a device
+ * without TSO is cut into segments after tc, each with its own headers, and
+ * the device counts the segments: so do we, or the sums would not match.
+ */
+static __always_inline void device_size(struct __sk_buff *skb, int l3, __u32 *packets,
+					__u32 *bytes)
+{
+	__u32 ifindex = skb->ifindex, segs = skb->gso_segs;
+	struct vpnmeter_link *link;
+
+	*packets = 1;
+	*bytes = skb->len;
+	if (segs <= 1)
+		return;
+	link = bpf_map_lookup_elem(&vpnmeter_links, &ifindex);
+	if (!link || !(link->flags & VPNMETER_LINK_SEGMENTS))
+		return;
+	*packets = segs;
+	*bytes += (segs - 1) * segment_headers(skb, l3);
+}
+
 static __always_inline int meter(struct __sk_buff *skb, int dir)
 {
-	const struct vpnmeter_iface_counters iface_zero = {};
 	const struct vpnmeter_client_counters client_zero = {};
 	struct vpnmeter_client_key key = {};
 	struct vpnmeter_iface_counters *iface;
 	struct vpnmeter_client_counters *client = NULL;
-	__u32 ifindex = skb->ifindex;
-	__u32 len = skb->len;
+	int l3 = network_offset(skb);
+	__u32 packets, bytes;
 
-	if (client_key_of(skb, dir, &key))
+	device_size(skb, l3, &packets, &bytes);
+	if (client_key_of(skb, dir, l3, &key))
 		client = lookup_or_insert(&vpnmeter_clients, &key, &client_zero);
 	if (client)
-		count(&client->dir[dir], len);
+		count(&client->dir[dir], packets, bytes);
 
-	iface = lookup_or_insert(&vpnmeter_ifaces, &ifindex, &iface_zero);
+	iface = iface_counters(skb->ifindex);
 	if (iface) {
-		count(&iface->total[dir], len);
+		count(&iface->total[dir], packets, bytes);
 		if (!client)
-			count(&iface->unattributed[dir], len);
+			count(&iface->unattributed[dir], packets, bytes);
 	}
 	return TC_ACT_UNSPEC;
 }

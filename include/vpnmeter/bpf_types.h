@@ -14,7 +14,11 @@
 #endif
 
 #define VPNMETER_DEFAULT_MAX_CLIENTS 65536
-/* Interfaces known to one agent (totals and the attach registry). */
+/*
+ * Interfaces known to one agent (the attach registry), and the ifindex range
+ * whose totals live in the per-CPU array (one inlined lookup per packet);
+ * larger ifindexes use the vpnmeter_ifaces_more hash.
+ */
 #define VPNMETER_MAX_LINKS 4096
 #define VPNMETER_IFNAMSIZ 16
 
@@ -44,7 +48,8 @@ struct vpnmeter_client_counters {
 };
 
 /*
- * Per-CPU value of vpnmeter_ifaces, keyed by ifindex. total counts every
+ * Per-CPU value of vpnmeter_ifaces (array indexed by ifindex) and
+ * vpnmeter_ifaces_more (hash keyed by ifindex >= VPNMETER_MAX_LINKS). total counts every
  * packet the program saw; unattributed the ones that went to no client
  * (not IP, truncated, or the client map was full). For every interface:
  * sum(clients) + unattributed == total.
@@ -58,6 +63,12 @@ struct vpnmeter_iface_counters {
 #define VPNMETER_LINK_CREATED_CLSACT (1U << 0) /* we made the qdisc: remove it on detach */
 #define VPNMETER_LINK_INGRESS (1U << 1)
 #define VPNMETER_LINK_EGRESS (1U << 2)
+/*
+ * The device has no TSO: the kernel cuts GSO packets into segments after
+ * tc egress, and the device counts each segment with its own headers. The
+ * datapath then counts what the device will: every segment, every header.
+ */
+#define VPNMETER_LINK_SEGMENTS (1U << 3)
 
 /*
  * Value of vpnmeter_links, keyed by ifindex; written by the agent only.

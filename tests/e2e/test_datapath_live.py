@@ -212,7 +212,7 @@ def test_a_bpffs_is_mounted_where_there_is_none(namespaces, tmp_path):
     ns = namespaces("mnt")
     netns.veth_pair(ns, namespaces("peer"), "10.69.0.1/24", "10.69.0.2/24")
     config = tmp_path / "mnt.yaml"
-    config.write_text("interfaces: [eth0]\nbpf: { pin_path: /sys/fs/bpf/vpnmeter-mnt }\n")
+    config.write_text(f"interfaces: [eth0]\nbpf: {{ pin_path: /sys/fs/bpf/vpnmeter-mnt }}\nstorage: {{ path: {tmp_path}/store }}\n")
     script = (f"{VPNMETERD} --config {config} > {tmp_path}/mnt.log 2>&1 & pid=$!; "
               f"for i in $(seq 50); do grep -q 'metering eth0' {tmp_path}/mnt.log && break; sleep 0.1; done; "
               f"{VPNMETER} clients --json --pin-path /sys/fs/bpf/vpnmeter-mnt; "

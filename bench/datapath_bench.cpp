@@ -1,0 +1,455 @@
+// vpnmeter_bench_datapath: what counting costs per packet.
+//
+// Runs the real tc programs (meter_egress, meter_ingress) and an empty tc
+// program (the floor) with BPF_PROG_TEST_RUN on IPv4 UDP Ethernet frames,
+// with the client map pre-filled with 1 .. 1M clients and the measured
+// packet's address one of them (steady state: every lookup hits). Floor and
+// meter runs alternate round by round so that machine noise hits both alike;
+// the table shows the median of each. See docs/benchmarks.md.
+//
+// Needs root (BPF, bpffs). Everything it pins lives under a fresh
+// /sys/fs/bpf/vpnmeter-bench-* directory, removed at exit, on errors and on
+// SIGINT/SIGTERM/SIGHUP. Exits non-zero on errors only, never because the
+// numbers are slow: the targets live in the docs.
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <linux/bpf.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "bpf_maps.h"
+#include "counters.h"
+#include "datapath.h"
+#include "empty.skel.h"
+#include "result.h"
+
+namespace {
+
+using vpnmeter::Error;
+using vpnmeter::os_error;
+using vpnmeter::Result;
+using vpnmeter::Status;
+
+volatile sig_atomic_t g_signal = 0;
+void on_signal(int sig) { g_signal = sig; }
+
+constexpr uint32_t kIfindex = 1;              // lo: the test run's skb->dev
+constexpr uint32_t kFirstClient = 0x64400001; // 100.64.0.1: a /10 holds 4M clients
+constexpr uint32_t kMaxClients = (1U << 22) - 2;
+constexpr uint32_t kServer = 0xC0000201; // 192.0.2.1, outside the client range
+constexpr uint32_t kTcActUnspec = static_cast<uint32_t>(-1);
+constexpr size_t kEthHlen = 14, kIpHlen = 20, kUdpHlen = 8;
+constexpr size_t kMinFrame = kEthHlen + kIpHlen + kUdpHlen, kMaxFrame = 1514;
+
+struct Options {
+    uint32_t repeat = 1'000'000;
+    uint32_t rounds = 11;
+    bool quick = false;
+    std::vector<uint32_t> clients{1, 10'000, 100'000, 1'000'000};
+    std::vector<uint32_t> frames{64, 1400};
+    std::string direction = "both";
+    int cpu = -1;
+    bool verbose = false;
+};
+
+struct Direction {
+    const char* name; // from the client's side, as in bpf_types.h
+    int dir;          // VPNMETER_UPLOAD / VPNMETER_DOWNLOAD
+    const char* prog;
+};
+constexpr Direction kDownload{"download", VPNMETER_DOWNLOAD, "meter_egress"};
+constexpr Direction kUpload{"upload", VPNMETER_UPLOAD, "meter_ingress"};
+
+struct Row {
+    const char* direction;
+    uint32_t clients;
+    uint32_t frame;
+    std::vector<uint32_t> floor_ns, meter_ns; // one per round
+};
+
+// Client i's key: 100.64.0.1 + i on the test interface.
+vpnmeter_client_key client_key(uint32_t i)
+{
+    vpnmeter_client_key key{};
+    key.ifindex = kIfindex;
+    key.family = AF_INET;
+    const uint32_t addr = htonl(kFirstClient + i);
+    std::memcpy(key.addr, &addr, sizeof addr);
+    return key;
+}
+
+// An Ethernet + IPv4 + UDP frame of `size` bytes; addresses in host order.
+std::vector<uint8_t> make_frame(size_t size, uint32_t saddr, uint32_t daddr)
+{
+    std::vector<uint8_t> f(size, 0);
+    const uint8_t dst_mac[6] = {0x02, 0, 0, 0, 0, 0x02}, src_mac[6] = {0x02, 0, 0, 0, 0, 0x01};
+    std::memcpy(&f[0], dst_mac, 6);
+    std::memcpy(&f[6], src_mac, 6);
+    f[12] = 0x08; // ETH_P_IP
+    f[13] = 0x00;
+    uint8_t* ip = &f[kEthHlen];
+    const uint16_t tot_len = htons(static_cast<uint16_t>(size - kEthHlen));
+    ip[0] = 0x45; // version 4, ihl 5
+    std::memcpy(ip + 2, &tot_len, 2);
+    ip[8] = 64; // ttl
+    ip[9] = 17; // UDP
+    const uint32_t s = htonl(saddr), d = htonl(daddr);
+    std::memcpy(ip + 12, &s, 4);
+    std::memcpy(ip + 16, &d, 4);
+    uint32_t sum = 0;
+    for (size_t i = 0; i < kIpHlen; i += 2) sum += (ip[i] << 8) | ip[i + 1];
+    while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+    const uint16_t check = htons(static_cast<uint16_t>(~sum));
+    std::memcpy(ip + 10, &check, 2);
+    uint8_t* udp = ip + kIpHlen;
+    const uint16_t sport = htons(40000), dport = htons(1194),
+                   ulen = htons(static_cast<uint16_t>(size - kEthHlen - kIpHlen));
+    std::memcpy(udp, &sport, 2);
+    std::memcpy(udp + 2, &dport, 2);
+    std::memcpy(udp + 4, &ulen, 2); // checksum 0: none, fine for IPv4
+    return f;
+}
+
+// One BPF_PROG_TEST_RUN: the kernel's average ns per run over `repeat` runs.
+Result<uint32_t> test_run(int prog_fd, std::vector<uint8_t>& frame, uint32_t repeat)
+{
+    // A signal handled outside the kernel's loop (between runs) is no longer
+    // pending there, so check for it here as well.
+    if (g_signal) return Error{"interrupted by signal " + std::to_string(g_signal)};
+    __sk_buff ctx{};
+    ctx.ifindex = kIfindex;
+    LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = frame.data(),
+                .data_size_in = static_cast<uint32_t>(frame.size()), .ctx_in = &ctx, .ctx_size_in = sizeof ctx,
+                .repeat = static_cast<int>(repeat));
+    if (int err = bpf_prog_test_run_opts(prog_fd, &opts); err) {
+        if (err == -EINTR && g_signal) return Error{"interrupted by signal " + std::to_string(g_signal)};
+        return os_error("BPF_PROG_TEST_RUN", err);
+    }
+    if (opts.retval != kTcActUnspec)
+        return Error{"tc program returned " + std::to_string(static_cast<int32_t>(opts.retval)) +
+                     ", expected TC_ACT_UNSPEC (-1)"};
+    return opts.duration;
+}
+
+// Adds clients [from, to) to the client map, zeroed on every CPU.
+Status fill_clients(int fd, uint32_t from, uint32_t to, int ncpus)
+{
+    constexpr uint32_t kChunk = 8192;
+    std::vector<vpnmeter_client_key> keys;
+    keys.reserve(kChunk);
+    const std::vector<vpnmeter_client_counters> values(static_cast<size_t>(kChunk) * ncpus);
+    bool batch = true;
+    for (uint32_t i = from; i < to;) {
+        if (g_signal) return Error{"interrupted by signal " + std::to_string(g_signal)};
+        const uint32_t n = std::min(kChunk, to - i);
+        keys.clear();
+        for (uint32_t j = 0; j < n; ++j) keys.push_back(client_key(i + j));
+        if (batch) {
+            uint32_t count = n;
+            LIBBPF_OPTS(bpf_map_batch_opts, opts); // elem_flags: only BPF_F_LOCK is allowed, so BPF_ANY
+            int err = bpf_map_update_batch(fd, keys.data(), values.data(), &count, &opts);
+            if (err == -EINVAL || err == -ENOTSUP || err == -EOPNOTSUPP) {
+                batch = false; // kernel without batch ops: one by one
+                continue;
+            }
+            if (err) return os_error("fill client map (batch update at client " + std::to_string(i) + ")", err);
+            if (count != n) return Error{"fill client map: batch update stored " + std::to_string(count) + " of " +
+                                         std::to_string(n)};
+        } else {
+            for (uint32_t j = 0; j < n; ++j)
+                if (bpf_map_update_elem(fd, &keys[j], values.data(), BPF_NOEXIST))
+                    return os_error("fill client map (client " + std::to_string(i + j) + ")");
+        }
+        i += n;
+    }
+    return vpnmeter::ok();
+}
+
+Result<vpnmeter::Count> client_count(int fd, const vpnmeter_client_key& key, int dir, int ncpus)
+{
+    std::vector<vpnmeter_client_counters> per_cpu(ncpus);
+    if (bpf_map_lookup_elem(fd, &key, per_cpu.data())) return os_error("look the measured client up");
+    const vpnmeter::Traffic t = vpnmeter::sum_per_cpu(per_cpu);
+    return dir == VPNMETER_UPLOAD ? t.upload : t.download;
+}
+
+Result<vpnmeter::InterfaceTraffic> iface_count(int fd, int ncpus)
+{
+    std::vector<vpnmeter_iface_counters> per_cpu(ncpus);
+    const uint32_t ifindex = kIfindex;
+    if (bpf_map_lookup_elem(fd, &ifindex, per_cpu.data())) return os_error("look the test interface's totals up");
+    return vpnmeter::sum_per_cpu(per_cpu);
+}
+
+double median(std::vector<uint32_t> v)
+{
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
+}
+
+// Removes everything pinned under the benchmark's private pin path.
+class PinCleanup {
+public:
+    explicit PinCleanup(std::string path) : path_(std::move(path)) {}
+    PinCleanup(const PinCleanup&) = delete;
+    PinCleanup& operator=(const PinCleanup&) = delete;
+    ~PinCleanup()
+    {
+        std::error_code ec;
+        if (!std::filesystem::exists(path_, ec)) return;
+        if (std::filesystem::exists(path_ + "/" + vpnmeter::kClientsMap, ec)) {
+            auto done = vpnmeter::detach_all(path_);
+            if (!done) std::fprintf(stderr, "cleanup: %s\n", done.error().message().c_str());
+        }
+        // Leftovers of a half-done load; the directory is ours alone.
+        for (const char* name : {vpnmeter::kClientsMap, vpnmeter::kIfacesMap, vpnmeter::kLinksMap})
+            std::filesystem::remove(path_ + "/" + name, ec);
+        std::filesystem::remove(path_, ec);
+        if (std::filesystem::exists(path_, ec))
+            std::fprintf(stderr, "cleanup: could not remove %s\n", path_.c_str());
+    }
+
+private:
+    std::string path_;
+};
+
+std::string unique_pin_path()
+{
+    std::random_device rd;
+    for (;;) {
+        char name[96];
+        std::snprintf(name, sizeof name, "/sys/fs/bpf/vpnmeter-bench-%d-%08x", static_cast<int>(getpid()), rd());
+        std::error_code ec;
+        if (!std::filesystem::exists(name, ec)) return name;
+    }
+}
+
+std::string read_first_line(const char* path, const std::string& prefix = {})
+{
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line);) {
+        if (prefix.empty()) return line;
+        if (line.rfind(prefix, 0) == 0) {
+            auto colon = line.find(':');
+            return colon == std::string::npos ? line : line.substr(line.find_first_not_of(" \t", colon + 1));
+        }
+    }
+    return "?";
+}
+
+void print_machine(const Options& o, uint32_t capacity, int ncpus)
+{
+    utsname u{};
+    uname(&u);
+    std::printf("machine: %ld online CPUs (%d possible), kernel %s, %s\n", sysconf(_SC_NPROCESSORS_ONLN), ncpus,
+                u.release, read_first_line("/proc/cpuinfo", "model name").c_str());
+    std::printf("bpf_jit_enable=%s bpf_stats_enabled=%s\n", read_first_line("/proc/sys/net/core/bpf_jit_enable").c_str(),
+                read_first_line("/proc/sys/kernel/bpf_stats_enabled").c_str());
+    std::printf("repeat %u per run, %u rounds (floor and meter alternating), client map capacity %u, cpu %s\n",
+                o.repeat, o.rounds, capacity, o.cpu < 0 ? "not pinned" : std::to_string(o.cpu).c_str());
+    std::fflush(stdout);
+}
+
+void print_table(const std::vector<Row>& rows)
+{
+    std::printf("\n%-9s %9s %12s %9s %9s %17s %6s\n", "direction", "clients", "frame bytes", "floor ns", "meter ns",
+                "meter - floor ns", "ratio");
+    for (const Row& r : rows) {
+        const double floor = median(r.floor_ns), meter = median(r.meter_ns);
+        std::printf("%-9s %9u %12u %9.1f %9.1f %17.1f %6.2f\n", r.direction, r.clients, r.frame, floor, meter,
+                    meter - floor, floor > 0 ? meter / floor : 0.0);
+    }
+    std::printf("\nns are the medians over the rounds of the kernel's average per run (opts.duration);\n"
+                "meter - floor is what counting adds per packet.\n");
+}
+
+int run(const Options& o)
+{
+    const int ncpus = libbpf_num_possible_cpus();
+    if (ncpus <= 0) {
+        std::fprintf(stderr, "error: count possible CPUs: %s\n", std::strerror(-ncpus));
+        return 1;
+    }
+    const uint32_t largest = *std::max_element(o.clients.begin(), o.clients.end());
+    const uint32_t capacity = std::max<uint32_t>(VPNMETER_DEFAULT_MAX_CLIENTS, largest);
+    print_machine(o, capacity, ncpus);
+
+    const std::string pin_path = unique_pin_path();
+    PinCleanup cleanup(pin_path); // declared first: runs after the skeletons are gone
+
+    std::unique_ptr<empty_bpf, decltype(&empty_bpf__destroy)> empty(empty_bpf__open_and_load(), empty_bpf__destroy);
+    if (!empty) {
+        std::fprintf(stderr, "error: load the empty (floor) program: %s\n", std::strerror(errno));
+        return 1;
+    }
+    auto dp = vpnmeter::Datapath::load({.pin_path = pin_path, .max_clients = capacity});
+    if (!dp) {
+        std::fprintf(stderr, "error: %s\n", dp.error().message().c_str());
+        return 1;
+    }
+    auto maps = vpnmeter::PinnedMaps::open(pin_path);
+    if (!maps) {
+        std::fprintf(stderr, "error: %s\n", maps.error().message().c_str());
+        return 1;
+    }
+    const int clients_fd = maps->clients_fd(), ifaces_fd = maps->ifaces_fd();
+    const int floor_fd = bpf_program__fd(empty->progs.empty_tc);
+
+    std::vector<Direction> directions;
+    if (o.direction != "upload") directions.push_back(kDownload);
+    if (o.direction != "download") directions.push_back(kUpload);
+
+    std::vector<uint32_t> sizes = o.clients;
+    std::sort(sizes.begin(), sizes.end());
+    sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
+
+    auto fail = [](const Error& e) {
+        std::fprintf(stderr, "error: %s\n", e.message().c_str());
+        return g_signal ? 128 + g_signal : 1;
+    };
+
+    std::vector<Row> rows;
+    uint32_t filled = 0;
+    const auto start = std::chrono::steady_clock::now();
+    for (uint32_t n : sizes) {
+        const auto fill_start = std::chrono::steady_clock::now();
+        if (auto st = fill_clients(clients_fd, filled, n, ncpus); !st) return fail(st.error());
+        filled = n;
+        const double fill_s =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - fill_start).count();
+        std::printf("client map holds %u clients (filled in %.2f s)\n", n, fill_s);
+        std::fflush(stdout);
+
+        for (uint32_t size : o.frames) {
+            for (const Direction& d : directions) {
+                const int meter_fd = d.dir == VPNMETER_UPLOAD ? dp->ingress_prog_fd() : dp->egress_prog_fd();
+                Row row{d.name, n, size, {}, {}};
+                // Round r measures another existing client, so the position of
+                // one entry in its hash chain does not decide the row.
+                auto client_of = [&](uint32_t r) { return static_cast<uint32_t>((n / 2 + uint64_t(r) * 7919) % n); };
+                auto frame_for = [&](uint32_t r) {
+                    const uint32_t addr = kFirstClient + client_of(r);
+                    return d.dir == VPNMETER_UPLOAD ? make_frame(size, addr, kServer) : make_frame(size, kServer, addr);
+                };
+
+                // Warm-up: JIT image, map entries and the skb path into cache.
+                {
+                    auto frame = frame_for(0);
+                    const uint32_t warm = std::min<uint32_t>(o.repeat, 10'000);
+                    if (auto t = test_run(floor_fd, frame, warm); !t) return fail(t.error());
+                    if (auto t = test_run(meter_fd, frame, warm); !t) return fail(t.error());
+                }
+                for (uint32_t r = 0; r < o.rounds; ++r) {
+                    auto frame = frame_for(r);
+                    const vpnmeter_client_key key = client_key(client_of(r));
+                    auto before = client_count(clients_fd, key, d.dir, ncpus);
+                    if (!before) return fail(before.error());
+                    auto iface_before = iface_count(ifaces_fd, ncpus);
+                    if (!iface_before) return fail(iface_before.error());
+
+                    // Alternate which goes first so neither always follows the other.
+                    for (int k = 0; k < 2; ++k) {
+                        const bool floor_turn = (k == 0) == (r % 2 == 0);
+                        auto t = test_run(floor_turn ? floor_fd : meter_fd, frame, o.repeat);
+                        if (!t) return fail(t.error());
+                        (floor_turn ? row.floor_ns : row.meter_ns).push_back(t.value());
+                    }
+
+                    // The meter counted every run, on the existing entry: a lookup hit.
+                    auto after = client_count(clients_fd, key, d.dir, ncpus);
+                    if (!after) return fail(after.error());
+                    auto iface_after = iface_count(ifaces_fd, ncpus);
+                    if (!iface_after) return fail(iface_after.error());
+                    const vpnmeter::InterfaceTraffic di = vpnmeter::delta(iface_after.value(), iface_before.value());
+                    const vpnmeter::Count& total = d.dir == VPNMETER_UPLOAD ? di.total.upload : di.total.download;
+                    if (after->packets - before->packets != o.repeat ||
+                        after->bytes - before->bytes != uint64_t(o.repeat) * size || total.packets != o.repeat ||
+                        !di.unattributed.empty())
+                        return fail(Error{"consistency check failed: " + std::string(d.prog) + " did not count " +
+                                          std::to_string(o.repeat) + " packets on the existing client entry"});
+                }
+                if (o.verbose) {
+                    std::printf("  %s %u clients %u B: floor", d.name, n, size);
+                    for (uint32_t v : row.floor_ns) std::printf(" %u", v);
+                    std::printf(" | meter");
+                    for (uint32_t v : row.meter_ns) std::printf(" %u", v);
+                    std::printf("\n");
+                    std::fflush(stdout);
+                }
+                rows.push_back(std::move(row));
+            }
+        }
+    }
+    print_table(rows);
+    std::printf("total time %.1f s\n",
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    Options o;
+    CLI::App app{"vpnmeter datapath benchmark: ns per packet of the tc programs under BPF_PROG_TEST_RUN, against "
+                 "an empty tc program (the floor). Needs root."};
+    app.add_option("--repeat", o.repeat, "runs per BPF_PROG_TEST_RUN (default 1000000)")->check(CLI::PositiveNumber);
+    app.add_option("--rounds", o.rounds, "floor/meter pairs per row; the table shows medians (default 11)")
+        ->check(CLI::PositiveNumber);
+    app.add_flag("--quick", o.quick, "smoke run for CI: repeat 10000, 3 rounds (unless given)");
+    app.add_option("--clients", o.clients, "clients in the map, one row each (default 1,10000,100000,1000000)")
+        ->delimiter(',')
+        ->check(CLI::Range(1U, kMaxClients));
+    app.add_option("--frames", o.frames, "Ethernet frame sizes in bytes (default 64,1400)")
+        ->delimiter(',')
+        ->check(CLI::Range(static_cast<uint32_t>(kMinFrame), static_cast<uint32_t>(kMaxFrame)));
+    app.add_option("--direction", o.direction, "download (meter_egress), upload (meter_ingress) or both")
+        ->check(CLI::IsMember({"download", "upload", "both"}));
+    app.add_option("--cpu", o.cpu, "pin the benchmark to this CPU")->check(CLI::NonNegativeNumber);
+    app.add_flag("--verbose", o.verbose, "print every round's numbers");
+    CLI11_PARSE(app, argc, argv);
+    if (o.quick) {
+        if (!app.count("--repeat")) o.repeat = 10'000;
+        if (!app.count("--rounds")) o.rounds = 3;
+    }
+
+    struct sigaction sa{};
+    sa.sa_handler = on_signal; // no SA_RESTART: the test run stops with EINTR
+    sigemptyset(&sa.sa_mask);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &sa, nullptr);
+
+    if (o.cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(o.cpu, &set);
+        if (sched_setaffinity(0, sizeof set, &set)) {
+            std::fprintf(stderr, "error: pin to CPU %d: %s\n", o.cpu, std::strerror(errno));
+            return 1;
+        }
+    }
+    vpnmeter::route_libbpf_logs(false);
+    try {
+        return run(o);
+    } catch (const std::exception& e) { // cleanup has run while unwinding
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+}

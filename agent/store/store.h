@@ -77,6 +77,37 @@ struct UnattributedUsage {
     Traffic traffic;
 };
 
+struct StoreSnapshotState;
+
+// A consistent view of the store: every read through it sees the store as
+// of its creation (one LMDB read transaction), whatever commits meanwhile.
+// Never blocks the writer. Hold it briefly: the map cannot grow while this
+// process has one open (a commit that needs to grow waits a few seconds,
+// then fails and is retried next cycle). Must not outlive its Store.
+class StoreSnapshot {
+public:
+    StoreSnapshot(StoreSnapshot&&) noexcept;
+    StoreSnapshot& operator=(StoreSnapshot&&) noexcept;
+    ~StoreSnapshot();
+
+    Result<std::optional<Checkpoint>> checkpoint() const;
+    Result<std::vector<Session>> sessions(bool active_only = false,
+                                          const std::optional<std::string>& user = std::nullopt) const;
+    Result<std::optional<Session>> session(const std::string& id) const;
+    Result<std::vector<UsageBucket>> usage(const std::string& user, int64_t from, int64_t to,
+                                           Granularity granularity) const;
+    Result<std::vector<UnattributedUsage>> unattributed() const;
+
+private:
+    friend class Store;
+    explicit StoreSnapshot(std::unique_ptr<StoreSnapshotState> state);
+    std::unique_ptr<StoreSnapshotState> state_;
+};
+
+// Thread safety: the reads and snapshot() may be called from any thread
+// (MDB_NOTLS), concurrently with commit() and prune(). LMDB allows ONE open
+// of a store per process: a second Store::open of the same path in this
+// process fails (another process, e.g. the CLI beside the daemon, is fine).
 class Store {
 public:
     static Result<Store> open(const StoreOptions& options);
@@ -90,6 +121,11 @@ public:
     // whole cycle later: the kernel keeps counting meanwhile).
     Status commit(const CycleCommit& cycle);
 
+    // The reads below each use a snapshot of their own; take one with
+    // snapshot() to read several things consistently.
+    Result<StoreSnapshot> snapshot() const;
+
+    // nullopt: no checkpoint was ever committed.
     Result<std::optional<Checkpoint>> checkpoint() const;
     Result<std::vector<Session>> sessions(bool active_only = false,
                                           const std::optional<std::string>& user = std::nullopt) const;
@@ -101,6 +137,7 @@ public:
     // Drops hour and day buckets past their retention.
     Status prune(int64_t now);
 
+    // 0: opened read-only before the daemon ever initialised the store.
     uint32_t schema_version() const;
     uint64_t map_size() const;
 

@@ -1,0 +1,291 @@
+#include "store/encoding.h"
+
+#include <nlohmann/json.hpp>
+
+namespace vpnmeter::encoding {
+namespace {
+
+constexpr uint32_t kSessionRecordVersion = 1;
+
+void put_le(std::string& out, uint64_t value, int width)
+{
+    for (int i = 0; i < width; ++i)
+        out.push_back(static_cast<char>(value >> (8 * i)));
+}
+
+void put_be(std::string& out, uint64_t value, int width)
+{
+    for (int i = width - 1; i >= 0; --i)
+        out.push_back(static_cast<char>(value >> (8 * i)));
+}
+
+uint64_t get_le(std::string_view in, size_t at, int width)
+{
+    uint64_t value = 0;
+    for (int i = 0; i < width; ++i)
+        value |= uint64_t(static_cast<uint8_t>(in[at + i])) << (8 * i);
+    return value;
+}
+
+uint64_t get_be(std::string_view in, size_t at, int width)
+{
+    uint64_t value = 0;
+    for (int i = 0; i < width; ++i)
+        value = value << 8 | static_cast<uint8_t>(in[at + i]);
+    return value;
+}
+
+constexpr uint64_t kSignBit = uint64_t(1) << 63;
+
+char granularity_byte(Granularity granularity)
+{
+    switch (granularity) {
+    case Granularity::Hour:
+        return 'h';
+    case Granularity::Day:
+        return 'd';
+    case Granularity::Month:
+        return 'm';
+    }
+    return '?';
+}
+
+std::optional<Granularity> granularity_of(char byte)
+{
+    switch (byte) {
+    case 'h':
+        return Granularity::Hour;
+    case 'd':
+        return Granularity::Day;
+    case 'm':
+        return Granularity::Month;
+    }
+    return std::nullopt;
+}
+
+void put_traffic(std::string& out, const Traffic& t)
+{
+    put_le(out, t.upload.packets, 8);
+    put_le(out, t.upload.bytes, 8);
+    put_le(out, t.download.packets, 8);
+    put_le(out, t.download.bytes, 8);
+}
+
+Traffic get_traffic(std::string_view in, size_t at)
+{
+    Traffic t;
+    t.upload.packets = get_le(in, at, 8);
+    t.upload.bytes = get_le(in, at + 8, 8);
+    t.download.packets = get_le(in, at + 16, 8);
+    t.download.bytes = get_le(in, at + 24, 8);
+    return t;
+}
+
+nlohmann::json to_json(const Count& c)
+{
+    return {{"packets", c.packets}, {"bytes", c.bytes}};
+}
+
+Count count_from(const nlohmann::json& j)
+{
+    return Count{j.value("packets", uint64_t{0}), j.value("bytes", uint64_t{0})};
+}
+
+} // namespace
+
+std::string encode(const Traffic& traffic)
+{
+    std::string out;
+    out.reserve(kTrafficSize);
+    put_traffic(out, traffic);
+    return out;
+}
+
+std::optional<Traffic> decode_traffic(std::string_view bytes)
+{
+    if (bytes.size() != kTrafficSize) return std::nullopt;
+    return get_traffic(bytes, 0);
+}
+
+std::string encode_u32(uint32_t value)
+{
+    std::string out;
+    put_le(out, value, 4);
+    return out;
+}
+
+std::optional<uint32_t> decode_u32(std::string_view bytes)
+{
+    if (bytes.size() != 4) return std::nullopt;
+    return static_cast<uint32_t>(get_le(bytes, 0, 4));
+}
+
+std::string usage_prefix(std::string_view user, Granularity granularity)
+{
+    std::string out;
+    out.reserve(user.size() + kUsageKeyOverhead);
+    put_be(out, user.size(), 2); // callers keep users far below 64 KiB (LMDB's key limit)
+    out.append(user);
+    out.push_back(granularity_byte(granularity));
+    return out;
+}
+
+std::string usage_key(std::string_view user, Granularity granularity, int64_t start)
+{
+    std::string out = usage_prefix(user, granularity);
+    put_be(out, static_cast<uint64_t>(start) ^ kSignBit, 8);
+    return out;
+}
+
+std::optional<UsageKey> decode_usage_key(std::string_view bytes)
+{
+    if (bytes.size() < kUsageKeyOverhead) return std::nullopt;
+    const size_t user_size = get_be(bytes, 0, 2);
+    if (bytes.size() != user_size + kUsageKeyOverhead) return std::nullopt;
+    const auto granularity = granularity_of(bytes[2 + user_size]);
+    if (!granularity) return std::nullopt;
+    return UsageKey{bytes.substr(2, user_size), *granularity,
+                    static_cast<int64_t>(get_be(bytes, 3 + user_size, 8) ^ kSignBit)};
+}
+
+std::string encode(const ClientKey& key)
+{
+    std::string out;
+    out.reserve(kClientKeySize);
+    put_be(out, key.ifindex, 4);
+    out.push_back(static_cast<char>(key.family));
+    out.append(3, '\0');
+    out.append(reinterpret_cast<const char*>(key.addr.data()), key.addr.size());
+    return out;
+}
+
+std::optional<ClientKey> decode_client_key(std::string_view bytes)
+{
+    if (bytes.size() != kClientKeySize) return std::nullopt;
+    ClientKey key;
+    key.ifindex = static_cast<uint32_t>(get_be(bytes, 0, 4));
+    key.family = static_cast<uint8_t>(bytes[4]);
+    for (size_t i = 0; i < key.addr.size(); ++i)
+        key.addr[i] = static_cast<uint8_t>(bytes[8 + i]);
+    return key;
+}
+
+std::string encode(const AddressCheckpoint& checkpoint)
+{
+    std::string out;
+    out.reserve(kTrafficSize + checkpoint.owner.size());
+    put_traffic(out, checkpoint.raw);
+    out.append(checkpoint.owner);
+    return out;
+}
+
+std::optional<AddressCheckpoint> decode_address_checkpoint(std::string_view bytes)
+{
+    if (bytes.size() < kTrafficSize) return std::nullopt;
+    return AddressCheckpoint{get_traffic(bytes, 0), std::string(bytes.substr(kTrafficSize))};
+}
+
+std::string interface_key(uint32_t ifindex)
+{
+    std::string out;
+    put_be(out, ifindex, 4);
+    return out;
+}
+
+std::optional<uint32_t> decode_interface_key(std::string_view bytes)
+{
+    if (bytes.size() != 4) return std::nullopt;
+    return static_cast<uint32_t>(get_be(bytes, 0, 4));
+}
+
+std::string encode(const InterfaceRecord& record)
+{
+    std::string out;
+    out.reserve(1 + 2 * kTrafficSize + record.name.size());
+    out.push_back(record.traffic ? 1 : 0);
+    const InterfaceTraffic traffic = record.traffic.value_or(InterfaceTraffic{});
+    put_traffic(out, traffic.total);
+    put_traffic(out, traffic.unattributed);
+    out.append(record.name);
+    return out;
+}
+
+std::optional<InterfaceRecord> decode_interface_record(std::string_view bytes)
+{
+    if (bytes.size() < 1 + 2 * kTrafficSize) return std::nullopt;
+    InterfaceRecord record;
+    if (bytes[0] & 1) record.traffic = InterfaceTraffic{get_traffic(bytes, 1), get_traffic(bytes, 1 + kTrafficSize)};
+    record.name = bytes.substr(1 + 2 * kTrafficSize);
+    return record;
+}
+
+std::string encode(const CounterIdentity& identity)
+{
+    std::string out;
+    put_le(out, identity.clients_map_id, 4);
+    put_le(out, identity.ifaces_map_id, 4);
+    out.append(identity.boot_id);
+    return out;
+}
+
+std::optional<CounterIdentity> decode_identity(std::string_view bytes)
+{
+    if (bytes.size() < 8) return std::nullopt;
+    CounterIdentity identity;
+    identity.clients_map_id = static_cast<uint32_t>(get_le(bytes, 0, 4));
+    identity.ifaces_map_id = static_cast<uint32_t>(get_le(bytes, 4, 4));
+    identity.boot_id = bytes.substr(8);
+    return identity;
+}
+
+std::string encode(const Session& s)
+{
+    nlohmann::json j = {
+        {"v", kSessionRecordVersion},
+        {"id", s.id},
+        {"user", s.user},
+        {"instance", s.instance},
+        {"interface", s.interface},
+        {"addresses", s.addresses},
+        {"real_address", s.real_address},
+        {"start", s.start},
+        {"end", s.end ? nlohmann::json(*s.end) : nlohmann::json(nullptr)},
+        {"usage", {{"upload", to_json(s.usage.upload)}, {"download", to_json(s.usage.download)}}},
+        {"source_upload_bytes", s.source_upload_bytes},
+        {"source_download_bytes", s.source_download_bytes},
+    };
+    const std::vector<uint8_t> cbor = nlohmann::json::to_cbor(j);
+    return std::string(cbor.begin(), cbor.end());
+}
+
+Result<Session> decode_session(std::string_view bytes)
+{
+    const auto j = nlohmann::json::from_cbor(bytes.begin(), bytes.end(), true, false);
+    if (j.is_discarded() || !j.is_object()) return Error{"session record is not a CBOR map"};
+    try {
+        const auto version = j.value("v", uint32_t{0});
+        if (version != kSessionRecordVersion)
+            return Error{"session record version " + std::to_string(version) + " is not " +
+                         std::to_string(kSessionRecordVersion)};
+        Session s;
+        s.id = j.value("id", std::string());
+        s.user = j.value("user", std::string());
+        s.instance = j.value("instance", std::string());
+        s.interface = j.value("interface", std::string());
+        s.addresses = j.value("addresses", std::vector<std::string>());
+        s.real_address = j.value("real_address", std::string());
+        s.start = j.value("start", int64_t{0});
+        if (auto end = j.find("end"); end != j.end() && !end->is_null()) s.end = end->get<int64_t>();
+        if (auto usage = j.find("usage"); usage != j.end()) {
+            s.usage.upload = count_from(usage->value("upload", nlohmann::json::object()));
+            s.usage.download = count_from(usage->value("download", nlohmann::json::object()));
+        }
+        s.source_upload_bytes = j.value("source_upload_bytes", uint64_t{0});
+        s.source_download_bytes = j.value("source_download_bytes", uint64_t{0});
+        return s;
+    } catch (const nlohmann::json::exception& e) {
+        return Error{std::string("session record: ") + e.what()};
+    }
+}
+
+} // namespace vpnmeter::encoding

@@ -1,0 +1,91 @@
+// The store's on-disk encoding: every key and value the LMDB databases hold.
+//
+// Numbers are written byte by byte at a fixed width, never as in-memory
+// structs (no padding, no host byte order). Values are little-endian; keys
+// that are range-scanned are big-endian, so LMDB's bytewise order is the
+// numeric order. A format change needs a schema version bump and a migration
+// (store.cpp).
+//
+//   meta                   "schema_version"       -> u32
+//   sessions               session id (bytes)     -> session record (below)
+//   usage                  usage key (below)      -> traffic
+//   unattributed           interface name (bytes) -> traffic
+//   checkpoint_addresses   client key (24 bytes)  -> traffic, owner session id (rest)
+//   checkpoint_interfaces  ifindex (u32 BE)       -> u8 flags (bit 0: traffic present),
+//                                                    interface traffic (total, unattributed),
+//                                                    name (rest)
+//   checkpoint_meta        "identity"             -> u32 clients map id, u32 ifaces map id,
+//                                                    boot id (rest)
+//
+//   traffic     = u64 upload packets, upload bytes, download packets, download bytes (32 bytes)
+//   usage key   = u16 BE length of user, user bytes, granularity ('h', 'd', 'm'),
+//                 i64 BE start with the sign bit flipped (so negative times sort first).
+//                 The length prefix makes the user part unambiguous whatever
+//                 bytes a name holds, and everything for one (user,
+//                 granularity) is one contiguous range ordered by time.
+//   client key  = u32 BE ifindex, u8 family, 3 zero bytes, 16 address bytes
+//                 (the ClientKey order, so a scan fills a std::map in order)
+//   session     = CBOR map (nlohmann::json::to_cbor) with "v": 1 and one
+//                 field per Session member. Fields can be added without a
+//                 migration (absent ones decode to their defaults); CBOR
+//                 rather than JSON text because names are bytes from the VPN,
+//                 not necessarily valid UTF-8.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "counters.h"
+#include "result.h"
+#include "session.h"
+#include "store/store.h"
+
+namespace vpnmeter::encoding {
+
+constexpr size_t kTrafficSize = 32;
+constexpr size_t kClientKeySize = 24;
+constexpr size_t kUsageKeyOverhead = 2 + 1 + 8; // around the user's bytes
+
+std::string encode(const Traffic& traffic);
+std::optional<Traffic> decode_traffic(std::string_view bytes);
+
+std::string encode_u32(uint32_t value);
+std::optional<uint32_t> decode_u32(std::string_view bytes);
+
+// Everything for one user and granularity starts with this.
+std::string usage_prefix(std::string_view user, Granularity granularity);
+std::string usage_key(std::string_view user, Granularity granularity, int64_t start);
+struct UsageKey {
+    std::string_view user;
+    Granularity granularity;
+    int64_t start;
+};
+std::optional<UsageKey> decode_usage_key(std::string_view bytes);
+
+std::string encode(const ClientKey& key);
+std::optional<ClientKey> decode_client_key(std::string_view bytes);
+
+std::string encode(const AddressCheckpoint& checkpoint);
+std::optional<AddressCheckpoint> decode_address_checkpoint(std::string_view bytes);
+
+std::string interface_key(uint32_t ifindex);
+std::optional<uint32_t> decode_interface_key(std::string_view bytes);
+
+// One interface's checkpoint: the raw counters and the name may be updated
+// independently, so either may be missing.
+struct InterfaceRecord {
+    std::optional<InterfaceTraffic> traffic;
+    std::string name; // empty: unknown
+};
+std::string encode(const InterfaceRecord& record);
+std::optional<InterfaceRecord> decode_interface_record(std::string_view bytes);
+
+std::string encode(const CounterIdentity& identity);
+std::optional<CounterIdentity> decode_identity(std::string_view bytes);
+
+std::string encode(const Session& session);
+Result<Session> decode_session(std::string_view bytes);
+
+} // namespace vpnmeter::encoding

@@ -1,0 +1,454 @@
+// Opening the store, its schema, and the two writes: commit() and prune().
+// Reads are in snapshot.cpp; the byte layout is in encoding.h.
+#include "store/store.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <map>
+#include <set>
+
+#include "store/encoding.h"
+#include "store/store_impl.h"
+
+namespace vpnmeter {
+namespace {
+
+constexpr unsigned kMaxDatabases = 16; // 7 used; room to add some without a format change
+constexpr int kMaxResizedRetries = 3;
+constexpr auto kResizeWait = std::chrono::seconds(5);
+constexpr const char* kSchemaVersionKey = "schema_version";
+constexpr const char* kIdentityKey = "identity";
+constexpr std::array kGranularities{Granularity::Hour, Granularity::Day, Granularity::Month};
+
+struct NamedDatabase {
+    const char* name;
+    std::optional<MDB_dbi> Databases::*member;
+};
+constexpr std::array kDatabases{
+    NamedDatabase{"meta", &Databases::meta},
+    NamedDatabase{"sessions", &Databases::sessions},
+    NamedDatabase{"usage", &Databases::usage},
+    NamedDatabase{"unattributed", &Databases::unattributed},
+    NamedDatabase{"checkpoint_addresses", &Databases::checkpoint_addresses},
+    NamedDatabase{"checkpoint_interfaces", &Databases::checkpoint_interfaces},
+    NamedDatabase{"checkpoint_meta", &Databases::checkpoint_meta},
+};
+
+Error prefixed(const std::string& context, const Error& error)
+{
+    return Error{context + ": " + error.context, error.code};
+}
+
+uint64_t page_size()
+{
+    return static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+uint64_t round_up_to_page(uint64_t size)
+{
+    return (size + page_size() - 1) / page_size() * page_size();
+}
+
+std::string mib(uint64_t bytes)
+{
+    return std::to_string(bytes >> 20) + " MiB";
+}
+
+// Adds `increment` to the Traffic stored under `key`.
+Status add_traffic(lmdb::Txn& txn, MDB_dbi dbi, const std::string& key, const Traffic& increment)
+{
+    auto current = txn.get(dbi, key);
+    if (!current) return current.error();
+    Traffic total;
+    if (*current) {
+        auto decoded = encoding::decode_traffic(**current);
+        if (!decoded) return Error{"stored traffic value is " + std::to_string((*current)->size()) + " bytes, not 32"};
+        total = *decoded;
+    }
+    total += increment;
+    return txn.put(dbi, key, encoding::encode(total));
+}
+
+// Upgrades a store written by an older vpnmeter, inside the open's write
+// transaction (all or nothing). Each step takes version N to N + 1.
+Status migrate(lmdb::Txn& /*txn*/, const Databases& /*dbs*/, uint32_t from)
+{
+    for (uint32_t version = from; version < kSchemaVersion; ++version) {
+        switch (version) {
+        // case 1: migrate_1_to_2(txn, dbs) ... when version 2 exists.
+        default:
+            return Error{"no migration from schema version " + std::to_string(version)};
+        }
+    }
+    return ok();
+}
+
+Status check_version_known(uint32_t version, const std::string& path)
+{
+    if (version <= kSchemaVersion) return ok();
+    return Error{"the store at " + path + " has schema version " + std::to_string(version) +
+                 ", newer than this vpnmeter understands (" + std::to_string(kSchemaVersion) +
+                 "): it was written by a newer release; upgrade vpnmeter"};
+}
+
+Result<uint32_t> read_schema_version(const lmdb::Txn& txn, MDB_dbi meta)
+{
+    auto stored = txn.get(meta, kSchemaVersionKey);
+    if (!stored) return prefixed("read schema version", stored.error());
+    if (!*stored) return uint32_t{0};
+    auto version = encoding::decode_u32(**stored);
+    if (!version) return Error{"the store's schema version record is corrupt"};
+    return *version;
+}
+
+Error no_store(const std::string& path)
+{
+    return Error{"no store at " + path + " (has vpnmeterd run with storage.path=" + path + "?)"};
+}
+
+Status prepare_directory(const StoreOptions& options)
+{
+    const std::string data_file = options.path + "/data.mdb";
+    struct stat st {};
+    if (options.read_only) {
+        if (stat(data_file.c_str(), &st) != 0) {
+            if (errno == ENOENT || errno == ENOTDIR) return no_store(options.path);
+            return os_error("open store " + data_file);
+        }
+        // An empty data file: the daemon died creating it, before the store existed.
+        return st.st_size > 0 ? ok() : Status(no_store(options.path));
+    }
+    if (mkdir(options.path.c_str(), 0700) == 0) return ok();
+    if (errno != EEXIST) return os_error("create store directory " + options.path);
+    if (stat(options.path.c_str(), &st) != 0) return os_error("open store directory " + options.path);
+    if (!S_ISDIR(st.st_mode)) return Error{"storage.path " + options.path + " exists and is not a directory"};
+    return ok();
+}
+
+// Directory -> the process holding it open. A child created by fork()
+// inherits the parent's entries; they are not its own (LMDB forbids using
+// the parent's environment there, and allows opening a new one).
+std::mutex claims_mutex;
+std::map<std::pair<uint64_t, uint64_t>, pid_t> claims;
+
+} // namespace
+
+Result<OpenStoreClaim> OpenStoreClaim::claim(const std::string& directory)
+{
+    struct stat st {};
+    if (stat(directory.c_str(), &st) != 0) return os_error("open store directory " + directory);
+    const Id id{st.st_dev, st.st_ino};
+    std::lock_guard lock(claims_mutex);
+    auto [it, inserted] = claims.try_emplace(id, getpid());
+    if (!inserted && it->second == getpid())
+        return Error{"the store at " + directory +
+                     " is already open in this process (LMDB allows one open per process)"};
+    it->second = getpid();
+    return OpenStoreClaim(id);
+}
+
+OpenStoreClaim::~OpenStoreClaim()
+{
+    if (!id_) return;
+    std::lock_guard lock(claims_mutex);
+    if (auto it = claims.find(*id_); it != claims.end() && it->second == getpid()) claims.erase(it);
+}
+
+// The daemon's open: creates the databases, stamps or migrates the schema.
+Status Store::Impl::initialise()
+{
+    Databases opened;
+    uint32_t version = 0;
+    auto status = write("initialise store at " + options.path, [&](lmdb::Txn& txn) -> Status {
+        for (const auto& db : kDatabases) {
+            MDB_dbi dbi = 0;
+            if (int rc = mdb_dbi_open(txn.get(), db.name, MDB_CREATE, &dbi); rc != 0)
+                return lmdb::error(std::string("open database ") + db.name, rc);
+            opened.*db.member = dbi;
+        }
+        auto stored = read_schema_version(txn, *opened.meta);
+        if (!stored) return stored.error();
+        version = *stored;
+        if (auto known = check_version_known(version, options.path); !known) return known;
+        if (version == kSchemaVersion) return ok();
+        if (version != 0) {
+            if (auto migrated = migrate(txn, opened, version); !migrated) return migrated;
+        }
+        version = kSchemaVersion;
+        return txn.put(*opened.meta, kSchemaVersionKey, encoding::encode_u32(kSchemaVersion));
+    });
+    if (!status) return status;
+    dbs = opened;
+    schema_version = version;
+    return ok();
+}
+
+// The CLI's open: finds what exists, changes nothing.
+Status Store::Impl::attach()
+{
+    auto snapshot = begin_read();
+    if (!snapshot) return snapshot.error();
+    lmdb::Txn& txn = (*snapshot)->txn;
+    Databases found;
+    for (const auto& db : kDatabases) {
+        MDB_dbi dbi = 0;
+        int rc = mdb_dbi_open(txn.get(), db.name, 0, &dbi);
+        if (rc == MDB_NOTFOUND) continue;
+        if (rc != 0) return lmdb::error(std::string("open database ") + db.name, rc);
+        found.*db.member = dbi;
+    }
+    uint32_t version = 0;
+    if (found.meta) {
+        auto stored = read_schema_version(txn, *found.meta);
+        if (!stored) return stored.error();
+        version = *stored;
+    }
+    if (auto known = check_version_known(version, options.path); !known) return known;
+    if (version != 0 && version < kSchemaVersion)
+        return Error{"the store at " + options.path + " has schema version " + std::to_string(version) +
+                     "; start this release's vpnmeterd once to upgrade it"};
+    // Committing a read transaction keeps its database handles open for
+    // the environment's lifetime.
+    if (auto committed = txn.commit(); !committed) return prefixed("open databases", committed.error());
+    dbs = found;
+    schema_version = version;
+    return ok();
+}
+
+Status Store::Impl::resize_map(uint64_t size) const
+{
+    std::lock_guard gate(resize_gate);
+    std::unique_lock lock(map_lock, std::defer_lock);
+    if (!lock.try_lock_for(kResizeWait))
+        return Error{"resize the store's map: read snapshots in this process stayed open for over 5 s"};
+    if (int rc = mdb_env_set_mapsize(env.get(), size); rc != 0)
+        return lmdb::error(
+            size ? "grow the store's map to " + std::to_string(size) + " bytes" : "adopt the store's new map size", rc);
+    return ok();
+}
+
+Status Store::Impl::write(const std::string& what, const std::function<Status(lmdb::Txn&)>& apply)
+{
+    std::lock_guard writing(write_lock);
+    for (int resized = 0;;) {
+        int rc = 0;
+        Status result = ok();
+        {
+            std::shared_lock lock(map_lock);
+            auto txn = lmdb::Txn::begin(env.get(), 0, &rc);
+            if (txn) {
+                result = apply(*txn);
+                if (result) result = txn->commit();
+                if (result) return ok();
+                rc = txn->failed_rc();
+            } else {
+                result = txn.error();
+            }
+        } // an unfinished transaction is aborted here, before the lock goes
+
+        if (rc == MDB_MAP_RESIZED && resized++ < kMaxResizedRetries) {
+            if (auto adopted = resize_map(0); !adopted) return prefixed(what, adopted.error());
+            continue;
+        }
+        if (rc != MDB_MAP_FULL) return prefixed(what, result.error());
+
+        const uint64_t size = env.map_size();
+        const uint64_t limit = std::max(round_up_to_page(options.max_map_size), page_size());
+        if (size >= limit)
+            return Error{what + ": the store at " + options.path + " is full: it needs more than its limit of " +
+                         std::to_string(limit) + " bytes (" + mib(limit) + ", max_map_size); nothing was written"};
+        if (auto grown = resize_map(std::min(round_up_to_page(size * 2), limit)); !grown)
+            return prefixed(what, grown.error());
+    }
+}
+
+Result<std::unique_ptr<StoreSnapshotState>> Store::Impl::begin_read() const
+{
+    for (int resized = 0;; ++resized) {
+        auto state = std::make_unique<StoreSnapshotState>();
+        resize_gate.lock(); // queue behind a pending resize
+        resize_gate.unlock();
+        state->map_lock = std::shared_lock(map_lock);
+        int rc = 0;
+        auto txn = lmdb::Txn::begin(env.get(), MDB_RDONLY, &rc);
+        if (txn) {
+            state->txn = std::move(*txn);
+            state->env = env.get();
+            state->dbs = &dbs;
+            state->calendar = &calendar;
+            return state;
+        }
+        if (rc != MDB_MAP_RESIZED || resized >= kMaxResizedRetries)
+            return prefixed("read store at " + options.path, txn.error());
+        state.reset(); // let go of the shared lock: adopting the size needs it exclusively
+        if (auto adopted = resize_map(0); !adopted) return adopted.error();
+    }
+}
+
+Result<Store> Store::open(const StoreOptions& options)
+{
+    auto calendar = BucketCalendar::load(options.timezone);
+    if (!calendar) return calendar.error();
+    if (auto prepared = prepare_directory(options); !prepared) return prepared.error();
+    auto claim = OpenStoreClaim::claim(options.path);
+    if (!claim) return claim.error();
+
+    auto env = lmdb::Env::create();
+    if (!env) return env.error();
+    if (int rc = mdb_env_set_maxdbs(env->get(), kMaxDatabases); rc != 0) return lmdb::error("set max databases", rc);
+    // An existing store keeps the size it has grown to (LMDB reads it from
+    // the file); only a new one starts at initial_map_size.
+    struct stat st {};
+    const bool exists = stat((options.path + "/data.mdb").c_str(), &st) == 0 && st.st_size > 0;
+    if (!options.read_only && !exists) {
+        if (int rc = mdb_env_set_mapsize(env->get(), round_up_to_page(options.initial_map_size)); rc != 0)
+            return lmdb::error("set map size", rc);
+    }
+    const unsigned flags = MDB_NOTLS | (options.read_only ? MDB_RDONLY : 0);
+    if (int rc = mdb_env_open(env->get(), options.path.c_str(), flags, 0600); rc != 0) {
+        if (options.read_only && rc == ENOENT) return no_store(options.path); // emptied since the check
+        return lmdb::error("open store at " + options.path, rc);
+    }
+    if (!options.read_only && env->map_size() < options.initial_map_size) {
+        if (int rc = mdb_env_set_mapsize(env->get(), round_up_to_page(options.initial_map_size)); rc != 0)
+            return lmdb::error("set map size", rc);
+    }
+
+    auto impl = std::make_unique<Impl>(options, std::move(*calendar), std::move(*claim), std::move(*env));
+    auto ready = options.read_only ? impl->attach() : impl->initialise();
+    if (!ready) return ready.error();
+    return Store(std::move(impl));
+}
+
+Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Store::Store(Store&&) noexcept = default;
+Store& Store::operator=(Store&&) noexcept = default;
+Store::~Store() = default;
+
+uint32_t Store::schema_version() const
+{
+    return impl_->schema_version;
+}
+
+uint64_t Store::map_size() const
+{
+    return impl_->env.map_size();
+}
+
+int64_t Store::bucket_start(int64_t time, Granularity granularity) const
+{
+    return impl_->calendar.start(time, granularity);
+}
+
+Status Store::commit(const CycleCommit& cycle)
+{
+    if (impl_->options.read_only) return Error{"commit: the store is open read-only"};
+    const Databases& dbs = impl_->dbs;
+    std::array<int64_t, kGranularities.size()> starts{};
+    for (size_t i = 0; i < kGranularities.size(); ++i)
+        starts[i] = impl_->calendar.start(cycle.time, kGranularities[i]);
+
+    return impl_->write("commit cycle", [&](lmdb::Txn& txn) -> Status {
+        for (const Session& session : cycle.sessions) {
+            if (session.id.empty()) return Error{"store session: empty session id (user '" + session.user + "')"};
+            if (auto put = txn.put(*dbs.sessions, session.id, encoding::encode(session)); !put)
+                return prefixed("store session " + session.id, put.error());
+        }
+        for (const auto& [user, increment] : cycle.user_usage) {
+            if (increment == Traffic{}) continue; // buckets hold only traffic
+            for (size_t i = 0; i < kGranularities.size(); ++i) {
+                const auto key = encoding::usage_key(user, kGranularities[i], starts[i]);
+                if (auto added = add_traffic(txn, *dbs.usage, key, increment); !added)
+                    return prefixed("add usage of user '" + user + "'", added.error());
+            }
+        }
+        for (const auto& [interface, increment] : cycle.unattributed) {
+            if (increment == Traffic{}) continue;
+            if (auto added = add_traffic(txn, *dbs.unattributed, interface, increment); !added)
+                return prefixed("add unattributed usage of " + interface, added.error());
+        }
+        // Removals first: an address both removed and updated (taken over
+        // within the cycle) ends up with its update.
+        for (const ClientKey& key : cycle.address_removals) {
+            if (auto removed = txn.del(*dbs.checkpoint_addresses, encoding::encode(key)); !removed)
+                return prefixed("remove checkpoint of " + key.address(), removed.error());
+        }
+        for (const auto& [key, checkpoint] : cycle.address_updates) {
+            if (auto put = txn.put(*dbs.checkpoint_addresses, encoding::encode(key), encoding::encode(checkpoint));
+                !put)
+                return prefixed("store checkpoint of " + key.address(), put.error());
+        }
+        std::set<uint32_t> interfaces;
+        for (const auto& [ifindex, traffic] : cycle.interface_updates)
+            interfaces.insert(ifindex);
+        for (const auto& [ifindex, name] : cycle.interface_names)
+            interfaces.insert(ifindex);
+        for (uint32_t ifindex : interfaces) {
+            const std::string key = encoding::interface_key(ifindex);
+            const std::string context = "store checkpoint of interface " + std::to_string(ifindex);
+            auto stored = txn.get(*dbs.checkpoint_interfaces, key);
+            if (!stored) return prefixed(context, stored.error());
+            encoding::InterfaceRecord record;
+            if (*stored) {
+                auto decoded = encoding::decode_interface_record(**stored);
+                if (!decoded) return Error{context + ": the stored record is corrupt"};
+                record = std::move(*decoded);
+            }
+            if (auto it = cycle.interface_updates.find(ifindex); it != cycle.interface_updates.end())
+                record.traffic = it->second;
+            if (auto it = cycle.interface_names.find(ifindex); it != cycle.interface_names.end())
+                record.name = it->second;
+            if (auto put = txn.put(*dbs.checkpoint_interfaces, key, encoding::encode(record)); !put)
+                return prefixed(context, put.error());
+        }
+        if (cycle.identity) {
+            if (auto put = txn.put(*dbs.checkpoint_meta, kIdentityKey, encoding::encode(*cycle.identity)); !put)
+                return prefixed("store counter identity", put.error());
+        }
+        return ok();
+    });
+}
+
+Status Store::prune(int64_t now)
+{
+    if (impl_->options.read_only) return Error{"prune: the store is open read-only"};
+    const auto& options = impl_->options;
+    const int64_t hour_cutoff = bucket_start(now - int64_t{options.hourly_retention_days} * 86400, Granularity::Hour);
+    const int64_t day_cutoff = bucket_start(now - int64_t{options.daily_retention_days} * 86400, Granularity::Day);
+    const MDB_dbi usage = *impl_->dbs.usage;
+
+    return impl_->write("prune usage", [&](lmdb::Txn& txn) -> Status {
+        auto cursor = lmdb::Cursor::open(txn, usage);
+        if (!cursor) return cursor.error();
+        auto entry = cursor->move(MDB_FIRST);
+        while (entry && *entry) {
+            const auto key = encoding::decode_usage_key((*entry)->key);
+            if (!key) { // not ours: leave it
+                entry = cursor->move(MDB_NEXT);
+                continue;
+            }
+            const std::optional<int64_t> cutoff = key->granularity == Granularity::Hour  ? hour_cutoff
+                                                  : key->granularity == Granularity::Day ? day_cutoff
+                                                                                         : std::optional<int64_t>();
+            if (cutoff && key->start < *cutoff) {
+                const std::string doomed((*entry)->key);
+                if (auto removed = txn.del(usage, doomed); !removed) return removed.error();
+                entry = cursor->move(MDB_SET_RANGE, doomed); // the entry after it
+            } else {
+                // Nothing more to drop for this user and granularity: skip to
+                // the next one (the prefix with its last byte incremented).
+                std::string next = encoding::usage_prefix(key->user, key->granularity);
+                next.back() = static_cast<char>(next.back() + 1);
+                entry = cursor->move(MDB_SET_RANGE, next);
+            }
+        }
+        if (!entry) return entry.error();
+        return ok();
+    });
+}
+
+} // namespace vpnmeter

@@ -1,0 +1,91 @@
+// The store's internals, shared by store.cpp (open, writes) and
+// snapshot.cpp (reads). Not for use outside agent/store/.
+#pragma once
+
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+
+#include "store/lmdb.h"
+#include "store/store.h"
+#include "store/timezone.h"
+
+namespace vpnmeter {
+
+constexpr uint32_t kSchemaVersion = 1;
+
+// The named databases. Opened read-only, a store the daemon never
+// initialised has none of them: reads then find nothing.
+struct Databases {
+    std::optional<MDB_dbi> meta;
+    std::optional<MDB_dbi> sessions;
+    std::optional<MDB_dbi> usage;
+    std::optional<MDB_dbi> unattributed;
+    std::optional<MDB_dbi> checkpoint_addresses;
+    std::optional<MDB_dbi> checkpoint_interfaces;
+    std::optional<MDB_dbi> checkpoint_meta;
+};
+
+// LMDB breaks if one process opens the same environment twice (closing
+// either drops the other's file locks), so each open claims the directory.
+class OpenStoreClaim {
+public:
+    static Result<OpenStoreClaim> claim(const std::string& directory);
+    OpenStoreClaim(OpenStoreClaim&& other) noexcept : id_(std::exchange(other.id_, std::nullopt)) {}
+    OpenStoreClaim& operator=(OpenStoreClaim&&) = delete;
+    OpenStoreClaim(const OpenStoreClaim&) = delete;
+    ~OpenStoreClaim();
+
+private:
+    using Id = std::pair<uint64_t, uint64_t>; // device, inode
+    explicit OpenStoreClaim(Id id) : id_(id) {}
+    std::optional<Id> id_;
+};
+
+struct StoreSnapshotState {
+    // Declared first, released last: the map must not be resized while the
+    // transaction is open.
+    std::shared_lock<std::shared_timed_mutex> map_lock;
+    lmdb::Txn txn;
+    MDB_env* env = nullptr;
+    const Databases* dbs = nullptr;
+    const BucketCalendar* calendar = nullptr;
+};
+
+struct Store::Impl {
+    Impl(StoreOptions options, BucketCalendar calendar, OpenStoreClaim claim, lmdb::Env env)
+        : options(std::move(options)), calendar(std::move(calendar)), claim(std::move(claim)), env(std::move(env))
+    {
+    }
+
+    // One write transaction around `apply`, retried with a bigger map while
+    // LMDB reports MDB_MAP_FULL (up to options.max_map_size). `apply` may
+    // run several times and must only touch the transaction.
+    Status write(const std::string& what, const std::function<Status(lmdb::Txn&)>& apply);
+    // The daemon's open: creates the databases, stamps or migrates the schema.
+    Status initialise();
+    // The CLI's open: finds what exists, changes nothing.
+    Status attach();
+    Result<std::unique_ptr<StoreSnapshotState>> begin_read() const;
+
+    const StoreOptions options;
+    const BucketCalendar calendar;
+    OpenStoreClaim claim; // outlives env: released only once the files are closed
+    lmdb::Env env;
+    Databases dbs;
+    uint32_t schema_version = 0;
+
+    // Shared by every transaction of this process, exclusive while the map
+    // is resized (LMDB requires no transaction to be active then).
+    mutable std::shared_timed_mutex map_lock;
+    // Held while a resize waits for map_lock, so that new readers queue
+    // behind it instead of starving it (glibc's rwlock prefers readers).
+    mutable std::mutex resize_gate;
+    std::mutex write_lock; // one commit or prune at a time
+
+private:
+    Status resize_map(uint64_t size) const; // 0: adopt the size another process set
+};
+
+} // namespace vpnmeter

@@ -1,0 +1,826 @@
+#include <catch2/catch.hpp>
+
+#include <lmdb.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "store/encoding.h"
+#include "store/store.h"
+#include "unique_fd.h"
+
+using namespace vpnmeter;
+
+namespace {
+
+constexpr int64_t kHour = 3600;
+constexpr int64_t kDay = 86400;
+
+// A fresh directory under /tmp, removed when the test ends (also on failure).
+class TempDir {
+public:
+    TempDir()
+    {
+        char name[] = "/tmp/vpnmeter-store-test-XXXXXX";
+        if (!mkdtemp(name)) FAIL("mkdtemp: " << std::strerror(errno));
+        path_ = name;
+    }
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    ~TempDir()
+    {
+        std::error_code ec;
+        std::filesystem::remove_all(path_, ec);
+    }
+    const std::string& path() const { return path_; }
+
+private:
+    std::string path_;
+};
+
+// A forked child, killed and reaped if the test ends before waiting for it.
+struct ChildProcess {
+    explicit ChildProcess(pid_t pid) : pid(pid) {}
+    ChildProcess(const ChildProcess&) = delete;
+    ChildProcess& operator=(const ChildProcess&) = delete;
+    ~ChildProcess()
+    {
+        if (pid <= 0) return;
+        kill(pid, SIGKILL);
+        wait();
+    }
+    int wait()
+    {
+        int status = 0;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+        }
+        pid = -1;
+        return status;
+    }
+    pid_t pid;
+};
+
+StoreOptions options_in(const TempDir& dir, const std::string& timezone = "UTC")
+{
+    StoreOptions options;
+    options.path = dir.path() + "/store";
+    options.timezone = timezone;
+    options.initial_map_size = 1 << 20;
+    return options;
+}
+
+Store open_store(const StoreOptions& options)
+{
+    auto store = Store::open(options);
+    if (!store) FAIL("open " << options.path << ": " << store.error().message());
+    return std::move(store).value();
+}
+
+template <class T> T must(Result<T> result)
+{
+    if (!result) FAIL(result.error().message());
+    return std::move(result).value();
+}
+
+void must_commit(Store& store, const CycleCommit& cycle)
+{
+    auto committed = store.commit(cycle);
+    if (!committed) FAIL("commit: " << committed.error().message());
+}
+
+// Unix seconds of a UTC wall-clock time.
+int64_t utc(int y, unsigned m, unsigned d, int h = 0, int mi = 0, int s = 0)
+{
+    using namespace std::chrono;
+    const auto t = sys_days{year{y} / month{m} / day{d}} + hours{h} + minutes{mi} + seconds{s};
+    return duration_cast<seconds>(t.time_since_epoch()).count();
+}
+
+Traffic traffic(uint64_t up_packets, uint64_t up_bytes, uint64_t down_packets, uint64_t down_bytes)
+{
+    return Traffic{Count{up_packets, up_bytes}, Count{down_packets, down_bytes}};
+}
+
+Session session(const std::string& id, const std::string& user, std::optional<int64_t> end = std::nullopt)
+{
+    Session s;
+    s.id = id;
+    s.user = user;
+    s.instance = "udp1194";
+    s.interface = "tun0";
+    s.addresses = {"10.8.0.2", "fd00::2"};
+    s.real_address = "203.0.113.7:51820";
+    s.start = utc(2024, 5, 1, 10);
+    s.end = end;
+    s.usage = traffic(10, 1000, 20, 20000);
+    s.source_upload_bytes = 1500;
+    s.source_download_bytes = 25000;
+    return s;
+}
+
+ClientKey v4(uint32_t ifindex, const std::string& address)
+{
+    return ClientKey::parse(ifindex, address);
+}
+
+std::vector<UsageBucket> usage(const Store& store, const std::string& user, int64_t from, int64_t to, Granularity g)
+{
+    return must(store.usage(user, from, to, g));
+}
+
+// Writes a raw key into a named database of a closed store: how a newer
+// release or a foreign tool would have left it.
+void put_raw(const std::string& path, const char* db, const std::string& key, const std::string& value)
+{
+    MDB_env* env = nullptr;
+    REQUIRE(mdb_env_create(&env) == 0);
+    REQUIRE(mdb_env_set_maxdbs(env, 16) == 0);
+    REQUIRE(mdb_env_open(env, path.c_str(), 0, 0600) == 0);
+    MDB_txn* txn = nullptr;
+    REQUIRE(mdb_txn_begin(env, nullptr, 0, &txn) == 0);
+    MDB_dbi dbi = 0;
+    REQUIRE(mdb_dbi_open(txn, db, MDB_CREATE, &dbi) == 0);
+    MDB_val k{key.size(), const_cast<char*>(key.data())};
+    MDB_val v{value.size(), const_cast<char*>(value.data())};
+    REQUIRE(mdb_put(txn, dbi, &k, &v, 0) == 0);
+    REQUIRE(mdb_txn_commit(txn) == 0);
+    mdb_env_close(env);
+}
+
+mode_t mode_of(const std::string& path)
+{
+    struct stat st {};
+    REQUIRE(stat(path.c_str(), &st) == 0);
+    return st.st_mode & 07777;
+}
+
+// A commit touching many keys: `users` users, one session each.
+CycleCommit big_cycle(int64_t time, int users, const std::string& tag)
+{
+    CycleCommit cycle;
+    cycle.time = time;
+    for (int i = 0; i < users; ++i) {
+        const std::string user = tag + "-user-" + std::to_string(i);
+        cycle.user_usage[user] = traffic(1, 100, 2, 200);
+        cycle.sessions.push_back(session(tag + ":" + std::to_string(i) + ":1", user));
+    }
+    return cycle;
+}
+
+} // namespace
+
+TEST_CASE("a new store has schema version 1 and private files", "[store]")
+{
+    TempDir dir;
+    const auto options = options_in(dir);
+    Store store = open_store(options);
+    CHECK(store.schema_version() == 1);
+    CHECK(mode_of(options.path) == 0700);
+    CHECK(mode_of(options.path + "/data.mdb") == 0600);
+    CHECK(mode_of(options.path + "/lock.mdb") == 0600);
+    CHECK(must(store.checkpoint()) == std::nullopt);
+    CHECK(must(store.sessions()).empty());
+    CHECK(must(store.unattributed()).empty());
+}
+
+TEST_CASE("a commit reads back field by field", "[store]")
+{
+    TempDir dir;
+    Store store = open_store(options_in(dir));
+    const int64_t now = utc(2024, 5, 1, 12, 34, 56);
+
+    CycleCommit cycle;
+    cycle.time = now;
+    Session closed = session("udp1194:7:1714557600", "alice", now);
+    Session active = session("udp1194:8:1714557700", "bob");
+    active.addresses = {"10.8.0.3"};
+    active.usage = traffic(1, 2, 3, 4);
+    cycle.sessions = {closed, active};
+    cycle.user_usage = {{"alice", traffic(5, 500, 6, 600)}, {"bob", traffic(1, 2, 3, 4)}};
+    cycle.unattributed = {{"tun0", traffic(7, 700, 8, 800)}};
+    cycle.identity = CounterIdentity{"c0ffee-boot", 41, 42};
+    cycle.address_updates = {{v4(3, "10.8.0.2"), {traffic(11, 1100, 12, 1200), closed.id}},
+                             {ClientKey::parse(3, "fd00::2"), {traffic(1, 60, 0, 0), ""}}};
+    cycle.interface_updates = {{3, InterfaceTraffic{traffic(20, 2000, 30, 3000), traffic(1, 60, 0, 0)}}};
+    cycle.interface_names = {{3, "tun0"}};
+    must_commit(store, cycle);
+
+    CHECK(must(store.session(closed.id)) == closed);
+    CHECK(must(store.session(active.id)) == active);
+    CHECK(must(store.session("no-such-session")) == std::nullopt);
+    CHECK(must(store.sessions()) == std::vector<Session>{closed, active});
+
+    for (auto g : {Granularity::Hour, Granularity::Day, Granularity::Month}) {
+        const auto buckets = usage(store, "alice", now - 40 * kDay, now + 40 * kDay, g);
+        REQUIRE(buckets.size() == 1);
+        CHECK(buckets[0].start == store.bucket_start(now, g));
+        CHECK(buckets[0].traffic == traffic(5, 500, 6, 600));
+    }
+    CHECK(usage(store, "bob", now, now + 1, Granularity::Hour) ==
+          std::vector<UsageBucket>{{utc(2024, 5, 1, 12), traffic(1, 2, 3, 4)}});
+
+    const auto unattributed = must(store.unattributed());
+    REQUIRE(unattributed.size() == 1);
+    CHECK(unattributed[0].interface == "tun0");
+    CHECK(unattributed[0].traffic == traffic(7, 700, 8, 800));
+
+    const auto checkpoint = must(store.checkpoint());
+    REQUIRE(checkpoint);
+    CHECK(checkpoint->identity == *cycle.identity);
+    CHECK(checkpoint->addresses == cycle.address_updates);
+    CHECK(checkpoint->interfaces == cycle.interface_updates);
+    CHECK(checkpoint->interface_names == cycle.interface_names);
+}
+
+TEST_CASE("increments add up across commits", "[store]")
+{
+    TempDir dir;
+    Store store = open_store(options_in(dir));
+    const int64_t t = utc(2024, 5, 1, 10, 15);
+    for (int i = 0; i < 3; ++i) {
+        CycleCommit cycle;
+        cycle.time = t + i * 60; // same hour
+        cycle.user_usage["alice"] = traffic(1, 100, 2, 200);
+        cycle.unattributed["tun0"] = traffic(0, 0, 1, 40);
+        must_commit(store, cycle);
+    }
+    CycleCommit later;
+    later.time = t + kHour; // next hour, same day
+    later.user_usage["alice"] = traffic(1, 1, 1, 1);
+    later.user_usage["idle"] = Traffic{}; // nothing to add: no bucket
+    must_commit(store, later);
+
+    CHECK(usage(store, "alice", t - kDay, t + kDay, Granularity::Hour) ==
+          std::vector<UsageBucket>{{utc(2024, 5, 1, 10), traffic(3, 300, 6, 600)},
+                                   {utc(2024, 5, 1, 11), traffic(1, 1, 1, 1)}});
+    CHECK(usage(store, "alice", t - kDay, t + kDay, Granularity::Day) ==
+          std::vector<UsageBucket>{{utc(2024, 5, 1), traffic(4, 301, 7, 601)}});
+    CHECK(usage(store, "alice", t - kDay, t + kDay, Granularity::Month) ==
+          std::vector<UsageBucket>{{utc(2024, 5, 1), traffic(4, 301, 7, 601)}});
+    CHECK(usage(store, "idle", t - kDay, t + kDay, Granularity::Hour).empty());
+    const auto unattributed = must(store.unattributed());
+    REQUIRE(unattributed.size() == 1);
+    CHECK(unattributed[0].traffic == traffic(0, 0, 3, 120));
+}
+
+TEST_CASE("UTC buckets roll over at midnight and on the 1st", "[store]")
+{
+    TempDir dir;
+    Store store = open_store(options_in(dir));
+    const int64_t t = utc(2024, 1, 31, 23, 59, 59);
+    CHECK(store.bucket_start(t, Granularity::Hour) == utc(2024, 1, 31, 23));
+    CHECK(store.bucket_start(t, Granularity::Day) == utc(2024, 1, 31));
+    CHECK(store.bucket_start(t, Granularity::Month) == utc(2024, 1, 1));
+    CHECK(store.bucket_start(t + 1, Granularity::Day) == utc(2024, 2, 1));
+    CHECK(store.bucket_start(t + 1, Granularity::Month) == utc(2024, 2, 1));
+    CHECK(store.bucket_start(utc(1969, 12, 31, 23, 30), Granularity::Hour) == utc(1969, 12, 31, 23));
+
+    for (int64_t time : {t, t + 1}) {
+        CycleCommit cycle;
+        cycle.time = time;
+        cycle.user_usage["alice"] = traffic(1, 10, 0, 0);
+        must_commit(store, cycle);
+    }
+    CHECK(usage(store, "alice", utc(2024, 1, 1), utc(2024, 3, 1), Granularity::Day) ==
+          std::vector<UsageBucket>{{utc(2024, 1, 31), traffic(1, 10, 0, 0)}, {utc(2024, 2, 1), traffic(1, 10, 0, 0)}});
+    CHECK(usage(store, "alice", utc(2024, 1, 1), utc(2024, 3, 1), Granularity::Month) ==
+          std::vector<UsageBucket>{{utc(2024, 1, 1), traffic(1, 10, 0, 0)}, {utc(2024, 2, 1), traffic(1, 10, 0, 0)}});
+}
+
+TEST_CASE("Asia/Kolkata buckets begin at local hours and local midnight", "[store]")
+{
+    TempDir dir;
+    Store store = open_store(options_in(dir, "Asia/Kolkata")); // +05:30, no DST
+    // 2024-03-31 23:59:59 IST is 18:29:59 UTC; a second later it is April.
+    const int64_t before = utc(2024, 3, 31, 18, 29, 59);
+    const int64_t after = before + 1;
+    CHECK(store.bucket_start(before, Granularity::Hour) == utc(2024, 3, 31, 17, 30));
+    CHECK(store.bucket_start(after, Granularity::Hour) == utc(2024, 3, 31, 18, 30));
+    CHECK(store.bucket_start(before, Granularity::Day) == utc(2024, 3, 30, 18, 30));
+    CHECK(store.bucket_start(after, Granularity::Day) == utc(2024, 3, 31, 18, 30));
+    CHECK(store.bucket_start(before, Granularity::Month) == utc(2024, 2, 29, 18, 30));
+    CHECK(store.bucket_start(after, Granularity::Month) == utc(2024, 3, 31, 18, 30));
+
+    for (int64_t time : {before, after}) {
+        CycleCommit cycle;
+        cycle.time = time;
+        cycle.user_usage["asha"] = traffic(1, 10, 1, 20);
+        must_commit(store, cycle);
+    }
+    const auto days = usage(store, "asha", utc(2024, 3, 1), utc(2024, 5, 1), Granularity::Day);
+    REQUIRE(days.size() == 2);
+    CHECK(days[0].start == utc(2024, 3, 30, 18, 30));
+    CHECK(days[1].start == utc(2024, 3, 31, 18, 30));
+    const auto months = usage(store, "asha", utc(2024, 1, 1), utc(2024, 5, 1), Granularity::Month);
+    REQUIRE(months.size() == 2);
+    CHECK(months[1].start == utc(2024, 3, 31, 18, 30));
+}
+
+TEST_CASE("America/New_York days last 23 and 25 hours across DST", "[store]")
+{
+    TempDir dir;
+    Store store = open_store(options_in(dir, "America/New_York"));
+    // 2024-03-10: clocks go 02:00 EST -> 03:00 EDT.
+    const int64_t march_10 = store.bucket_start(utc(2024, 3, 10, 17), Granularity::Day);
+    const int64_t march_11 = store.bucket_start(utc(2024, 3, 11, 17), Granularity::Day);
+    CHECK(march_10 == utc(2024, 3, 10, 5)); // midnight EST
+    CHECK(march_11 == utc(2024, 3, 11, 4)); // midnight EDT
+    CHECK(march_11 - march_10 == 23 * kHour);
+    // Local hours: 01:xx EST, then 03:xx EDT one hour later.
+    CHECK(store.bucket_start(utc(2024, 3, 10, 6, 59), Granularity::Hour) == utc(2024, 3, 10, 6));
+    CHECK(store.bucket_start(utc(2024, 3, 10, 7, 0), Granularity::Hour) == utc(2024, 3, 10, 7));
+
+    // 2024-11-03: clocks go 02:00 EDT -> 01:00 EST; 01:xx happens twice.
+    const int64_t nov_3 = store.bucket_start(utc(2024, 11, 3, 17), Granularity::Day);
+    const int64_t nov_4 = store.bucket_start(utc(2024, 11, 4, 17), Granularity::Day);
+    CHECK(nov_3 == utc(2024, 11, 3, 4));
+    CHECK(nov_4 == utc(2024, 11, 4, 5));
+    CHECK(nov_4 - nov_3 == 25 * kHour);
+    CHECK(store.bucket_start(utc(2024, 11, 3, 5, 30), Granularity::Hour) == utc(2024, 11, 3, 5)); // 01:30 EDT
+    CHECK(store.bucket_start(utc(2024, 11, 3, 6, 30), Granularity::Hour) == utc(2024, 11, 3, 6)); // 01:30 EST
+    CHECK(store.bucket_start(utc(2024, 11, 3, 6, 30), Granularity::Month) == utc(2024, 11, 1, 4));
+
+    // Traffic at 23:30 local on both sides of the short day lands in three days.
+    for (int64_t time : {utc(2024, 3, 10, 4, 30), utc(2024, 3, 11, 3, 30), utc(2024, 3, 12, 3, 30)}) {
+        CycleCommit cycle;
+        cycle.time = time;
+        cycle.user_usage["nora"] = traffic(1, 1, 1, 1);
+        must_commit(store, cycle);
+    }
+    const auto days = usage(store, "nora", utc(2024, 3, 9), utc(2024, 3, 13), Granularity::Day);
+    REQUIRE(days.size() == 3);
+    CHECK(days[0].start == utc(2024, 3, 9, 5));
+    CHECK(days[1].start == march_10);
+    CHECK(days[2].start == march_11);
+}
+
+TEST_CASE("usage queries return the buckets overlapping [from, to)", "[store]")
+{
+    TempDir dir;
+    Store store = open_store(options_in(dir));
+    for (int h : {10, 11, 12, 13}) {
+        CycleCommit cycle;
+        cycle.time = utc(2024, 5, 1, h, 20);
+        cycle.user_usage["alice"] = traffic(h, h, 0, 0);
+        cycle.user_usage["al"] = traffic(100, 100, 0, 0); // a prefix of "alice"
+        cycle.user_usage["alice2"] = traffic(1, 1, 0, 0); // "alice" is its prefix
+        must_commit(store, cycle);
+    }
+    auto starts = [&](int64_t from, int64_t to, Granularity g) {
+        std::vector<int64_t> out;
+        for (const auto& bucket : usage(store, "alice", from, to, g))
+            out.push_back(bucket.start);
+        return out;
+    };
+    CHECK(starts(utc(2024, 5, 1, 11), utc(2024, 5, 1, 13), Granularity::Hour) ==
+          std::vector<int64_t>{utc(2024, 5, 1, 11), utc(2024, 5, 1, 12)});
+    CHECK(starts(utc(2024, 5, 1, 11, 30), utc(2024, 5, 1, 12), Granularity::Hour) ==
+          std::vector<int64_t>{utc(2024, 5, 1, 11)});
+    CHECK(starts(utc(2024, 5, 1, 11, 30), utc(2024, 5, 1, 12, 0, 1), Granularity::Hour) ==
+          std::vector<int64_t>{utc(2024, 5, 1, 11), utc(2024, 5, 1, 12)});
+    CHECK(starts(utc(2024, 5, 1), utc(2024, 5, 1, 10), Granularity::Hour).empty());
+    CHECK(starts(utc(2024, 5, 1, 14), utc(2024, 5, 2), Granularity::Hour).empty());
+    CHECK(starts(utc(2024, 5, 1, 12), utc(2024, 5, 1, 12), Granularity::Hour).empty());
+    CHECK(starts(utc(2024, 5, 1, 12), utc(2024, 5, 1, 11), Granularity::Hour).empty());
+    CHECK(starts(utc(2024, 5, 1, 12), utc(2024, 5, 1, 13), Granularity::Day) == std::vector<int64_t>{utc(2024, 5, 1)});
+    CHECK(starts(utc(2024, 5, 2), utc(2024, 6, 1), Granularity::Day).empty());
+    CHECK(usage(store, "alice", utc(2024, 5, 1), utc(2024, 5, 2), Granularity::Day) ==
+          std::vector<UsageBucket>{{utc(2024, 5, 1), traffic(46, 46, 0, 0)}});
+    CHECK(usage(store, "nobody", 0, utc(2030, 1, 1), Granularity::Hour).empty());
+    CHECK(usage(store, std::string(2000, 'x'), 0, utc(2030, 1, 1), Granularity::Hour).empty());
+}
+
+TEST_CASE("sessions filter by activity and user", "[store]")
+{
+    TempDir dir;
+    Store store = open_store(options_in(dir));
+    CycleCommit cycle;
+    cycle.time = utc(2024, 5, 1, 12);
+    cycle.sessions = {session("a:1:1", "alice", utc(2024, 5, 1, 11)), session("a:2:1", "alice"),
+                      session("b:1:1", "bob"), session("b:2:1", "bob", utc(2024, 5, 1, 11))};
+    must_commit(store, cycle);
+
+    auto ids = [](const std::vector<Session>& sessions) {
+        std::vector<std::string> out;
+        for (const auto& s : sessions)
+            out.push_back(s.id);
+        return out;
+    };
+    CHECK(ids(must(store.sessions())) == std::vector<std::string>{"a:1:1", "a:2:1", "b:1:1", "b:2:1"});
+    CHECK(ids(must(store.sessions(true))) == std::vector<std::string>{"a:2:1", "b:1:1"});
+    CHECK(ids(must(store.sessions(false, "bob"))) == std::vector<std::string>{"b:1:1", "b:2:1"});
+    CHECK(ids(must(store.sessions(true, "alice"))) == std::vector<std::string>{"a:2:1"});
+    CHECK(must(store.sessions(false, "carol")).empty());
+
+    // An upsert closes a session.
+    CycleCommit close;
+    close.time = utc(2024, 5, 1, 13);
+    close.sessions = {session("a:2:1", "alice", utc(2024, 5, 1, 13))};
+    must_commit(store, close);
+    CHECK(must(store.sessions(true, "alice")).empty());
+    CHECK(must(store.session("a:2:1"))->end == utc(2024, 5, 1, 13));
+}
+
+TEST_CASE("checkpoints round-trip with removals, names and identity", "[store]")
+{
+    TempDir dir;
+    Store store = open_store(options_in(dir));
+    const ClientKey a = v4(3, "10.8.0.2"), b = v4(3, "10.8.0.3"), c = ClientKey::parse(4, "fd00::9");
+
+    CycleCommit first;
+    first.time = utc(2024, 5, 1, 12);
+    first.identity = CounterIdentity{"boot-1", 10, 11};
+    first.address_updates = {
+        {a, {traffic(1, 1, 1, 1), "s1"}}, {b, {traffic(2, 2, 2, 2), "s2"}}, {c, {traffic(3, 3, 3, 3), ""}}};
+    first.interface_updates = {{3, {traffic(5, 5, 5, 5), traffic(0, 0, 0, 0)}},
+                               {4, {traffic(6, 6, 6, 6), traffic(3, 3, 3, 3)}}};
+    first.interface_names = {{3, "tun0"}, {4, "tun1"}};
+    must_commit(store, first);
+
+    CycleCommit second;
+    second.time = utc(2024, 5, 1, 12, 1);
+    second.address_removals = {b, v4(9, "10.9.9.9")}; // an unknown key is fine
+    second.address_updates = {{a, {traffic(7, 7, 7, 7), "s3"}}};
+    second.interface_updates = {{3, {traffic(8, 8, 8, 8), traffic(1, 1, 1, 1)}}}; // name kept
+    second.interface_names = {{4, "tun1-renamed"}, {5, "wg0"}};                   // traffic kept; a name only
+    must_commit(store, second);
+
+    auto checkpoint = must(store.checkpoint());
+    REQUIRE(checkpoint);
+    CHECK(checkpoint->identity == CounterIdentity{"boot-1", 10, 11}); // unchanged: not in the second commit
+    CHECK(checkpoint->addresses ==
+          std::map<ClientKey, AddressCheckpoint>{{a, {traffic(7, 7, 7, 7), "s3"}}, {c, {traffic(3, 3, 3, 3), ""}}});
+    CHECK(checkpoint->interfaces ==
+          std::map<uint32_t, InterfaceTraffic>{{3, {traffic(8, 8, 8, 8), traffic(1, 1, 1, 1)}},
+                                               {4, {traffic(6, 6, 6, 6), traffic(3, 3, 3, 3)}}});
+    CHECK(checkpoint->interface_names == std::map<uint32_t, std::string>{{3, "tun0"}, {4, "tun1-renamed"}, {5, "wg0"}});
+
+    CycleCommit third;
+    third.time = utc(2024, 5, 1, 12, 2);
+    third.identity = CounterIdentity{"boot-2", 20, 21};
+    third.address_removals = {a, c};
+    must_commit(store, third);
+    checkpoint = must(store.checkpoint());
+    REQUIRE(checkpoint);
+    CHECK(checkpoint->identity == CounterIdentity{"boot-2", 20, 21});
+    CHECK(checkpoint->addresses.empty());
+}
+
+TEST_CASE("a full store fails the commit whole and works again with a larger limit", "[store]")
+{
+    TempDir dir;
+    auto options = options_in(dir);
+    options.initial_map_size = 64 << 10;
+    options.max_map_size = 128 << 10;
+    const int64_t t = utc(2024, 5, 1, 12);
+    {
+        Store store = open_store(options);
+        must_commit(store, big_cycle(t, 3, "small"));
+
+        const auto full = store.commit(big_cycle(t, 2000, "big"));
+        REQUIRE_FALSE(full);
+        INFO(full.error().message());
+        CHECK_THAT(full.error().message(), Catch::Contains("is full") && Catch::Contains("131072 bytes"));
+        CHECK(store.map_size() == 128 << 10);
+
+        // Nothing of the failed commit, everything of the earlier one.
+        CHECK(must(store.sessions()).size() == 3);
+        CHECK(usage(store, "big-user-0", 0, t + kDay, Granularity::Hour).empty());
+        CHECK(usage(store, "small-user-0", 0, t + kDay, Granularity::Hour).size() == 1);
+        // Smaller commits still fit.
+        must_commit(store, big_cycle(t, 1, "after"));
+    }
+    options.max_map_size = 64 << 20;
+    Store store = open_store(options);
+    must_commit(store, big_cycle(t, 2000, "big"));
+    CHECK(must(store.sessions()).size() == 2004);
+    CHECK(usage(store, "big-user-1999", 0, t + kDay, Granularity::Month).size() == 1);
+}
+
+TEST_CASE("a small map grows transparently up to the limit", "[store]")
+{
+    TempDir dir;
+    auto options = options_in(dir);
+    options.initial_map_size = 64 << 10;
+    options.max_map_size = 64 << 20;
+    Store store = open_store(options);
+    CHECK(store.map_size() == 64 << 10);
+    const int64_t t = utc(2024, 5, 1, 12);
+    must_commit(store, big_cycle(t, 5000, "many"));
+    CHECK(store.map_size() > (64 << 10));
+    CHECK(store.map_size() <= (64 << 20));
+    CHECK(must(store.sessions()).size() == 5000);
+    CHECK(usage(store, "many-user-4999", 0, t + kDay, Granularity::Day) ==
+          std::vector<UsageBucket>{{utc(2024, 5, 1), traffic(1, 100, 2, 200)}});
+}
+
+TEST_CASE("a reopened store keeps the map size it grew to", "[store]")
+{
+    TempDir dir;
+    auto options = options_in(dir);
+    options.initial_map_size = 64 << 10;
+    uint64_t grown = 0;
+    {
+        Store store = open_store(options);
+        must_commit(store, big_cycle(utc(2024, 5, 1, 12), 2000, "many"));
+        grown = store.map_size();
+    }
+    CHECK(grown > (64 << 10));
+    CHECK(open_store(options).map_size() == grown);
+    options.initial_map_size = 4 * grown; // a larger initial size applies to an existing store too
+    CHECK(open_store(options).map_size() == 4 * grown);
+}
+
+TEST_CASE("other threads read while commits grow the map", "[store]")
+{
+    TempDir dir;
+    auto options = options_in(dir);
+    options.initial_map_size = 64 << 10;
+    Store store = open_store(options);
+    const int64_t t = utc(2024, 5, 1, 12);
+
+    std::atomic<int> failures = 0, reads = 0;
+    {
+        // Stopped and joined on the way out, also when a commit fails.
+        struct Readers {
+            std::atomic<bool> done = false;
+            std::vector<std::thread> threads;
+            ~Readers()
+            {
+                done = true;
+                for (auto& thread : threads)
+                    thread.join();
+            }
+        } readers;
+        for (int i = 0; i < 3; ++i) {
+            readers.threads.emplace_back([&] {
+                size_t seen = 0;
+                while (!readers.done) {
+                    auto sessions = store.sessions();
+                    // Commits only add sessions: a reader never sees fewer.
+                    if (!sessions || sessions->size() < seen) ++failures;
+                    if (sessions) seen = sessions->size();
+                    ++reads;
+                }
+            });
+        }
+        for (int round = 0; round < 8; ++round)
+            must_commit(store, big_cycle(t, 500, "round" + std::to_string(round)));
+    }
+    CHECK(failures == 0);
+    CHECK(reads > 0);
+    CHECK(store.map_size() > (64 << 10));
+    CHECK(must(store.sessions()).size() == 4000);
+}
+
+TEST_CASE("a snapshot keeps its view while the same process commits", "[store]")
+{
+    TempDir dir;
+    Store store = open_store(options_in(dir));
+    must_commit(store, big_cycle(utc(2024, 5, 1, 12), 1, "first"));
+
+    auto before = must(store.snapshot());
+    must_commit(store, big_cycle(utc(2024, 5, 1, 12), 1, "second"));
+    CHECK(must(before.sessions()).size() == 1);
+    CHECK(must(store.sessions()).size() == 2);
+}
+
+TEST_CASE("a read-only store in another process reads while the daemon writes", "[store]")
+{
+    TempDir dir;
+    auto options = options_in(dir);
+    options.initial_map_size = 64 << 10; // the second commit grows it under the reader
+    Store writer = open_store(options);
+    const int64_t t = utc(2024, 5, 1, 12);
+    must_commit(writer, big_cycle(t, 1, "first"));
+
+    int fds[4];
+    REQUIRE(pipe(fds) == 0);
+    REQUIRE(pipe(fds + 2) == 0);
+    UniqueFd from_parent(fds[0]), to_child(fds[1]), from_child(fds[2]), to_parent(fds[3]);
+    ChildProcess child(fork());
+    REQUIRE(child.pid >= 0);
+    if (child.pid == 0) {
+        // The reader: no Catch2 here; the exit code says what went wrong.
+        to_child.reset();
+        from_child.reset();
+        auto reader_options = options;
+        reader_options.read_only = true;
+        auto reader = Store::open(reader_options);
+        if (!reader) _exit(10);
+        auto held = reader->snapshot();
+        if (!held || held->sessions()->size() != 1) _exit(11);
+        char byte = 'r';
+        if (write(to_parent.get(), &byte, 1) != 1 || read(from_parent.get(), &byte, 1) != 1) _exit(12);
+        // The writer has committed meanwhile, and was not blocked by `held`.
+        if (held->sessions()->size() != 1) _exit(13);
+        if (!held->usage("second-user-0", 0, t + kDay, Granularity::Hour)->empty()) _exit(14);
+        held = Error{"released"}; // the reader adopts the grown map once no snapshot is open
+        auto fresh = reader->sessions();
+        if (!fresh || fresh->size() != 2001) _exit(15);
+        if (reader->usage("second-user-0", 0, t + kDay, Granularity::Hour)->size() != 1) _exit(16);
+        if (reader->commit(big_cycle(t, 1, "reader"))) _exit(17);
+        if (reader->map_size() <= (64 << 10)) _exit(18);
+        _exit(0);
+    }
+    from_parent.reset();
+    to_parent.reset();
+    char byte = 0;
+    REQUIRE(read(from_child.get(), &byte, 1) == 1); // EOF if the child failed early
+    must_commit(writer, big_cycle(t, 2000, "second"));
+    REQUIRE(writer.map_size() > (64 << 10));
+    REQUIRE(write(to_child.get(), &byte, 1) == 1);
+    const int status = child.wait();
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("read-only opens: missing, never written, uninitialised", "[store]")
+{
+    TempDir dir;
+    auto options = options_in(dir);
+    options.read_only = true;
+
+    SECTION("a missing store is an error that says where to look")
+    {
+        const auto missing = Store::open(options);
+        REQUIRE_FALSE(missing);
+        CHECK(missing.error().message() ==
+              "no store at " + options.path + " (has vpnmeterd run with storage.path=" + options.path + "?)");
+        CHECK_FALSE(std::filesystem::exists(options.path)); // and nothing was created
+    }
+    SECTION("a store the daemon opened but never committed to reads empty")
+    {
+        auto writer_options = options;
+        writer_options.read_only = false;
+        {
+            Store writer = open_store(writer_options);
+        }
+        Store reader = open_store(options);
+        CHECK(reader.schema_version() == 1);
+        CHECK(must(reader.sessions()).empty());
+        CHECK(must(reader.checkpoint()) == std::nullopt);
+        CHECK(must(reader.unattributed()).empty());
+        CHECK(usage(reader, "alice", 0, utc(2030, 1, 1), Granularity::Month).empty());
+        CHECK_FALSE(reader.commit(CycleCommit{}));
+        CHECK_FALSE(reader.prune(utc(2024, 1, 1)));
+    }
+    SECTION("an environment without the store's databases reads empty")
+    {
+        REQUIRE(mkdir(options.path.c_str(), 0700) == 0);
+        put_raw(options.path, "unrelated", "k", "v");
+        Store reader = open_store(options);
+        CHECK(reader.schema_version() == 0);
+        CHECK(must(reader.sessions()).empty());
+        CHECK(must(reader.checkpoint()) == std::nullopt);
+    }
+    SECTION("an empty data file is no store")
+    {
+        REQUIRE(mkdir(options.path.c_str(), 0700) == 0);
+        std::ofstream(options.path + "/data.mdb").close();
+        const auto empty = Store::open(options);
+        REQUIRE_FALSE(empty);
+        CHECK_THAT(empty.error().message(), Catch::StartsWith("no store at " + options.path));
+    }
+}
+
+TEST_CASE("a reopened store keeps everything", "[store]")
+{
+    TempDir dir;
+    const auto options = options_in(dir, "Europe/Berlin");
+    const int64_t t = utc(2024, 5, 1, 12);
+    CycleCommit cycle = big_cycle(t, 3, "kept");
+    cycle.unattributed["tun0"] = traffic(1, 2, 3, 4);
+    cycle.identity = CounterIdentity{"boot", 1, 2};
+    cycle.address_updates = {{v4(3, "10.8.0.2"), {traffic(1, 1, 1, 1), "kept:0:1"}}};
+    cycle.interface_updates = {{3, {traffic(2, 2, 2, 2), traffic(1, 1, 1, 1)}}};
+    cycle.interface_names = {{3, "tun0"}};
+    {
+        Store store = open_store(options);
+        must_commit(store, cycle);
+    }
+    Store store = open_store(options);
+    CHECK(store.schema_version() == 1);
+    CHECK(must(store.sessions()) == cycle.sessions);
+    CHECK(usage(store, "kept-user-2", 0, t + kDay, Granularity::Day) ==
+          std::vector<UsageBucket>{{utc(2024, 4, 30, 22), traffic(1, 100, 2, 200)}}); // midnight CEST
+    CHECK(must(store.unattributed()).size() == 1);
+    const auto checkpoint = must(store.checkpoint());
+    REQUIRE(checkpoint);
+    CHECK(checkpoint->identity == *cycle.identity);
+    CHECK(checkpoint->addresses == cycle.address_updates);
+    CHECK(checkpoint->interfaces == cycle.interface_updates);
+    CHECK(checkpoint->interface_names == cycle.interface_names);
+}
+
+TEST_CASE("opening fails clearly on a newer schema, an unknown zone, a second open", "[store]")
+{
+    TempDir dir;
+    auto options = options_in(dir);
+
+    SECTION("unknown time zone")
+    {
+        options.timezone = "Mars/Olympus_Mons";
+        const auto store = Store::open(options);
+        REQUIRE_FALSE(store);
+        CHECK_THAT(store.error().message(), Catch::Contains("unknown time zone 'Mars/Olympus_Mons'"));
+        CHECK_FALSE(std::filesystem::exists(options.path));
+    }
+    SECTION("a schema version from the future")
+    {
+        {
+            Store store = open_store(options);
+        }
+        put_raw(options.path, "meta", "schema_version", encoding::encode_u32(2));
+        for (bool read_only : {false, true}) {
+            options.read_only = read_only;
+            const auto store = Store::open(options);
+            REQUIRE_FALSE(store);
+            CHECK_THAT(store.error().message(), Catch::Contains("schema version 2") &&
+                                                    Catch::Contains("newer than this vpnmeter understands (1)"));
+        }
+    }
+    SECTION("the same store twice in one process")
+    {
+        Store first = open_store(options);
+        const auto second = Store::open(options);
+        REQUIRE_FALSE(second);
+        CHECK_THAT(second.error().message(), Catch::Contains("already open in this process"));
+        options.read_only = true;
+        CHECK_FALSE(Store::open(options));
+    }
+    SECTION("a path that is a file")
+    {
+        std::ofstream(options.path).close();
+        const auto store = Store::open(options);
+        REQUIRE_FALSE(store);
+        CHECK_THAT(store.error().message(), Catch::Contains("not a directory"));
+    }
+}
+
+TEST_CASE("prune drops hour and day buckets past retention, keeps months", "[store]")
+{
+    TempDir dir;
+    auto options = options_in(dir);
+    options.hourly_retention_days = 2;
+    options.daily_retention_days = 10;
+    Store store = open_store(options);
+    const int64_t now = utc(2024, 5, 20, 12, 30);
+    const std::vector<int64_t> times = {utc(2024, 3, 1, 1),   utc(2024, 5, 1, 8),   utc(2024, 5, 10, 11),
+                                        utc(2024, 5, 18, 11), utc(2024, 5, 18, 13), utc(2024, 5, 20, 12)};
+    for (int64_t time : times) {
+        CycleCommit cycle;
+        cycle.time = time;
+        for (const char* user : {"alice", "bob", "carol"})
+            cycle.user_usage[user] = traffic(1, 1, 1, 1);
+        must_commit(store, cycle);
+    }
+    auto starts = [&](const std::string& user, Granularity g) {
+        std::vector<int64_t> out;
+        for (const auto& bucket : usage(store, user, 0, utc(2030, 1, 1), g))
+            out.push_back(bucket.start);
+        return out;
+    };
+    REQUIRE(starts("bob", Granularity::Hour).size() == 6);
+    REQUIRE(store.prune(now));
+
+    for (const char* user : {"alice", "bob", "carol"}) {
+        INFO(user);
+        // Hours: the cutoff is 2024-05-18 12:00; the bucket holding it stays.
+        CHECK(starts(user, Granularity::Hour) == std::vector<int64_t>{utc(2024, 5, 18, 13), utc(2024, 5, 20, 12)});
+        // Days: the cutoff is 2024-05-10.
+        CHECK(starts(user, Granularity::Day) ==
+              std::vector<int64_t>{utc(2024, 5, 10), utc(2024, 5, 18), utc(2024, 5, 20)});
+        CHECK(starts(user, Granularity::Month) == std::vector<int64_t>{utc(2024, 3, 1), utc(2024, 5, 1)});
+    }
+    CHECK(usage(store, "alice", 0, utc(2030, 1, 1), Granularity::Month)[1].traffic == traffic(5, 5, 5, 5));
+    REQUIRE(store.prune(now)); // idempotent
+    CHECK(starts("carol", Granularity::Hour).size() == 2);
+}
+
+TEST_CASE("the usage key orders by user, granularity, then time", "[store]")
+{
+    using encoding::usage_key;
+    CHECK(usage_key("a", Granularity::Hour, -5) < usage_key("a", Granularity::Hour, 0));
+    CHECK(usage_key("a", Granularity::Hour, 0) < usage_key("a", Granularity::Hour, 1));
+    CHECK(usage_key("a", Granularity::Hour, 255) < usage_key("a", Granularity::Hour, 256));
+    const std::string bytes = usage_key(std::string("a\0b", 3), Granularity::Month, -42);
+    const auto key = encoding::decode_usage_key(bytes); // views into `bytes`
+    REQUIRE(key);
+    CHECK(key->user == std::string("a\0b", 3));
+    CHECK(key->granularity == Granularity::Month);
+    CHECK(key->start == -42);
+    CHECK(encoding::encode(traffic(1, 2, 3, 4)).size() == encoding::kTrafficSize);
+    CHECK(encoding::encode(v4(1, "10.0.0.1")).size() == encoding::kClientKeySize);
+    CHECK(encoding::decode_client_key(encoding::encode(ClientKey::parse(7, "fd00::1"))) ==
+          ClientKey::parse(7, "fd00::1"));
+}

@@ -28,13 +28,12 @@ Collector::Collector(CounterSource& source, std::optional<CounterSnapshot> basel
 {
 }
 
-Result<Cycle> Collector::collect()
+Result<Cycle> Collector::collect() const
 {
     auto now = source_.read();
     if (!now) return now.error();
     Cycle cycle{std::move(now.value()), {}};
     cycle.delta = compute_delta(cycle.snapshot, last_);
-    last_ = cycle.snapshot;
     return cycle;
 }
 

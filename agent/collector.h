@@ -26,7 +26,11 @@ public:
     // Without one, everything in the maps is new.
     explicit Collector(CounterSource& source, std::optional<CounterSnapshot> baseline = std::nullopt);
 
-    Result<Cycle> collect();
+    // Reads the counters and computes what moved since the last accepted
+    // cycle. Nothing changes until accept(): a cycle whose commit failed is
+    // simply read again later, so its bytes are not lost.
+    Result<Cycle> collect() const;
+    void accept(Cycle&& cycle) { last_ = std::move(cycle.snapshot); }
     const CounterSnapshot& last() const { return last_; }
 
 private:

@@ -17,7 +17,7 @@ namespace {
 
 // Keys of later features: accepted (with a warning) so one config file can
 // serve several agent versions.
-constexpr std::array kFutureSections = {"openvpn", "singbox", "quotas", "http", "metrics", "api"};
+constexpr std::array kFutureSections = {"singbox", "quotas", "http", "metrics", "api"};
 
 class Parser {
 public:
@@ -114,13 +114,53 @@ public:
 
     void storage(const YAML::Node& node, Config& config) const
     {
-        only_keys(node, "storage", {"path", "timezone"});
+        only_keys(node, "storage", {"path", "timezone", "hourly_retention_days", "daily_retention_days"});
+        if (auto days = node["hourly_retention_days"])
+            config.hourly_retention_days = static_cast<uint32_t>(integer(days, "storage.hourly_retention_days", 1, 36500));
+        if (auto days = node["daily_retention_days"])
+            config.daily_retention_days = static_cast<uint32_t>(integer(days, "storage.daily_retention_days", 1, 36500));
         if (auto path = node["path"]) {
             config.storage_path = scalar(path, "storage.path", "a directory");
             if (config.storage_path.empty() || config.storage_path.front() != '/')
                 fail(path, "storage.path", "expected an absolute path like /var/lib/vpnmeter");
         }
         if (auto tz = node["timezone"]) config.storage_timezone = scalar(tz, "storage.timezone", "a time zone name");
+    }
+
+    void openvpn(const YAML::Node& node, Config& config) const
+    {
+        if (!node.IsSequence())
+            fail(node, "openvpn", "expected a list like [{ name: udp1194, interface: tun0, management: \"127.0.0.1:7505\" }]");
+        for (size_t i = 0; i < node.size(); ++i) {
+            const YAML::Node item = node[i];
+            const std::string at = "openvpn[" + std::to_string(i) + "]";
+            only_keys(item, at, {"name", "interface", "management", "management_password_file", "status_file", "user_from"});
+            OpenVpnInstance instance;
+            for (const char* required : {"name", "interface"})
+                if (!item[required]) fail(item, at + "." + required, "missing");
+            instance.name = scalar(item["name"], at + ".name", "a name like udp1194");
+            if (instance.name.empty() || instance.name.find_first_of(": /") != std::string::npos)
+                fail(item["name"], at + ".name", "expected a non-empty name without ':', '/' or spaces");
+            for (const auto& other : config.openvpn)
+                if (other.name == instance.name) fail(item["name"], at + ".name", "'" + instance.name + "' is used twice");
+            instance.interface = scalar(item["interface"], at + ".interface", "a tun device name");
+            if (item["management"]) instance.management = scalar(item["management"], at + ".management", "host:port or a unix socket path");
+            if (item["status_file"]) instance.status_file = scalar(item["status_file"], at + ".status_file", "a path");
+            if (instance.management.empty() == instance.status_file.empty())
+                fail(item, at, "expected exactly one of `management` (host:port or socket path) or `status_file`");
+            if (!instance.management.empty() && instance.management.front() != '/' &&
+                instance.management.rfind(':') == std::string::npos)
+                fail(item["management"], at + ".management", "expected host:port (e.g. 127.0.0.1:7505) or an absolute socket path, got '" + instance.management + "'");
+            if (item["management_password_file"])
+                instance.management_password_file = scalar(item["management_password_file"], at + ".management_password_file", "a path");
+            if (auto from = item["user_from"]) {
+                const std::string value = scalar(from, at + ".user_from", "common_name or username");
+                if (value == "common_name") instance.user_from = OpenVpnInstance::UserFrom::CommonName;
+                else if (value == "username") instance.user_from = OpenVpnInstance::UserFrom::Username;
+                else fail(from, at + ".user_from", "expected common_name or username, got '" + value + "'");
+            }
+            config.openvpn.push_back(std::move(instance));
+        }
     }
 
     void log(const YAML::Node& node, Config& config) const
@@ -154,11 +194,12 @@ public:
             else if (key == "bpf") bpf(value, config);
             else if (key == "storage") storage(value, config);
             else if (key == "log") log(value, config);
+            else if (key == "openvpn") openvpn(value, config);
             else if (std::find(kFutureSections.begin(), kFutureSections.end(), key) != kFutureSections.end())
                 config.unsupported_sections.push_back(key);
             else
                 fail(entry.first, key,
-                     "unknown key (expected one of: interfaces, collect, bpf, storage, log)");
+                     "unknown key (expected one of: interfaces, collect, bpf, storage, log, openvpn)");
         }
         if (config.interfaces.empty()) fail(root, "interfaces", "missing: list the devices to meter, e.g. [tun0, \"tun*\"]");
         return config;

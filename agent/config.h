@@ -14,6 +14,20 @@ class ConfigError : public std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// One OpenVPN server process and the tun device it uses.
+struct OpenVpnInstance {
+    std::string name;      // stable: part of session ids
+    std::string interface; // its tun device
+    // Exactly one of these two: the management interface ("host:port" or a
+    // unix socket path), or the status file it writes.
+    std::string management;
+    std::string management_password_file;
+    std::string status_file;
+    // Whose usage a session is: the certificate's common name, or the
+    // username (auth-user-pass) where the client sent one.
+    enum class UserFrom { CommonName, Username } user_from = UserFrom::CommonName;
+};
+
 struct Config {
     std::string source = "<defaults>"; // the file it came from, for messages
 
@@ -24,6 +38,9 @@ struct Config {
     std::string pin_path = "/sys/fs/bpf/vpnmeter";
     std::string storage_path = "/var/lib/vpnmeter";
     std::string storage_timezone = "UTC";
+    uint32_t hourly_retention_days = 90;
+    uint32_t daily_retention_days = 1095;
+    std::vector<OpenVpnInstance> openvpn;
     std::string log_level = "info";
     // Top-level sections this version does not handle yet, kept for a warning.
     std::vector<std::string> unsupported_sections;

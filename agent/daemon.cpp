@@ -1,32 +1,78 @@
 #include "daemon.h"
 
+#include <bpf/bpf.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
 
 #include <chrono>
+#include <ctime>
+#include <fstream>
 
 #include <spdlog/spdlog.h>
 
 #include "format.h"
+#include "openvpn/source.h"
 #include "unique_fd.h"
 
 namespace vpnmeter {
+namespace {
 
-using Clock = std::chrono::steady_clock;
+// How long a cycle waits for the identity sources to answer before it goes
+// ahead without the silent ones (their sessions are then left as they were).
+std::chrono::milliseconds answer_timeout(const Config& config)
+{
+    return std::min<std::chrono::milliseconds>(config.collect_interval / 2, std::chrono::milliseconds(500));
+}
 
-Daemon::Daemon(Config config, Datapath datapath, PinnedMaps maps)
-    : config_(std::move(config)), datapath_(std::move(datapath)), maps_(std::move(maps)), collector_(maps_)
+Result<uint32_t> map_id(int fd, const char* what)
+{
+    bpf_map_info info{};
+    uint32_t len = sizeof info;
+    if (bpf_obj_get_info_by_fd(fd, &info, &len)) return os_error(std::string("query ") + what);
+    return info.id;
+}
+
+} // namespace
+
+Result<CounterIdentity> counter_identity(const PinnedMaps& maps)
+{
+    CounterIdentity identity;
+    std::ifstream boot("/proc/sys/kernel/random/boot_id");
+    if (!std::getline(boot, identity.boot_id)) return os_error("read /proc/sys/kernel/random/boot_id");
+    auto clients = map_id(maps.clients_fd(), kClientsMap);
+    if (!clients) return clients.error();
+    auto ifaces = map_id(maps.ifaces_fd(), kIfacesMap);
+    if (!ifaces) return ifaces.error();
+    identity.clients_map_id = clients.value();
+    identity.ifaces_map_id = ifaces.value();
+    return identity;
+}
+
+Daemon::Daemon(Config config, Datapath datapath, PinnedMaps maps, Store store)
+    : config_(std::move(config)), datapath_(std::move(datapath)), maps_(std::move(maps)), store_(std::move(store))
 {
 }
 
 Result<std::unique_ptr<Daemon>> Daemon::start(Config config)
 {
+    StoreOptions store_options;
+    store_options.path = config.storage_path;
+    store_options.timezone = config.storage_timezone;
+    store_options.hourly_retention_days = config.hourly_retention_days;
+    store_options.daily_retention_days = config.daily_retention_days;
+    auto store = Store::open(store_options);
+    if (!store) return store.error();
+
     auto datapath = Datapath::load({config.pin_path, config.max_clients});
     if (!datapath) return datapath.error();
     auto maps = PinnedMaps::open(config.pin_path);
     if (!maps) return maps.error();
-    std::unique_ptr<Daemon> daemon(new Daemon(std::move(config), std::move(datapath.value()), std::move(maps.value())));
+    std::unique_ptr<Daemon> daemon(
+        new Daemon(std::move(config), std::move(datapath.value()), std::move(maps.value()), std::move(store.value())));
+    if (auto status = daemon->resume(); !status) return status.error();
+
+    for (const auto& instance : daemon->config_.openvpn) daemon->sources_.push_back(make_openvpn_source(instance));
 
     auto watcher = LinkWatcher::open([d = daemon.get()](auto change, const Link& link) { d->on_link(change, link); });
     if (!watcher) return watcher.error();
@@ -36,6 +82,38 @@ Result<std::unique_ptr<Daemon>> Daemon::start(Config config)
         spdlog::warn("no device matches interfaces {} yet; waiting for one to appear",
                      fmt::join(daemon->config_.interfaces, ", "));
     return daemon;
+}
+
+// Picks up where the last committed cycle left off. If the kernel counters
+// are not the ones the checkpoint was taken from (reboot, maps recreated),
+// they restarted from zero: every byte in them now is new.
+Status Daemon::resume()
+{
+    auto identity = counter_identity(maps_);
+    if (!identity) return identity.error();
+    identity_ = identity.value();
+    auto checkpoint = store_.checkpoint();
+    if (!checkpoint) return checkpoint.error();
+    auto open_sessions = store_.sessions(/*active_only=*/true);
+    if (!open_sessions) return open_sessions.error();
+
+    std::optional<Checkpoint> resumed = checkpoint.value();
+    CounterSnapshot baseline;
+    if (resumed && resumed->identity == identity_) {
+        identity_committed_ = true;
+        for (const auto& [key, address] : resumed->addresses) baseline.clients[key] = address.raw;
+        baseline.interfaces = resumed->interfaces;
+        spdlog::info("resuming from the checkpoint: {} addresses, {} open sessions", resumed->addresses.size(),
+                     open_sessions->size());
+    } else if (resumed) {
+        spdlog::warn("kernel counters were reset since the last checkpoint (reboot or maps recreated): counting "
+                     "what they hold now as new traffic");
+        for (auto& [key, address] : resumed->addresses) address.raw = {};
+        resumed->interfaces.clear();
+    }
+    collector_ = std::make_unique<Collector>(maps_, std::move(baseline));
+    reconciler_ = std::make_unique<Reconciler>(resumed, open_sessions.value());
+    return ok();
 }
 
 void Daemon::on_link(LinkWatcher::Change change, const Link& link)
@@ -63,21 +141,80 @@ void Daemon::on_link(LinkWatcher::Change change, const Link& link)
     spdlog::info("metering {} (ifindex {})", link.name, link.ifindex);
 }
 
-void Daemon::collect_once()
+Interfaces Daemon::interfaces() const
 {
-    auto cycle = collector_.collect();
-    if (!cycle) {
-        spdlog::error("collect: {}", cycle.error().message());
+    Interfaces out;
+    if (auto registry = maps_.links())
+        for (const auto& [ifindex, link] : registry.value()) out.name_by_ifindex[ifindex] = link.name;
+    for (const Link& link : links_->links()) {
+        out.ifindex_by_name[link.name] = link.ifindex;
+        out.name_by_ifindex[link.ifindex] = link.name;
+    }
+    return out;
+}
+
+void Daemon::start_cycle(SteadyClock::time_point now)
+{
+    for (auto& source : sources_) source->request_refresh(now);
+    answer_deadline_ = now + answer_timeout(config_);
+}
+
+bool Daemon::cycle_answered(SteadyClock::time_point now) const
+{
+    if (now >= *answer_deadline_) return true;
+    for (const auto& source : sources_)
+        if (!source->refreshed()) return false;
+    return true;
+}
+
+void Daemon::finish_cycle()
+{
+    answer_deadline_.reset();
+    auto counters = collector_->collect();
+    if (!counters) {
+        spdlog::error("collect: {}", counters.error().message());
         return;
     }
+    ConnectedSessions connected;
+    for (const auto& source : sources_) {
+        if (!source->refreshed()) continue; // silent this cycle: its sessions stay as they were
+        if (auto list = source->sessions()) connected[source->instance()] = std::move(*list);
+    }
+    const int64_t now = static_cast<int64_t>(std::time(nullptr));
+    CycleCommit commit = reconciler_->plan(counters.value(), connected, interfaces(), now);
+    if (!identity_committed_) commit.identity = identity_;
+
+    if (auto status = store_.commit(commit); !status) {
+        // Nothing was written; the kernel keeps counting and the next cycle
+        // reads these bytes again.
+        if (!commit_failing_) spdlog::error("store: {}; counting continues in the kernel, retrying every cycle",
+                                            status.error().message());
+        commit_failing_ = true;
+        return;
+    }
+    if (commit_failing_) spdlog::info("store: commits succeed again; nothing was lost");
+    commit_failing_ = false;
+    identity_committed_ = true;
+    reconciler_->accept(commit);
+    const size_t entries = counters->snapshot.clients.size();
+    collector_->accept(std::move(counters.value()));
+
     ++cycles_;
     Traffic moved;
-    for (const auto& [key, traffic] : cycle->delta.clients) moved += traffic;
-    spdlog::debug("cycle {}: {} client entries, {} active, +{} up, +{} down", cycles_, cycle->snapshot.clients.size(),
-                  cycle->delta.clients.size(), human_bytes(moved.upload.bytes), human_bytes(moved.download.bytes));
-    if (cycle->snapshot.clients.size() >= maps_.max_clients())
+    for (const auto& [user, traffic] : commit.user_usage) moved += traffic;
+    for (const auto& session : commit.sessions) {
+        if (!session.active()) spdlog::info("session {} of {} ended: up {}, down {}", session.id, session.user,
+                                            human_bytes(session.usage.upload.bytes),
+                                            human_bytes(session.usage.download.bytes));
+    }
+    spdlog::debug("cycle {}: {} client entries, {} sessions active, +{} up, +{} down", cycles_, entries,
+                  reconciler_->active().size(), human_bytes(moved.upload.bytes), human_bytes(moved.download.bytes));
+    if (entries >= maps_.max_clients())
         spdlog::warn("client map is full ({} entries): new clients are counted as unattributed; raise bpf.max_clients",
                      maps_.max_clients());
+    if (cycles_ % 3600 == 1) {
+        if (auto status = store_.prune(now); !status) spdlog::warn("store prune: {}", status.error().message());
+    }
 }
 
 Status Daemon::run()
@@ -89,32 +226,47 @@ Status Daemon::run()
     UniqueFd signal_fd(signalfd(-1, &signals, SFD_CLOEXEC));
     if (!signal_fd.valid()) return os_error("signalfd");
 
-    spdlog::info("collecting every {} ms; maps pinned under {}", config_.collect_interval.count(), config_.pin_path);
-    auto next = Clock::now();
+    spdlog::info("collecting every {} ms; maps pinned under {}; store {}", config_.collect_interval.count(),
+                 config_.pin_path, config_.storage_path);
+    auto next_cycle = SteadyClock::now();
+    bool client_event = false;
     for (;;) {
-        const auto now = Clock::now();
-        if (now >= next) {
-            collect_once();
-            next += config_.collect_interval;
-            if (next <= now) next = now + config_.collect_interval; // fell behind: do not burst
+        auto now = SteadyClock::now();
+        for (auto& source : sources_) source->tick(now);
+        if (!answer_deadline_ && (now >= next_cycle || client_event)) {
+            start_cycle(now);
+            client_event = false;
+            if (now >= next_cycle) next_cycle = std::max(next_cycle + config_.collect_interval, now);
         }
-        const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next - Clock::now()).count();
-        pollfd fds[] = {{signal_fd.get(), POLLIN, 0}, {links_->fd(), POLLIN, 0}};
-        if (poll(fds, 2, static_cast<int>(std::max<int64_t>(wait, 0))) < 0 && errno != EINTR) return os_error("poll");
-        if (fds[0].revents & POLLIN) {
-            signalfd_siginfo info{};
-            if (read(signal_fd.get(), &info, sizeof info) == sizeof info) {
-                if (info.ssi_signo == SIGHUP) {
-                    spdlog::info("SIGHUP: configuration reload is not supported yet; restart to apply changes");
-                } else {
-                    collect_once(); // the latest numbers for whoever reads the log
-                    spdlog::info("stopping; programs stay attached and counting (vpnmeterd --detach removes them)");
-                    return ok();
-                }
-            }
+        if (answer_deadline_ && cycle_answered(now)) finish_cycle();
+
+        std::vector<pollfd> fds = {{signal_fd.get(), POLLIN, 0}, {links_->fd(), POLLIN, 0}};
+        for (const auto& source : sources_) fds.push_back({source->fd(), source->events(), 0});
+        auto wake = answer_deadline_ ? std::min(*answer_deadline_, next_cycle) : next_cycle;
+        wake = std::min(wake, now + std::chrono::milliseconds(250)); // source timers (reconnects)
+        const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now).count();
+        if (poll(fds.data(), fds.size(), static_cast<int>(std::max<int64_t>(wait, 0))) < 0 && errno != EINTR)
+            return os_error("poll");
+
+        now = SteadyClock::now();
+        for (size_t i = 0; i < sources_.size(); ++i) {
+            if (fds[2 + i].revents) sources_[i]->on_ready(fds[2 + i].revents, now);
+            client_event = sources_[i]->take_client_event() || client_event;
         }
         if (fds[1].revents & POLLIN) {
             if (auto status = links_->process_events(); !status) spdlog::warn("{}", status.error().message());
+        }
+        if (fds[0].revents & POLLIN) {
+            signalfd_siginfo info{};
+            if (read(signal_fd.get(), &info, sizeof info) != sizeof info) continue;
+            if (info.ssi_signo == SIGHUP) {
+                spdlog::info("SIGHUP: configuration reload is not supported yet; restart to apply changes");
+                continue;
+            }
+            if (!answer_deadline_) start_cycle(SteadyClock::now());
+            finish_cycle(); // the latest numbers into the store before leaving
+            spdlog::info("stopping; programs stay attached and counting (vpnmeterd --detach removes them)");
+            return ok();
         }
     }
 }

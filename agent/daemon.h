@@ -1,41 +1,62 @@
-// vpnmeterd's run loop: attach to matching devices as they come and go, collect.
+// vpnmeterd's run loop: attach to matching devices as they come and go, and
+// every cycle read the counters, ask the identity sources who is connected,
+// attribute, and commit to the store in one transaction.
 #pragma once
 
-#include <atomic>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "collector.h"
 #include "config.h"
 #include "datapath.h"
+#include "identity_source.h"
 #include "link_watcher.h"
+#include "reconciler.h"
+#include "store/store.h"
 
 namespace vpnmeter {
 
 class Daemon {
 public:
-    // Loads and pins the datapath and attaches to the configured devices.
-    // Fatal problems (no bpffs, no permission) come back as an Error.
+    // Loads and pins the datapath, opens the store, resumes from its
+    // checkpoint, and attaches to the configured devices. Fatal problems (no
+    // bpffs, no permission, unusable store) come back as an Error.
     static Result<std::unique_ptr<Daemon>> start(Config config);
 
     // Until SIGTERM or SIGINT. The programs stay attached and the maps pinned.
     Status run();
 
 private:
-    Daemon(Config config, Datapath datapath, PinnedMaps maps);
+    Daemon(Config config, Datapath datapath, PinnedMaps maps, Store store);
+    Status resume();
     void on_link(LinkWatcher::Change change, const Link& link);
-    void collect_once();
+    void start_cycle(SteadyClock::time_point now);
+    bool cycle_answered(SteadyClock::time_point now) const;
+    void finish_cycle();
+    Interfaces interfaces() const;
 
     Config config_;
     Datapath datapath_;
     PinnedMaps maps_;
-    Collector collector_;
+    Store store_;
+    std::unique_ptr<Collector> collector_;
+    std::unique_ptr<Reconciler> reconciler_;
+    std::vector<std::unique_ptr<IdentitySource>> sources_;
     std::unique_ptr<LinkWatcher> links_;
     std::map<uint32_t, std::string> attached_; // ifindex -> name
     std::set<uint32_t> failed_;                // attach failed: reported once
+    CounterIdentity identity_;
+    bool identity_committed_ = false;
+    std::optional<SteadyClock::time_point> answer_deadline_; // a cycle waits for its sources
+    bool commit_failing_ = false;
     uint64_t cycles_ = 0;
 };
+
+// Boot id and map ids: what a checkpoint's raw values are relative to.
+Result<CounterIdentity> counter_identity(const PinnedMaps& maps);
 
 } // namespace vpnmeter

@@ -74,12 +74,15 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     for (const auto& [ifindex, name] : interfaces.name_by_ifindex)
         if (counters.snapshot.interfaces.count(ifindex)) out.interface_names[ifindex] = name;
 
-    // The checkpoint of an address as of now (after step 1).
+    // The checkpoint of an address as of now (after step 1). The raw value
+    // is what the kernel holds now (zero if it has no entry: e.g. the maps
+    // were recreated), never a remembered one.
     auto current = [&](const ClientKey& key) -> AddressCheckpoint {
         if (auto it = out.address_updates.find(key); it != out.address_updates.end()) return it->second;
-        if (auto it = addresses_.find(key); it != addresses_.end()) return it->second;
         auto raw = counters.snapshot.clients.find(key);
-        return {raw != counters.snapshot.clients.end() ? raw->second : Traffic{}, ""};
+        auto known = addresses_.find(key);
+        return {raw != counters.snapshot.clients.end() ? raw->second : Traffic{},
+                known != addresses_.end() ? known->second.owner : ""};
     };
     auto set_owner = [&](const ClientKey& key, const std::string& owner) {
         AddressCheckpoint checkpoint = current(key);

@@ -1,10 +1,10 @@
 #include "clients_report.h"
 
 #include <algorithm>
-#include <sstream>
 #include <vector>
 
 #include "format.h"
+#include "table.h"
 
 namespace vpnmeter {
 namespace {
@@ -13,26 +13,6 @@ std::string name_of(const InterfaceNames& names, uint32_t ifindex)
 {
     auto it = names.find(ifindex);
     return it != names.end() ? it->second : "if" + std::to_string(ifindex);
-}
-
-// Plain text columns: the first left-aligned, the rest right-aligned.
-std::string render(const std::vector<std::vector<std::string>>& rows)
-{
-    std::vector<size_t> width;
-    for (const auto& row : rows)
-        for (size_t i = 0; i < row.size(); ++i) {
-            if (width.size() <= i) width.push_back(0);
-            width[i] = std::max(width[i], row[i].size());
-        }
-    std::ostringstream out;
-    for (const auto& row : rows) {
-        for (size_t i = 0; i < row.size(); ++i) {
-            const std::string pad(width[i] - row[i].size(), ' ');
-            out << (i == 0 ? row[i] + pad : "  " + pad + row[i]);
-        }
-        out << '\n';
-    }
-    return out.str();
 }
 
 } // namespace
@@ -87,8 +67,8 @@ std::string clients_table(const CounterSnapshot& snapshot, const InterfaceNames&
         clients.push_back({key.address(), name_of(names, key.ifindex), human_bytes(t.upload.bytes),
                            human_bytes(t.download.bytes), human_count(t.upload.packets),
                            human_count(t.download.packets)});
-    std::string out = render(ifaces) + "\n";
-    out += sorted.empty() ? "no clients seen yet\n" : render(clients);
+    std::string out = render_table(ifaces) + "\n";
+    out += sorted.empty() ? "no clients seen yet\n" : render_table(clients);
     return out;
 }
 

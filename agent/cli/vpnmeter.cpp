@@ -1,7 +1,9 @@
-// vpnmeter: the operator's command line.
+// vpnmeter: the operator's command line. Reads the kernel maps and the store
+// directly (read-only), so it works whether or not the daemon runs.
 #include <net/if.h>
 
 #include <cstdio>
+#include <ctime>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -9,13 +11,35 @@
 #include "bpf_maps.h"
 #include "clients_report.h"
 #include "config.h"
+#include "store/store.h"
+#include "time_format.h"
+#include "usage_report.h"
 
 using namespace vpnmeter;
 
 namespace {
 
-constexpr int kExitError = 1;
-constexpr int kExitUsage = 2;
+// Stable exit codes for scripts.
+constexpr int kExitError = 1; // the data could not be read
+constexpr int kExitUsage = 2; // bad arguments or configuration
+
+struct Options {
+    std::string config_path;
+    std::string pin_path;
+    std::string store_path;
+    bool json = false;
+    bool csv = false;
+    bool active = false;
+    std::string user;
+    std::string from, to;
+    std::string by = "day";
+};
+
+int fail(const std::string& command, const std::string& message, int code = kExitError)
+{
+    std::fprintf(stderr, "vpnmeter %s: %s\n", command.c_str(), message.c_str());
+    return code;
+}
 
 // Names from the agent's registry (which remembers devices that are gone),
 // else from the kernel.
@@ -33,21 +57,61 @@ InterfaceNames interface_names(const PinnedMaps& maps, const CounterSnapshot& sn
     return names;
 }
 
-int clients(const std::string& pin_path, bool json)
+int clients(const Options& o)
 {
-    auto maps = PinnedMaps::open(pin_path);
-    if (!maps) {
-        std::fprintf(stderr, "vpnmeter clients: %s\n", maps.error().message().c_str());
-        return kExitError;
-    }
+    auto maps = PinnedMaps::open(o.pin_path);
+    if (!maps) return fail("clients", maps.error().message());
     auto snapshot = maps->read();
-    if (!snapshot) {
-        std::fprintf(stderr, "vpnmeter clients: %s\n", snapshot.error().message().c_str());
-        return kExitError;
-    }
+    if (!snapshot) return fail("clients", snapshot.error().message());
     const InterfaceNames names = interface_names(maps.value(), snapshot.value());
-    if (json) std::cout << clients_json(snapshot.value(), names).dump() << '\n';
+    if (o.json) std::cout << clients_json(snapshot.value(), names).dump() << '\n';
     else std::cout << clients_table(snapshot.value(), names);
+    return 0;
+}
+
+Result<Store> open_store(const Options& o)
+{
+    StoreOptions options;
+    options.path = o.store_path;
+    options.read_only = true;
+    return Store::open(options);
+}
+
+int sessions(const Options& o)
+{
+    auto store = open_store(o);
+    if (!store) return fail("sessions", store.error().message());
+    auto list = store->sessions(o.active, o.user.empty() ? std::nullopt : std::optional(o.user));
+    if (!list) return fail("sessions", list.error().message());
+    auto spare = store->unattributed();
+    if (!spare) return fail("sessions", spare.error().message());
+    if (o.json) std::cout << sessions_json(list.value(), spare.value()).dump() << '\n';
+    else if (o.csv) std::cout << sessions_csv(list.value());
+    else std::cout << sessions_table(list.value(), spare.value());
+    return 0;
+}
+
+int usage(const Options& o)
+{
+    Granularity granularity;
+    if (o.by == "hour") granularity = Granularity::Hour;
+    else if (o.by == "day") granularity = Granularity::Day;
+    else if (o.by == "month") granularity = Granularity::Month;
+    else return fail("usage", "--by: expected hour, day or month, got '" + o.by + "'", kExitUsage);
+    int64_t from = 0, to = static_cast<int64_t>(std::time(nullptr)) + 1;
+    try {
+        if (!o.from.empty()) from = parse_time(o.from);
+        if (!o.to.empty()) to = parse_time(o.to);
+    } catch (const std::invalid_argument& e) {
+        return fail("usage", std::string("--from/--to: ") + e.what(), kExitUsage);
+    }
+    auto store = open_store(o);
+    if (!store) return fail("usage", store.error().message());
+    auto buckets = store->usage(o.user, from, to, granularity);
+    if (!buckets) return fail("usage", buckets.error().message());
+    if (o.json) std::cout << usage_json(o.user, buckets.value()).dump() << '\n';
+    else if (o.csv) std::cout << usage_csv(o.user, buckets.value());
+    else std::cout << usage_table(o.user, buckets.value());
     return 0;
 }
 
@@ -55,18 +119,38 @@ int clients(const std::string& pin_path, bool json)
 
 int main(int argc, char** argv)
 {
-    CLI::App app{"vpnmeter: reports from the vpnmeter agent on this node", "vpnmeter"};
+    CLI::App app{"vpnmeter: reports from the vpnmeter agent on this node.\n"
+                 "Exit codes: 0 ok, 1 the data could not be read, 2 bad arguments or configuration.",
+                 "vpnmeter"};
     app.require_subcommand(1);
     app.set_version_flag("--version", std::string("vpnmeter ") + VPNMETER_VERSION);
-    std::string config_path;
-    std::string pin_path;
-    bool json = false;
+    Options o;
+    app.add_option("-c,--config", o.config_path,
+                   "the agent's configuration file (for the pin path and store location)");
 
     auto* clients_cmd = app.add_subcommand("clients", "live per-client and per-interface counters from the kernel");
-    clients_cmd->add_flag("--json", json, "one JSON object instead of tables");
-    clients_cmd->add_option("--pin-path", pin_path, "where the agent pinned its maps (default: bpf.pin_path of "
-                                                    "--config, else /sys/fs/bpf/vpnmeter)");
-    clients_cmd->add_option("-c,--config", config_path, "the agent's configuration file");
+    clients_cmd->add_flag("--json", o.json, "one JSON object instead of tables");
+    clients_cmd->add_option("--pin-path", o.pin_path, "where the agent pinned its maps (default: bpf.pin_path of "
+                                                      "--config, else /sys/fs/bpf/vpnmeter)");
+
+    auto* sessions_cmd = app.add_subcommand("sessions", "VPN sessions and their usage, from the store");
+    sessions_cmd->add_flag("--active", o.active, "only sessions still connected");
+    sessions_cmd->add_option("--user", o.user, "only this user's sessions");
+
+    auto* usage_cmd = app.add_subcommand("usage", "a user's usage by hour, day or month, from the store");
+    usage_cmd->add_option("user", o.user, "the user (common name or username)")->required();
+    usage_cmd->add_option("--from", o.from, "start (2024-11-01, RFC 3339, or unix seconds; default: the beginning)");
+    usage_cmd->add_option("--to", o.to, "end, exclusive (default: now)");
+    usage_cmd->add_option("--by", o.by, "bucket size: hour, day or month")->capture_default_str();
+
+    for (auto* cmd : {sessions_cmd, usage_cmd}) {
+        cmd->add_flag("--json", o.json, "one JSON object");
+        cmd->add_flag("--csv", o.csv, "CSV with a header row");
+        cmd->add_option("--store", o.store_path, "the store directory (default: storage.path of --config, else "
+                                                 "/var/lib/vpnmeter)");
+    }
+    for (auto* cmd : {clients_cmd, sessions_cmd, usage_cmd})
+        cmd->add_option("-c,--config", o.config_path, "the agent's configuration file");
 
     try {
         app.parse(argc, argv);
@@ -74,17 +158,19 @@ int main(int argc, char** argv)
         return app.exit(e) == 0 ? 0 : kExitUsage;
     }
 
-    if (pin_path.empty()) {
-        pin_path = "/sys/fs/bpf/vpnmeter";
-        if (!config_path.empty()) {
-            try {
-                pin_path = load_config(config_path).pin_path;
-            } catch (const ConfigError& e) {
-                std::fprintf(stderr, "vpnmeter: %s\n", e.what());
-                return kExitUsage;
-            }
+    Config config; // defaults, or the agent's file
+    if (!o.config_path.empty()) {
+        try {
+            config = load_config(o.config_path);
+        } catch (const ConfigError& e) {
+            return fail("", e.what(), kExitUsage);
         }
     }
-    if (*clients_cmd) return clients(pin_path, json);
+    if (o.pin_path.empty()) o.pin_path = config.pin_path;
+    if (o.store_path.empty()) o.store_path = config.storage_path;
+
+    if (*clients_cmd) return clients(o);
+    if (*sessions_cmd) return sessions(o);
+    if (*usage_cmd) return usage(o);
     return kExitUsage;
 }

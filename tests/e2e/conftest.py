@@ -47,12 +47,15 @@ class Agent:
         self.proc = None
         interval = config.pop("interval", "200ms")
         max_clients = config.pop("max_clients", 65536)
-        self.config_path.write_text(
-            f"interfaces: {json.dumps(list(interfaces))}\n"
-            f"collect: {{ interval: {interval} }}\n"
-            f"bpf: {{ max_clients: {max_clients}, pin_path: {self.pin_path} }}\n"
-            f"storage: {{ path: {tmp}/store }}\n"
-        )
+        self.store_path = str(tmp / f"store-{next(_pins)}")
+        text = (f"interfaces: {json.dumps(list(interfaces))}\n"
+                f"collect: {{ interval: {interval} }}\n"
+                f"bpf: {{ max_clients: {max_clients}, pin_path: {self.pin_path} }}\n"
+                f"storage: {{ path: {self.store_path} }}\n")
+        if "openvpn" in config:  # JSON is YAML
+            text += f"openvpn: {json.dumps(config.pop('openvpn'))}\n"
+        assert not config, f"unknown agent settings {config}"
+        self.config_path.write_text(text)
 
     def start(self, wait_attached: str | None = None):
         self.proc = self.ns.popen([VPNMETERD, "--config", self.config_path], log=str(self.log_path),

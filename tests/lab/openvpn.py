@@ -86,7 +86,7 @@ class OpenVpnLab:
                  management_port: int | None = 7505, status_version: int = 2,
                  status_interval: int = 1, tls_crypt: bool = True,
                  static_ips: bool = False, keep: bool = False,
-                 server_extra=(), client_extra=()):
+                 server_extra=(), client_extra=(), before_server=None):
         if status_version not in (1, 2, 3):
             raise ValueError("status_version must be 1, 2 or 3")
         if proto not in ("udp", "tcp", "tcp-server"):
@@ -102,6 +102,9 @@ class OpenVpnLab:
         self.static_ips = static_ips
         self.server_extra = list(server_extra)  # raw config lines
         self.client_extra = list(client_extra)
+        # Called with the server namespace before openvpn starts in it, e.g.
+        # to pre-create a persistent tun0 and attach the agent to it first.
+        self.before_server = before_server
         self.server_vpn_ipv4 = SERVER_VPN_IPV4
         self.server_vpn_ipv6 = SERVER_VPN_IPV6 if ipv6 else None
         self.workdir: str | None = None
@@ -153,6 +156,8 @@ class OpenVpnLab:
                 self._write_ccd()
             with open(self.server_config, "w") as f:
                 f.write(self._server_config())
+            if self.before_server:
+                self.before_server(self.server_ns)
             self._start_server()
             for cn in self.client_names:
                 self.connect(cn)

@@ -43,6 +43,7 @@ TEST_CASE("the collector reports what moved since the last read", "[collector]")
     auto c1 = collector.collect();
     REQUIRE(c1);
     CHECK(c1->delta.clients.at(alice) == first.clients[alice]); // no baseline: all is new
+    collector.accept(std::move(c1.value()));
 
     auto c2 = collector.collect();
     REQUIRE(c2);
@@ -51,6 +52,7 @@ TEST_CASE("the collector reports what moved since the last read", "[collector]")
     CHECK(c2->delta.clients.at(bob) == Traffic{{0, 0}, {1, 80}});
     CHECK(c2->delta.interfaces.at(5).total == Traffic{{2, 300}, {1, 80}});
 
+    collector.accept(std::move(c2.value()));
     auto c3 = collector.collect();
     REQUIRE(c3);
     CHECK(c3->delta.clients.empty()); // nothing moved, nothing reported
@@ -84,11 +86,31 @@ TEST_CASE("a failed read changes nothing", "[collector]")
     source.reads.push_back(later);
 
     Collector collector(source);
-    REQUIRE(collector.collect());
+    auto c1 = collector.collect();
+    REQUIRE(c1);
+    collector.accept(std::move(c1.value()));
     auto failed = collector.collect();
     REQUIRE_FALSE(failed);
     CHECK(failed.error().message() == "read vpnmeter_clients: Input/output error");
     auto cycle = collector.collect();
     REQUIRE(cycle);
     CHECK(cycle->delta.clients.at(alice) == Traffic{{1, 150}, {0, 0}}); // nothing lost over the failure
+}
+
+TEST_CASE("a cycle that is not accepted is counted again, not lost", "[collector]")
+{
+    FakeSource source;
+    CounterSnapshot first;
+    first.clients[alice] = {{1, 100}, {0, 0}};
+    CounterSnapshot later = first;
+    later.clients[alice].upload = {3, 300};
+    source.reads.push_back(first);
+    source.reads.push_back(later);
+
+    Collector collector(source);
+    auto unaccepted = collector.collect(); // e.g. the store commit failed
+    REQUIRE(unaccepted);
+    auto retried = collector.collect();
+    REQUIRE(retried);
+    CHECK(retried->delta.clients.at(alice) == Traffic{{3, 300}, {0, 0}});
 }

@@ -65,7 +65,7 @@ TEST_CASE("errors name the file, the line, the key and what was expected", "[con
     CHECK(error_of("interfaces: [tun0]\ncollect: { intervall: 1s }\n") ==
           "test.yaml:2:12: collect.intervall: unknown key (expected one of: interval)");
     CHECK(error_of("interface: [tun0]\n") ==
-          "test.yaml:1:1: interface: unknown key (expected one of: interfaces, collect, bpf, storage, log)");
+          "test.yaml:1:1: interface: unknown key (expected one of: interfaces, collect, bpf, storage, log, openvpn)");
     CHECK(error_of("collect: { interval: 1s }\n").find("interfaces: missing") != std::string::npos);
     CHECK(error_of("interfaces: []\n") == "test.yaml:1:13: interfaces: expected at least one interface");
     CHECK(error_of("interfaces: [averyveryverylongname]\n").find("1 to 15 characters") != std::string::npos);
@@ -83,8 +83,8 @@ TEST_CASE("invalid YAML is reported with its position", "[config]")
 
 TEST_CASE("sections of later versions are accepted and listed", "[config]")
 {
-    const Config c = parse_config("interfaces: [tun0]\nopenvpn: []\nquotas: {}\n", "test.yaml");
-    CHECK(c.unsupported_sections == std::vector<std::string>{"openvpn", "quotas"});
+    const Config c = parse_config("interfaces: [tun0]\nsingbox: []\nquotas: {}\n", "test.yaml");
+    CHECK(c.unsupported_sections == std::vector<std::string>{"singbox", "quotas"});
 }
 
 TEST_CASE("a missing file is a ConfigError naming it", "[config]")
@@ -122,4 +122,35 @@ TEST_CASE("the shipped example config is valid", "[config]")
     const Config c = load_config(VPNMETER_SOURCE_DIR "/config/vpnmeter.yaml");
     CHECK(c.interfaces == std::vector<std::string>{"tun*"});
     CHECK(c.pin_path == "/sys/fs/bpf/vpnmeter");
+}
+
+TEST_CASE("openvpn instances", "[config]")
+{
+    const Config c = parse_config(R"(
+interfaces: [tun0, tun1]
+openvpn:
+  - { name: udp1194, interface: tun0, management: "127.0.0.1:7505", management_password_file: /etc/openvpn/pw }
+  - { name: tcp443, interface: tun1, status_file: /run/openvpn/tcp.status, user_from: username }
+)",
+                                  "test.yaml");
+    REQUIRE(c.openvpn.size() == 2);
+    CHECK(c.openvpn[0].name == "udp1194");
+    CHECK(c.openvpn[0].interface == "tun0");
+    CHECK(c.openvpn[0].management == "127.0.0.1:7505");
+    CHECK(c.openvpn[0].management_password_file == "/etc/openvpn/pw");
+    CHECK(c.openvpn[0].user_from == OpenVpnInstance::UserFrom::CommonName);
+    CHECK(c.openvpn[1].status_file == "/run/openvpn/tcp.status");
+    CHECK(c.openvpn[1].user_from == OpenVpnInstance::UserFrom::Username);
+
+    CHECK(error_of("interfaces: [tun0]\nopenvpn:\n  - { name: a, interface: tun0 }\n") ==
+          "test.yaml:3:5: openvpn[0]: expected exactly one of `management` (host:port or socket path) or `status_file`");
+    CHECK(error_of("interfaces: [tun0]\nopenvpn:\n  - { interface: tun0, status_file: /x }\n") ==
+          "test.yaml:3:5: openvpn[0].name: missing");
+    CHECK(error_of("interfaces: [tun0]\nopenvpn:\n  - { name: a, interface: tun0, status_file: /x }\n"
+                   "  - { name: a, interface: tun1, status_file: /y }\n")
+              .find("'a' is used twice") != std::string::npos);
+    CHECK(error_of("interfaces: [tun0]\nopenvpn:\n  - { name: a, interface: tun0, management: localhost }\n")
+              .find("expected host:port") != std::string::npos);
+    CHECK(error_of("interfaces: [tun0]\nopenvpn:\n  - { name: a, interface: tun0, status_file: /x, user_from: cn }\n")
+              .find("expected common_name or username") != std::string::npos);
 }

@@ -125,6 +125,11 @@ class Demo:
         return self.lab.server_ns.run([VPNMETER, "clients", "--pin-path", self.pin, *args],
                                       keep_mounts=True, check=False, timeout=10)
 
+    def sessions(self):
+        """The agent's view of OpenVPN's sessions, from its store."""
+        return self.lab.server_ns.run([VPNMETER, "sessions", "--active", "--store", f"{self.lab.workdir}/store"],
+                                      keep_mounts=True, check=False, timeout=10)
+
     def sample(self):
         """{client: (upload, download)} summed over its VPN addresses on tun0."""
         res = self.vpnmeter("--json")
@@ -157,7 +162,10 @@ class Demo:
             "",
             (table.stdout or table.stderr).rstrip(),
             "",
-            "clients (the agent only knows addresses yet; up/down sum both addresses):",
+            f"sessions (from the store: {rel(VPNMETER)} sessions --active --store ...):",
+            (self.sessions().stdout or "").rstrip(),
+            "",
+            "iperf3 per client (up/down sum both VPN addresses):",
         ]
         for t in self.traffic:
             c = self.lab[t.name]

@@ -229,3 +229,31 @@ def test_status_file_source_and_recreated_maps(agents):
         assert 1_000_000 < grown[0] < before[0] * 2 and 1_000_000 < grown[1] < before[1] * 2, (before, after)
         for s in sessions(agent)["sessions"]:
             assert s["end"] is None and s["upload_bytes"] > 0 and s["download_bytes"] > 0, s
+
+
+HOLD_MANAGEMENT = """
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", 7505))
+s.recv(4096)  # the greeting: we are OpenVPN's one management client now
+print("holding", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def test_a_busy_management_port_is_reported_and_waited_for(agents):
+    """OpenVPN serves one management client at a time: the agent says so and
+    takes over when the other client leaves."""
+    import subprocess
+    with OpenVpnLab(["alice"]) as lab:
+        lab.wait_connected(timeout=30)
+        holder = lab.server_ns.popen(["/usr/bin/python3", "-c", HOLD_MANAGEMENT], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "holding"
+        agent = openvpn_agent(agents, lab.server_ns).start(wait_attached="tun0")
+        wait_for(lambda: "another management client is probably connected" in agent.log(), 15,
+                 "the busy-port warning")
+        assert not sessions(agent, "--active")["sessions"]
+        holder.stdin.close()
+        lab.server_ns.kill(holder)
+        wait_for(lambda: len(sessions(agent, "--active")["sessions"]) == 1, 15, "alice's session once the port is free")
+        assert agent.log().count("another management client") == 1  # said once, not every cycle

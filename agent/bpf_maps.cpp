@@ -13,21 +13,6 @@ namespace {
 
 constexpr uint32_t kBatchSize = 4096;
 
-Result<UniqueFd> open_pinned(const std::string& pin_path, const char* name)
-{
-    const std::string path = pin_path + "/" + name;
-    int fd = bpf_obj_get(path.c_str());
-    if (fd < 0) {
-        int err = errno;
-        if (err == ENOENT)
-            return Error{"no vpnmeter maps pinned at " + pin_path + " (" + path +
-                             " missing): is vpnmeterd running with this bpf.pin_path?",
-                         err};
-        return os_error("open pinned map " + path, err);
-    }
-    return UniqueFd(fd);
-}
-
 // Visits every entry of a per-CPU hash map: one key, its per-CPU values.
 template <class Key, class Value>
 Status for_each_percpu(int fd, int ncpus, const char* what,
@@ -60,18 +45,33 @@ Status for_each_percpu(int fd, int ncpus, const char* what,
 
 } // namespace
 
+Result<UniqueFd> open_pinned_map(const std::string& pin_path, const char* name)
+{
+    const std::string path = pin_path + "/" + name;
+    int fd = bpf_obj_get(path.c_str());
+    if (fd < 0) {
+        int err = errno;
+        if (err == ENOENT)
+            return Error{"no vpnmeter maps pinned at " + pin_path + " (" + path +
+                             " missing): is vpnmeterd running with this bpf.pin_path?",
+                         err};
+        return os_error("open pinned map " + path, err);
+    }
+    return UniqueFd(fd);
+}
+
 Result<PinnedMaps> PinnedMaps::open(const std::string& pin_path)
 {
     PinnedMaps maps;
     maps.ncpus_ = libbpf_num_possible_cpus();
     if (maps.ncpus_ <= 0) return os_error("count possible CPUs", maps.ncpus_);
-    auto clients = open_pinned(pin_path, kClientsMap);
+    auto clients = open_pinned_map(pin_path, kClientsMap);
     if (!clients) return clients.error();
-    auto ifaces = open_pinned(pin_path, kIfacesMap);
+    auto ifaces = open_pinned_map(pin_path, kIfacesMap);
     if (!ifaces) return ifaces.error();
-    auto ifaces_more = open_pinned(pin_path, kIfacesMoreMap);
+    auto ifaces_more = open_pinned_map(pin_path, kIfacesMoreMap);
     if (!ifaces_more) return ifaces_more.error();
-    auto links = open_pinned(pin_path, kLinksMap);
+    auto links = open_pinned_map(pin_path, kLinksMap);
     if (!links) return links.error();
     maps.clients_ = std::move(clients.value());
     maps.ifaces_ = std::move(ifaces.value());
@@ -85,11 +85,22 @@ Result<PinnedMaps> PinnedMaps::open(const std::string& pin_path)
     if (info.key_size != sizeof(vpnmeter_client_key) || info.value_size != sizeof(vpnmeter_client_counters))
         return Error{pin_path + "/" + kClientsMap + " has an incompatible layout (from another vpnmeter version?)"};
     maps.max_clients_ = info.max_entries;
+    // Checked by read(), not here: detach_all() must still open maps an
+    // older version pinned, to remove them.
+    info = {};
+    len = sizeof info;
+    if (bpf_obj_get_info_by_fd(maps.ifaces_.get(), &info, &len))
+        return os_error("query " + pin_path + "/" + kIfacesMap);
+    maps.ifaces_value_size_ = info.value_size;
+    maps.pin_path_ = pin_path;
     return maps;
 }
 
 Result<CounterSnapshot> PinnedMaps::read()
 {
+    if (ifaces_value_size_ != sizeof(vpnmeter_iface_counters))
+        return Error{pin_path_ + "/" + kIfacesMap + " has an incompatible layout (from another vpnmeter version?): " +
+                     "run `vpnmeterd --detach` to recreate the maps"};
     CounterSnapshot snapshot;
     auto status = for_each_percpu<vpnmeter_client_key, vpnmeter_client_counters>(
         clients_.get(), ncpus_, kClientsMap, [&](const auto& key, auto per_cpu) {

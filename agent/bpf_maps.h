@@ -16,6 +16,16 @@ inline constexpr const char* kClientsMap = "vpnmeter_clients";
 inline constexpr const char* kIfacesMap = "vpnmeter_ifaces";          // array by ifindex
 inline constexpr const char* kIfacesMoreMap = "vpnmeter_ifaces_more"; // hash, ifindex >= VPNMETER_MAX_LINKS
 inline constexpr const char* kLinksMap = "vpnmeter_links";
+// Enforcement (agent/enforcer.h, bpf/policy.bpf.h).
+inline constexpr const char* kPolicyMap = "vpnmeter_policy";            // hash, client key
+inline constexpr const char* kBudgetsMap = "vpnmeter_budgets";          // array, user slot
+inline constexpr const char* kPolicersMap = "vpnmeter_policers";        // array, user slot
+inline constexpr const char* kDropsMap = "vpnmeter_drops";              // per-CPU hash, client key
+inline constexpr const char* kPolicyStateMap = "vpnmeter_policy_state"; // array, 1 entry
+
+// The map pinned at <pin_path>/<name>; the error says whether nothing is
+// pinned there (is the agent running with this pin path?).
+Result<UniqueFd> open_pinned_map(const std::string& pin_path, const char* name);
 
 // One entry of the attach registry (vpnmeter_links).
 struct LinkRecord {
@@ -52,6 +62,8 @@ private:
     UniqueFd clients_, ifaces_, ifaces_more_, links_;
     int ncpus_ = 0;
     uint32_t max_clients_ = 0;
+    uint32_t ifaces_value_size_ = 0;
+    std::string pin_path_;
 };
 
 } // namespace vpnmeter

@@ -12,12 +12,15 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "quota/period.h"
+#include "quota/units.h"
+
 namespace vpnmeter {
 namespace {
 
 // Keys of later features: accepted (with a warning) so one config file can
 // serve several agent versions.
-constexpr std::array kFutureSections = {"singbox", "quotas", "http", "metrics", "api"};
+constexpr std::array kFutureSections = {"singbox", "metrics", "api"};
 
 class Parser {
 public:
@@ -50,6 +53,50 @@ public:
                  "expected an integer from " + std::to_string(min) + " to " + std::to_string(max) +
                      ", got '" + node.Scalar() + "'");
         return value;
+    }
+
+    // The index of the value in `options`: "expected a, b or c, got 'x'" otherwise.
+    size_t one_of(const YAML::Node& node, const std::string& key, std::initializer_list<const char*> options) const
+    {
+        std::string list;
+        size_t index = 0;
+        for (const char* option : options) {
+            if (index++) list += index == options.size() ? " or " : ", ";
+            list += option;
+        }
+        const std::string value = scalar(node, key, list.c_str());
+        const auto found = std::find(options.begin(), options.end(), value);
+        if (found == options.end()) fail(node, key, "expected " + list + ", got '" + value + "'");
+        return static_cast<size_t>(found - options.begin());
+    }
+
+    uint64_t size(const YAML::Node& node, const std::string& key) const
+    {
+        const std::string text = scalar(node, key, "a size like 20MB or 5GiB");
+        try {
+            return parse_size(text);
+        } catch (const std::invalid_argument& e) {
+            fail(node, key, e.what());
+        }
+    }
+
+    uint64_t rate(const YAML::Node& node, const std::string& key) const
+    {
+        const std::string text = scalar(node, key, "a rate like 12Mbit");
+        try {
+            return parse_rate(text);
+        } catch (const std::invalid_argument& e) {
+            fail(node, key, e.what());
+        }
+    }
+
+    std::chrono::milliseconds duration(const YAML::Node& node, const std::string& key) const
+    {
+        try {
+            return parse_duration(scalar(node, key, "a duration"));
+        } catch (const std::invalid_argument& e) {
+            fail(node, key, e.what());
+        }
     }
 
     // Rejects keys not in `known`: a typo must not silently fall back to a default.
@@ -89,11 +136,7 @@ public:
     {
         only_keys(node, "collect", {"interval"});
         if (auto interval = node["interval"]) {
-            try {
-                config.collect_interval = parse_duration(scalar(interval, "collect.interval", "a duration"));
-            } catch (const std::invalid_argument& e) {
-                fail(interval, "collect.interval", e.what());
-            }
+            config.collect_interval = duration(interval, "collect.interval");
             if (config.collect_interval < std::chrono::milliseconds(100))
                 fail(interval, "collect.interval", "must be at least 100ms");
         }
@@ -163,6 +206,20 @@ public:
         }
     }
 
+    void http(const YAML::Node& node, Config& config) const
+    {
+        only_keys(node, "http", {"listen"});
+        if (auto listen = node["listen"]) {
+            config.http_listen = scalar(listen, "http.listen", "host:port, or an empty string to turn it off");
+            const size_t colon = config.http_listen.rfind(':');
+            if (!config.http_listen.empty() &&
+                (colon == std::string::npos || colon + 1 == config.http_listen.size() ||
+                 config.http_listen.find_first_not_of("0123456789", colon + 1) != std::string::npos))
+                fail(listen, "http.listen",
+                     "expected host:port like 127.0.0.1:9477 or [::1]:9477, got '" + config.http_listen + "'");
+        }
+    }
+
     void log(const YAML::Node& node, Config& config) const
     {
         only_keys(node, "log", {"level"});
@@ -171,6 +228,156 @@ public:
             static constexpr std::array levels = {"trace", "debug", "info", "warn", "error"};
             if (std::find(levels.begin(), levels.end(), config.log_level) == levels.end())
                 fail(level, "log.level", "expected trace, debug, info, warn or error, got '" + config.log_level + "'");
+        }
+    }
+
+    void quotas(const YAML::Node& node, Config& config) const
+    {
+        only_keys(node, "quotas", {"timezone", "thresholds", "default_plan", "plans", "users"});
+        QuotaConfig& quotas = config.quotas;
+        // The zone first: plans' expiry dates are days in it.
+        if (auto zone = node["timezone"]) {
+            quotas.timezone = scalar(zone, "quotas.timezone", "a time zone name");
+            try {
+                check_timezone(quotas.timezone);
+            } catch (const std::invalid_argument& e) {
+                fail(zone, "quotas.timezone", e.what());
+            }
+        }
+        if (auto list = node["thresholds"]) {
+            if (!list.IsSequence())
+                fail(list, "quotas.thresholds", "expected a list of percentages like [75, 90, 100]");
+            quotas.thresholds.clear();
+            for (size_t i = 0; i < list.size(); ++i)
+                quotas.thresholds.push_back(
+                    static_cast<int>(integer(list[i], "quotas.thresholds[" + std::to_string(i) + "]", 1, 1000)));
+            std::sort(quotas.thresholds.begin(), quotas.thresholds.end());
+            quotas.thresholds.erase(std::unique(quotas.thresholds.begin(), quotas.thresholds.end()),
+                                    quotas.thresholds.end());
+        }
+        // Plans before the references to them, wherever they are in the file.
+        if (auto plans = node["plans"]) {
+            if (!plans.IsMap())
+                fail(plans, "quotas.plans",
+                     "expected a mapping of plan names to plans, like { small: { limit: 20MB } }");
+            for (const auto& entry : plans) {
+                const std::string name = scalar(entry.first, "quotas.plans", "a plan name");
+                if (name.empty()) fail(entry.first, "quotas.plans", "expected a non-empty plan name");
+                if (quotas.find_plan(name)) fail(entry.first, "quotas.plans." + name, "defined twice");
+                quotas.plans.push_back(plan(name, entry.second, quotas.timezone));
+            }
+        }
+        if (auto users = node["users"]) {
+            if (!users.IsMap())
+                fail(users, "quotas.users",
+                     "expected a mapping of user names or globs to plan names, like "
+                     "{ user1: small, \"trial-*\": capped }");
+            for (const auto& entry : users) {
+                PlanAssignment line;
+                line.pattern = scalar(entry.first, "quotas.users", "a user name or glob");
+                const std::string at = "quotas.users." + line.pattern;
+                if (line.pattern.empty()) fail(entry.first, "quotas.users", "expected a non-empty user name or glob");
+                for (const auto& other : quotas.users)
+                    if (other.pattern == line.pattern) fail(entry.first, at, "listed twice");
+                line.plan = plan_reference(entry.second, at, quotas);
+                quotas.users.push_back(std::move(line));
+            }
+        }
+        if (auto fallback = node["default_plan"])
+            quotas.default_plan = plan_reference(fallback, "quotas.default_plan", quotas);
+    }
+
+    // A plan's name where one is used: a defined plan, or "unlimited".
+    std::string plan_reference(const YAML::Node& node, const std::string& key, const QuotaConfig& quotas) const
+    {
+        const std::string name = scalar(node, key, "a plan name");
+        if (name != kUnlimitedPlan && !quotas.find_plan(name)) {
+            std::string list;
+            for (const Plan& plan : quotas.plans) list += plan.name + ", ";
+            fail(node, key, "unknown plan '" + name + "' (expected one of: " + list + kUnlimitedPlan + ")");
+        }
+        return name;
+    }
+
+    Plan plan(const std::string& name, const YAML::Node& node, const std::string& timezone) const
+    {
+        Plan plan;
+        plan.name = name;
+        const std::string at = "quotas.plans." + name;
+        if (node.IsNull()) return plan; // `vip:` alone: unlimited
+        only_keys(node, at, {"limit", "direction", "period", "billing_day", "expires", "speed", "action"});
+        if (auto limit = node["limit"]) plan.limit_bytes = size(limit, at + ".limit");
+        if (auto direction = node["direction"])
+            plan.direction = static_cast<Plan::Direction>(
+                one_of(direction, at + ".direction", {"both", "upload", "download"}));
+        if (auto period = node["period"])
+            plan.period = static_cast<Plan::PeriodKind>(
+                one_of(period, at + ".period", {"daily", "weekly", "monthly", "total"}));
+        if (auto day = node["billing_day"]) {
+            if (plan.period != Plan::PeriodKind::monthly)
+                fail(day, at + ".billing_day",
+                     std::string("only for period: monthly (this plan's period is ") + to_string(plan.period) + ")");
+            plan.billing_day = static_cast<unsigned>(integer(day, at + ".billing_day", 1, 31));
+        }
+        if (auto expires = node["expires"]) {
+            const std::string text = scalar(expires, at + ".expires", "a date like 2026-12-31");
+            try {
+                plan.expires = parse_expiry(text, timezone);
+            } catch (const std::invalid_argument&) {
+                fail(expires, at + ".expires",
+                     "expected a date like 2026-12-31 (the end of that day in quotas.timezone) or a time like "
+                     "2026-12-31T18:00:00Z, got '" + text + "'");
+            }
+        }
+        if (auto speed = node["speed"]) {
+            only_keys(speed, at + ".speed", {"download", "upload"});
+            if (speed.size() == 0)
+                fail(speed, at + ".speed", "expected download and/or upload, like { download: 12Mbit, upload: 2Mbit }");
+            if (auto down = speed["download"]) plan.speed_download_bps = rate(down, at + ".speed.download");
+            if (auto up = speed["upload"]) plan.speed_upload_bps = rate(up, at + ".speed.upload");
+        }
+        if (auto action = node["action"]) {
+            const std::string key = at + ".action";
+            const std::string choices = "block, disconnect, none or { throttle: RATE }";
+            if (action.IsMap()) {
+                only_keys(action, key, {"throttle"});
+                if (!action["throttle"]) fail(action, key, "expected " + choices + ", like { throttle: 1Mbit }");
+                plan.action = Plan::Action::throttle;
+                plan.throttle_bps = rate(action["throttle"], key + ".throttle");
+            } else {
+                const std::string value = scalar(action, key, choices.c_str());
+                if (value == "block") plan.action = Plan::Action::block;
+                else if (value == "disconnect") plan.action = Plan::Action::disconnect;
+                else if (value == "none") plan.action = Plan::Action::none;
+                else if (value == "throttle") fail(action, key, "throttle needs a rate, like { throttle: 1Mbit }");
+                else fail(action, key, "expected " + choices + ", got '" + value + "'");
+            }
+        }
+        return plan;
+    }
+
+    void alerts(const YAML::Node& node, Config& config) const
+    {
+        only_keys(node, "alerts", {"webhook"});
+        if (auto hook = node["webhook"]) {
+            only_keys(hook, "alerts.webhook", {"url", "timeout", "retries"});
+            WebhookConfig webhook;
+            if (!hook["url"]) fail(hook, "alerts.webhook.url", "missing");
+            webhook.url = scalar(hook["url"], "alerts.webhook.url", "a URL");
+            const std::string& url = webhook.url;
+            const size_t scheme = url.rfind("http://", 0) == 0 ? 7 : url.rfind("https://", 0) == 0 ? 8 : 0;
+            if (scheme == 0 || url.size() == scheme || url[scheme] == '/' ||
+                url.find_first_of(" \t\r\n") != std::string::npos)
+                fail(hook["url"], "alerts.webhook.url",
+                     "expected an http:// or https:// URL like http://127.0.0.1:8089/hook, got '" + url + "'");
+            if (auto timeout = hook["timeout"]) {
+                webhook.timeout = duration(timeout, "alerts.webhook.timeout");
+                if (webhook.timeout < std::chrono::milliseconds(100))
+                    fail(timeout, "alerts.webhook.timeout", "must be at least 100ms");
+            }
+            if (auto retries = hook["retries"])
+                webhook.retries = static_cast<uint32_t>(integer(retries, "alerts.webhook.retries", 0, 100));
+            config.alerts.webhook = std::move(webhook);
         }
     }
 
@@ -195,11 +402,14 @@ public:
             else if (key == "storage") storage(value, config);
             else if (key == "log") log(value, config);
             else if (key == "openvpn") openvpn(value, config);
+            else if (key == "quotas") quotas(value, config);
+            else if (key == "alerts") alerts(value, config);
+            else if (key == "http") http(value, config);
             else if (std::find(kFutureSections.begin(), kFutureSections.end(), key) != kFutureSections.end())
                 config.unsupported_sections.push_back(key);
             else
                 fail(entry.first, key,
-                     "unknown key (expected one of: interfaces, collect, bpf, storage, log, openvpn)");
+                     "unknown key (expected one of: interfaces, collect, bpf, storage, log, openvpn, quotas, alerts, http)");
         }
         if (config.interfaces.empty()) fail(root, "interfaces", "missing: list the devices to meter, e.g. [tun0, \"tun*\"]");
         return config;

@@ -3,9 +3,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "quota/plan.h"
 
 namespace vpnmeter {
 
@@ -28,6 +31,17 @@ struct OpenVpnInstance {
     enum class UserFrom { CommonName, Username } user_from = UserFrom::CommonName;
 };
 
+// Where quota alerts (thresholds crossed, blocked, expired) are sent.
+struct WebhookConfig {
+    std::string url; // http:// or https://
+    std::chrono::milliseconds timeout{5000};
+    uint32_t retries = 5; // further attempts after a failed delivery
+};
+
+struct AlertsConfig {
+    std::optional<WebhookConfig> webhook; // none: no webhook
+};
+
 struct Config {
     std::string source = "<defaults>"; // the file it came from, for messages
 
@@ -42,6 +56,11 @@ struct Config {
     uint32_t daily_retention_days = 1095;
     std::vector<OpenVpnInstance> openvpn;
     std::string log_level = "info";
+    QuotaConfig quotas; // no plans: everyone unlimited
+    AlertsConfig alerts;
+    // The HTTP server (/metrics, /v1/...): loopback unless opened on purpose;
+    // empty: off.
+    std::string http_listen = "127.0.0.1:9477";
     // Top-level sections this version does not handle yet, kept for a warning.
     std::vector<std::string> unsupported_sections;
 };

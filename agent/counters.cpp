@@ -84,6 +84,7 @@ InterfaceTraffic sum_per_cpu(std::span<const vpnmeter_iface_counters> per_cpu)
     for (const auto& cpu : per_cpu) {
         sum.total += to_traffic(cpu.total);
         sum.unattributed += to_traffic(cpu.unattributed);
+        sum.dropped += to_traffic(cpu.dropped);
     }
     return sum;
 }
@@ -95,9 +96,12 @@ Traffic delta(const Traffic& now, const Traffic& before)
 
 InterfaceTraffic delta(const InterfaceTraffic& now, const InterfaceTraffic& before)
 {
-    // total and unattributed reset together (same map entry).
-    if (went_down(now.total, before.total) || went_down(now.unattributed, before.unattributed)) return now;
-    return {subtract(now.total, before.total), subtract(now.unattributed, before.unattributed)};
+    // total, unattributed and dropped reset together (same map entry).
+    if (went_down(now.total, before.total) || went_down(now.unattributed, before.unattributed) ||
+        went_down(now.dropped, before.dropped))
+        return now;
+    return {subtract(now.total, before.total), subtract(now.unattributed, before.unattributed),
+            subtract(now.dropped, before.dropped)};
 }
 
 } // namespace vpnmeter

@@ -39,8 +39,16 @@ struct Traffic {
 };
 
 struct InterfaceTraffic {
+    InterfaceTraffic() = default;
+    // dropped came later: {total, unattributed} still reads as it did.
+    InterfaceTraffic(const Traffic& total, const Traffic& unattributed, const Traffic& dropped = {})
+        : total(total), unattributed(unattributed), dropped(dropped)
+    {
+    }
+
     Traffic total;
     Traffic unattributed;
+    Traffic dropped; // by enforcement; never a client's usage
     auto operator<=>(const InterfaceTraffic&) const = default;
 };
 
@@ -82,5 +90,10 @@ InterfaceTraffic delta(const InterfaceTraffic& now, const InterfaceTraffic& befo
 // earlier daemon versions: a size change must be deliberate.
 static_assert(sizeof(vpnmeter_client_key) == 24);
 static_assert(sizeof(vpnmeter_client_counters) == 32);
-static_assert(sizeof(vpnmeter_iface_counters) == 64);
+static_assert(sizeof(vpnmeter_iface_counters) == 96);
 static_assert(sizeof(vpnmeter_link) == 24);
+static_assert(sizeof(vpnmeter_policy) == 32);
+static_assert(sizeof(vpnmeter_budget) == 32);
+static_assert(sizeof(vpnmeter_policer) == 24);
+static_assert(sizeof(vpnmeter_client_drops) == 96);
+static_assert(sizeof(vpnmeter_policy_state) == 8);

@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "format.h"
+#include "http/api.h"
 #include "openvpn/source.h"
 #include "unique_fd.h"
 
@@ -34,6 +35,14 @@ Result<uint32_t> map_id(int fd, const char* what)
 }
 
 } // namespace
+
+sigset_t daemon_signals()
+{
+    sigset_t signals;
+    sigemptyset(&signals);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&signals, sig);
+    return signals;
+}
 
 Result<CounterIdentity> counter_identity(const PinnedMaps& maps)
 {
@@ -73,6 +82,38 @@ Result<std::unique_ptr<Daemon>> Daemon::start(Config config)
     if (auto status = daemon->resume(); !status) return status.error();
 
     for (const auto& instance : daemon->config_.openvpn) daemon->sources_.push_back(make_openvpn_source(instance));
+
+    // Enforcement: without it (an older pin layout) quotas are still
+    // computed and reported, just not applied in the kernel.
+    if (auto enforcer = Enforcer::open(daemon->config_.pin_path))
+        daemon->enforcer_ = std::make_unique<Enforcer>(std::move(enforcer.value()));
+    else
+        spdlog::error("enforcement unavailable: {}", enforcer.error().message());
+    std::unique_ptr<WebhookSender> webhook;
+    if (const auto& hook = daemon->config_.alerts.webhook)
+        webhook = std::make_unique<WebhookSender>(hook->url, hook->timeout, hook->retries);
+    daemon->quotas_ = std::make_unique<QuotaController>(daemon->config_.quotas, daemon->store_,
+                                                        daemon->enforcer_.get(), &daemon->maps_, std::move(webhook));
+    if (auto status = daemon->quotas_->load(); !status) return status.error();
+
+    if (!daemon->config_.http_listen.empty()) {
+        Daemon* d = daemon.get();
+        http::ApiContext api;
+        api.store = &d->store_;
+        api.ready = [d] { return d->ready_.load(); };
+        api.get_quota = [d](const std::string& user) -> std::optional<std::string> {
+            auto quota = d->quotas_->quota(user, static_cast<int64_t>(std::time(nullptr)));
+            return quota ? std::optional(quota->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace))
+                         : std::nullopt;
+        };
+        api.put_quota = [d](const std::string& user, const std::string& body) {
+            return d->quotas_->put_quota(user, body, static_cast<int64_t>(std::time(nullptr)));
+        };
+        auto server = http::Server::start(d->config_.http_listen, http::make_api(std::move(api)));
+        if (!server) return server.error();
+        d->http_ = std::move(server.value());
+        spdlog::info("HTTP API on {}", d->config_.http_listen);
+    }
 
     auto watcher = LinkWatcher::open([d = daemon.get()](auto change, const Link& link) { d->on_link(change, link); });
     if (!watcher) return watcher.error();
@@ -181,8 +222,10 @@ void Daemon::finish_cycle()
         if (auto list = source->sessions()) connected[source->instance()] = std::move(*list);
     }
     const int64_t now = static_cast<int64_t>(std::time(nullptr));
-    CycleCommit commit = reconciler_->plan(counters.value(), connected, interfaces(), now);
+    const Interfaces devices = interfaces();
+    CycleCommit commit = reconciler_->plan(counters.value(), connected, devices, now);
     if (!identity_committed_) commit.identity = identity_;
+    quotas_->plan(commit, now);
 
     if (auto status = store_.commit(commit); !status) {
         // Nothing was written; the kernel keeps counting and the next cycle
@@ -196,6 +239,10 @@ void Daemon::finish_cycle()
     commit_failing_ = false;
     identity_committed_ = true;
     reconciler_->accept(commit);
+    quotas_->accept(commit, reconciler_->active(), devices, now);
+    for (const auto& user : quotas_->take_disconnects())
+        for (auto& source : sources_) source->disconnect(user);
+    ready_ = true;
     const size_t entries = counters->snapshot.clients.size();
     collector_->accept(std::move(counters.value()));
 
@@ -217,11 +264,32 @@ void Daemon::finish_cycle()
     }
 }
 
+// SIGHUP: the new file is checked whole first; a bad one changes nothing.
+// Quotas, the interface list and the interval apply at once; sources, the
+// pin path, the store and the HTTP address need a restart (said so).
+void Daemon::reload()
+{
+    Config fresh;
+    try {
+        fresh = load_config(config_.source);
+    } catch (const ConfigError& e) {
+        spdlog::error("reload rejected, the running configuration stays: {}", e.what());
+        return;
+    }
+    if (fresh.pin_path != config_.pin_path || fresh.storage_path != config_.storage_path ||
+        fresh.http_listen != config_.http_listen || fresh.openvpn.size() != config_.openvpn.size())
+        spdlog::warn("reload: bpf.pin_path, storage, http.listen and openvpn changes need a restart");
+    config_.interfaces = fresh.interfaces;
+    config_.collect_interval = fresh.collect_interval;
+    config_.quotas = fresh.quotas;
+    quotas_->reload(fresh.quotas);
+    for (const Link& link : links_->links()) on_link(LinkWatcher::Change::Added, link);
+    spdlog::info("reloaded {}", config_.source);
+}
+
 Status Daemon::run()
 {
-    sigset_t signals;
-    sigemptyset(&signals);
-    for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&signals, sig);
+    sigset_t signals = daemon_signals();
     if (sigprocmask(SIG_BLOCK, &signals, nullptr) != 0) return os_error("block signals");
     UniqueFd signal_fd(signalfd(-1, &signals, SFD_CLOEXEC));
     if (!signal_fd.valid()) return os_error("signalfd");
@@ -260,7 +328,7 @@ Status Daemon::run()
             signalfd_siginfo info{};
             if (read(signal_fd.get(), &info, sizeof info) != sizeof info) continue;
             if (info.ssi_signo == SIGHUP) {
-                spdlog::info("SIGHUP: configuration reload is not supported yet; restart to apply changes");
+                reload();
                 continue;
             }
             if (!answer_deadline_) start_cycle(SteadyClock::now());

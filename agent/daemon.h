@@ -3,6 +3,9 @@
 // attribute, and commit to the store in one transaction.
 #pragma once
 
+#include <signal.h>
+
+#include <atomic>
 #include <map>
 #include <memory>
 #include <optional>
@@ -13,8 +16,11 @@
 #include "collector.h"
 #include "config.h"
 #include "datapath.h"
+#include "enforcer.h"
+#include "http/server.h"
 #include "identity_source.h"
 #include "link_watcher.h"
+#include "quota_controller.h"
 #include "reconciler.h"
 #include "store/store.h"
 
@@ -37,6 +43,7 @@ private:
     void start_cycle(SteadyClock::time_point now);
     bool cycle_answered(SteadyClock::time_point now) const;
     void finish_cycle();
+    void reload();
     Interfaces interfaces() const;
 
     Config config_;
@@ -53,8 +60,18 @@ private:
     bool identity_committed_ = false;
     std::optional<SteadyClock::time_point> answer_deadline_; // a cycle waits for its sources
     bool commit_failing_ = false;
+    std::atomic<bool> ready_{false}; // a cycle has been committed (for /readyz)
     uint64_t cycles_ = 0;
+    std::unique_ptr<Enforcer> enforcer_;
+    std::unique_ptr<QuotaController> quotas_;
+    // Last: its threads use the members above, so it stops first.
+    std::unique_ptr<http::Server> http_;
 };
+
+// SIGINT, SIGTERM and SIGHUP: read from a signalfd by run(). Block them in
+// main() before any thread starts (HTTP, webhooks): threads inherit the
+// mask, and a thread without it would take the default action (exit).
+sigset_t daemon_signals();
 
 // Boot id and map ids: what a checkpoint's raw values are relative to.
 Result<CounterIdentity> counter_identity(const PinnedMaps& maps);

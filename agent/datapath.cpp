@@ -20,6 +20,7 @@
 
 #include "bpf_maps.h"
 #include "bpffs.h"
+#include "htb.h"
 #include "meter.skel.h"
 #include "netlink.h"
 
@@ -140,8 +141,11 @@ Result<Datapath> Datapath::load(const DatapathOptions& options)
     dp.skel_.reset(meter_bpf__open());
     if (!dp.skel_) return os_error("open BPF skeleton");
 
-    bpf_map* maps[] = {dp.skel_->maps.vpnmeter_clients, dp.skel_->maps.vpnmeter_ifaces,
-                       dp.skel_->maps.vpnmeter_ifaces_more, dp.skel_->maps.vpnmeter_links};
+    bpf_map* maps[] = {dp.skel_->maps.vpnmeter_clients,  dp.skel_->maps.vpnmeter_ifaces,
+                       dp.skel_->maps.vpnmeter_ifaces_more, dp.skel_->maps.vpnmeter_links,
+                       dp.skel_->maps.vpnmeter_policy,   dp.skel_->maps.vpnmeter_budgets,
+                       dp.skel_->maps.vpnmeter_policers, dp.skel_->maps.vpnmeter_drops,
+                       dp.skel_->maps.vpnmeter_policy_state};
     for (bpf_map* map : maps) {
         const std::string path = options.pin_path + "/" + bpf_map__name(map);
         if (int err = bpf_map__set_pin_path(map, path.c_str()); err) return os_error("set pin path " + path, err);
@@ -157,8 +161,10 @@ Result<Datapath> Datapath::load(const DatapathOptions& options)
                      options.max_clients, options.pin_path, pinned, pinned);
         dp.max_clients_ = pinned;
     }
-    if (int err = bpf_map__set_max_entries(dp.skel_->maps.vpnmeter_clients, dp.max_clients_); err)
-        return os_error("set client map capacity", err);
+    // Policies and drops are per client address too.
+    for (bpf_map* map : {dp.skel_->maps.vpnmeter_clients, dp.skel_->maps.vpnmeter_policy, dp.skel_->maps.vpnmeter_drops})
+        if (int err = bpf_map__set_max_entries(map, dp.max_clients_); err)
+            return os_error(std::string("set capacity of ") + bpf_map__name(map), err);
 
     if (int err = meter_bpf__load(dp.skel_.get()); err)
         return os_error("load BPF programs (if the maps pinned under " + options.pin_path +
@@ -173,7 +179,7 @@ Status Datapath::attach(uint32_t ifindex, const std::string& ifname)
     vpnmeter_link link{};
     const bool known = bpf_map_lookup_elem(links_fd, &ifindex, &link) == 0 &&
                        strncmp(link.name, ifname.c_str(), sizeof link.name) == 0;
-    uint32_t flags = known ? (link.flags & VPNMETER_LINK_CREATED_CLSACT) : 0;
+    uint32_t flags = known ? (link.flags & (VPNMETER_LINK_CREATED_CLSACT | VPNMETER_LINK_CREATED_HTB)) : 0;
 
     if (!offloads_segmentation(ifname)) flags |= VPNMETER_LINK_SEGMENTS;
 
@@ -218,7 +224,10 @@ Result<std::string> detach_all(const std::string& pin_path)
         char name[IF_NAMESIZE] = {};
         // An ifindex now held by another device is not ours to touch.
         if (!if_indextoname(ifindex, name) || link.name != name) continue;
+        // A record made only for an HTB qdisc (HtbShaper) has no hooks to look for.
+        const bool hooked = link.flags & (VPNMETER_LINK_INGRESS | VPNMETER_LINK_EGRESS | VPNMETER_LINK_CREATED_CLSACT);
         for (const Hook& hook : kHooks) {
+            if (!hooked) break;
             auto removed = detach_hook(ifindex, hook);
             if (!removed) return Error{link.name + ": " + removed.error().message()};
             if (removed.value()) summary += "detached " + std::string(hook.name) + " from " + link.name + "\n";
@@ -236,8 +245,14 @@ Result<std::string> detach_all(const std::string& pin_path)
                 summary += "kept clsact qdisc on " + link.name + " (other filters use it)\n";
             }
         }
+        if (link.flags & VPNMETER_LINK_CREATED_HTB) {
+            auto removed = remove_htb_root(sock->get(), ifindex);
+            if (!removed) return Error{link.name + ": " + removed.error().message()};
+            if (removed.value()) summary += "removed HTB shaping qdisc from " + link.name + "\n";
+        }
     }
-    for (const char* name : {kClientsMap, kIfacesMap, kIfacesMoreMap, kLinksMap}) {
+    for (const char* name : {kClientsMap, kIfacesMap, kIfacesMoreMap, kLinksMap, kPolicyMap, kBudgetsMap,
+                             kPolicersMap, kDropsMap, kPolicyStateMap}) {
         const std::string path = pin_path + "/" + name;
         if (unlink(path.c_str()) != 0 && errno != ENOENT) return os_error("unpin " + path);
     }

@@ -56,7 +56,8 @@ private:
 };
 
 // Removes what the agent pinned under pin_path and attached (tc filters,
-// clsact qdiscs it created and that hold no other filters), nothing else.
+// clsact qdiscs it created and that hold no other filters, HTB root qdiscs
+// it created for shaping), nothing else.
 // Run in the network namespace the agent ran in. Returns a human summary.
 Result<std::string> detach_all(const std::string& pin_path);
 

@@ -41,6 +41,10 @@ public:
     // True once after a client connected or disconnected: the daemon runs a
     // cycle at once, so an address changing hands is split exactly.
     virtual bool take_client_event() = 0;
+
+    // Ends every session of `user` this source knows (quota action
+    // `disconnect`); sources that cannot do that ignore it.
+    virtual void disconnect(const std::string& user) { (void)user; }
 };
 
 } // namespace vpnmeter

@@ -1,4 +1,6 @@
 // vpnmeterd: the metering daemon.
+#include <pthread.h>
+
 #include <cstdio>
 #include <iostream>
 
@@ -81,6 +83,8 @@ int main(int argc, char** argv)
     for (const auto& section : config.unsupported_sections)
         spdlog::warn("{}: section `{}` is not supported by this version and is ignored", config.source, section);
 
+    const sigset_t signals = daemon_signals();
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr); // before any thread exists
     auto daemon = Daemon::start(std::move(config));
     if (!daemon) {
         spdlog::critical("{}", daemon.error().message());

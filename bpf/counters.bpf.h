@@ -67,14 +67,52 @@ static __always_inline void *lookup_or_insert(void *map, const void *key,
 	return bpf_map_lookup_elem(map, key);
 }
 
+/* A client seen for the first time: out of line, off the common path. */
+static __noinline struct vpnmeter_client_counters *
+client_insert(const struct vpnmeter_client_key *key)
+{
+	const struct vpnmeter_client_counters zero = {};
+
+	bpf_map_update_elem(&vpnmeter_clients, key, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&vpnmeter_clients, key);
+}
+
 /**
- * iface_counters() - this CPU's totals of interface @ifindex.
+ * client_counters() - this CPU's counters of client @key, added when missing.
+ *
+ * Return: NULL when the map is full.
  */
-static __always_inline struct vpnmeter_iface_counters *iface_counters(__u32 ifindex)
+static __always_inline struct vpnmeter_client_counters *
+client_counters(const struct vpnmeter_client_key *key)
+{
+	struct vpnmeter_client_counters *value = bpf_map_lookup_elem(&vpnmeter_clients, key);
+
+	return value ? value : client_insert(key);
+}
+
+/*
+ * The rare ifindex >= VPNMETER_MAX_LINKS, out of line. Inlined here, clang
+ * merges its last bpf_map_lookup_elem() with the array's into one call whose
+ * map is a register: the verifier then cannot inline the array lookup, and
+ * every packet pays the helper plus an indirect (retpolined) call, ~20 ns.
+ */
+static __noinline struct vpnmeter_iface_counters *iface_counters_more(__u32 ifindex)
 {
 	const struct vpnmeter_iface_counters zero = {};
 
+	return lookup_or_insert(&vpnmeter_ifaces_more, &ifindex, &zero);
+}
+
+/**
+ * iface_counters() - this CPU's totals of interface @ifindex.
+ *
+ * For ifindex < VPNMETER_MAX_LINKS, an array lookup that the verifier
+ * inlines (a few instructions, no call): it does so only where the map is a
+ * known constant at the call site.
+ */
+static __always_inline struct vpnmeter_iface_counters *iface_counters(__u32 ifindex)
+{
 	if (ifindex < VPNMETER_MAX_LINKS)
 		return bpf_map_lookup_elem(&vpnmeter_ifaces, &ifindex);
-	return lookup_or_insert(&vpnmeter_ifaces_more, &ifindex, &zero);
+	return iface_counters_more(ifindex);
 }

@@ -39,8 +39,10 @@ static __always_inline int network_offset(struct __sk_buff *ctx)
  * load_address() - copy @len bytes at @offset past the IP header into @to.
  *
  * Straight from the packet when the bytes are in its linear part (the
- * common case, no helper call); otherwise through the helper, which also
- * reads paged data and fails cleanly on a packet too short to hold them.
+ * common case, no helper call); otherwise through the helper, which reads
+ * from the kernel's network header whatever skb->data is, and fails cleanly
+ * (-EFAULT) when the bytes are not in the linear part.
+ * @to must be 8-aligned.
  */
 static __always_inline bool load_address(struct __sk_buff *skb, int l3, __u32 offset,
 					 void *to, __u32 len)
@@ -51,16 +53,41 @@ static __always_inline bool load_address(struct __sk_buff *skb, int l3, __u32 of
 	if (l3 >= 0) {
 		__u8 *at = data + l3 + offset;
 
+		/*
+		 * Word loads, not a byte-wise memcpy: the verifier allows
+		 * unaligned packet loads where the CPU does them (x86,
+		 * arm64). @to must be 8-aligned (it is checked on the stack).
+		 */
 		if (len == 4 && (void *)(at + 4) <= data_end) {
-			__builtin_memcpy(to, at, 4);
+			*(__u32 *)to = *(__u32 *)at;
 			return true;
 		}
 		if (len == 16 && (void *)(at + 16) <= data_end) {
-			__builtin_memcpy(to, at, 16);
+			((__u64 *)to)[0] = ((__u64 *)at)[0];
+			((__u64 *)to)[1] = ((__u64 *)at)[1];
 			return true;
 		}
 	}
 	return !bpf_skb_load_bytes_relative(skb, offset, to, len, BPF_HDR_START_NET);
+}
+
+/**
+ * load_byte() - the byte at @offset past the IP header, as load_address().
+ */
+static __always_inline bool load_byte(struct __sk_buff *skb, int l3, __u32 offset, __u8 *to)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	if (l3 >= 0 && offset <= 255) {
+		__u8 *at = data + l3 + offset;
+
+		if ((void *)(at + 1) <= data_end) {
+			*to = *at;
+			return true;
+		}
+	}
+	return !bpf_skb_load_bytes_relative(skb, offset, to, 1, BPF_HDR_START_NET);
 }
 
 /**
@@ -74,7 +101,7 @@ static __always_inline bool load_address(struct __sk_buff *skb, int l3, __u32 of
  *
  * Return: false when the packet is not IP or too short to hold the address.
  */
-static __always_inline bool client_key_of(struct __sk_buff *skb, int dir, int l3,
+static __always_inline bool client_key_of(struct __sk_buff *skb, int dir, int l3, __u32 ifindex,
 					  struct vpnmeter_client_key *key)
 {
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
@@ -94,7 +121,7 @@ static __always_inline bool client_key_of(struct __sk_buff *skb, int dir, int l3
 	} else {
 		return false;
 	}
-	key->ifindex = skb->ifindex;
+	key->ifindex = ifindex;
 	return true;
 }
 
@@ -113,14 +140,12 @@ static __always_inline __u32 segment_headers(struct __sk_buff *skb, int l3)
 	if (l3 < 0)
 		return 0;
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		if (bpf_skb_load_bytes_relative(skb, 0, &byte, 1, BPF_HDR_START_NET) ||
-		    bpf_skb_load_bytes_relative(skb, offsetof(struct iphdr, protocol), &proto, 1,
-						BPF_HDR_START_NET))
+		if (!load_byte(skb, l3, 0, &byte) ||
+		    !load_byte(skb, l3, offsetof(struct iphdr, protocol), &proto))
 			return 0;
 		l3_len = (byte & 0x0f) * 4;
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		if (bpf_skb_load_bytes_relative(skb, offsetof(struct ipv6hdr, nexthdr), &proto, 1,
-						BPF_HDR_START_NET))
+		if (!load_byte(skb, l3, offsetof(struct ipv6hdr, nexthdr), &proto))
 			return 0;
 		l3_len = sizeof(struct ipv6hdr);
 	} else {
@@ -128,7 +153,7 @@ static __always_inline __u32 segment_headers(struct __sk_buff *skb, int l3)
 	}
 	if (proto == IPPROTO_TCP) {
 		/* data offset: the high nibble of byte 12, in 32-bit words */
-		if (bpf_skb_load_bytes_relative(skb, l3_len + 12, &byte, 1, BPF_HDR_START_NET))
+		if (!load_byte(skb, l3, l3_len + 12, &byte))
 			return 0;
 		l4_len = (byte >> 4) * 4;
 	} else if (proto == IPPROTO_UDP) {

@@ -32,6 +32,10 @@ nlohmann::json clients_json(const CounterSnapshot& snapshot, const InterfaceName
             {"unattributed_download_bytes", t.unattributed.download.bytes},
             {"unattributed_upload_packets", t.unattributed.upload.packets},
             {"unattributed_download_packets", t.unattributed.download.packets},
+            {"dropped_upload_bytes", t.dropped.upload.bytes},
+            {"dropped_download_bytes", t.dropped.download.bytes},
+            {"dropped_upload_packets", t.dropped.upload.packets},
+            {"dropped_download_packets", t.dropped.download.packets},
         });
     auto clients = nlohmann::json::array();
     for (const auto& [key, t] : snapshot.clients)

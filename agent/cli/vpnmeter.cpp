@@ -8,7 +8,10 @@
 
 #include <CLI/CLI.hpp>
 
+#include <nlohmann/json.hpp>
+
 #include "bpf_maps.h"
+#include "cli/api_client.h"
 #include "clients_report.h"
 #include "config.h"
 #include "store/store.h"
@@ -24,6 +27,12 @@ constexpr int kExitError = 1; // the data could not be read
 constexpr int kExitUsage = 2; // bad arguments or configuration
 
 struct Options {
+    std::string api;        // base URL of the agent's HTTP API
+    std::string quota_action;
+    std::string plan;
+    std::string limit;
+    std::string expires;
+    uint64_t topup = 0;
     std::string config_path;
     std::string pin_path;
     std::string store_path;
@@ -115,6 +124,52 @@ int usage(const Options& o)
     return 0;
 }
 
+// quota get|set|topup: through the agent's API, so the running agent
+// applies a change (and persists it) at once.
+int quota(const Options& o)
+{
+    const std::string url = o.api + "/v1/users/" + url_segment(o.user) + "/quota";
+    Result<ApiReply> reply = Error{};
+    if (o.quota_action == "get") {
+        reply = api_request("GET", url);
+    } else {
+        nlohmann::json body = nlohmann::json::object();
+        if (o.quota_action == "topup") body["topup_bytes"] = o.topup;
+        if (!o.plan.empty()) body["plan"] = o.plan;
+        if (!o.limit.empty()) {
+            try {
+                body["limit_bytes"] = std::stoull(o.limit);
+            } catch (const std::exception&) {
+                return fail("quota", "--limit: expected a number of bytes, got '" + o.limit + "'", kExitUsage);
+            }
+        }
+        if (!o.expires.empty()) body["expires"] = o.expires;
+        if (body.empty()) return fail("quota", "set: give --plan, --limit or --expires", kExitUsage);
+        reply = api_request("PUT", url, body.dump());
+    }
+    if (!reply) return fail("quota", reply.error().message());
+    if (reply->status != 200) {
+        std::string message = reply->body;
+        try {
+            message = nlohmann::json::parse(reply->body).value("error", reply->body);
+        } catch (const std::exception&) {
+        }
+        return fail("quota", "the agent answered " + std::to_string(reply->status) + ": " + message,
+                    reply->status == 400 ? kExitUsage : kExitError);
+    }
+    if (o.json) {
+        std::cout << reply->body << '\n';
+        return 0;
+    }
+    const auto q = nlohmann::json::parse(reply->body);
+    std::cout << "user    " << q.value("user", "") << "\nplan    " << q.value("plan", "") << "\nstate   "
+              << q.value("state", "") << "\nused    " << q.value("used_bytes", uint64_t{0}) << " bytes\nlimit   "
+              << (q["limit_bytes"].is_null() ? "unlimited" : std::to_string(q["limit_bytes"].get<uint64_t>()) + " bytes")
+              << "\nperiod  " << (q["period_start"].is_null() ? "-" : q["period_start"].get<std::string>()) << " .. "
+              << (q["period_end"].is_null() ? "-" : q["period_end"].get<std::string>()) << '\n';
+    return 0;
+}
+
 } // namespace
 
 int main(int argc, char** argv)
@@ -143,6 +198,22 @@ int main(int argc, char** argv)
     usage_cmd->add_option("--to", o.to, "end, exclusive (default: now)");
     usage_cmd->add_option("--by", o.by, "bucket size: hour, day or month")->capture_default_str();
 
+    auto* quota_cmd = app.add_subcommand("quota", "a user's quota: get, set or top up (through the agent's API)");
+    quota_cmd->require_subcommand(1);
+    auto* quota_get = quota_cmd->add_subcommand("get", "plan, limit, usage in the period and state");
+    auto* quota_set = quota_cmd->add_subcommand("set", "set the user's plan, limit or expiry");
+    auto* quota_topup = quota_cmd->add_subcommand("topup", "add bytes to this period's limit (a purchase)");
+    for (auto* cmd : {quota_get, quota_set, quota_topup}) {
+        cmd->add_option("user", o.user, "the user")->required();
+        cmd->add_flag("--json", o.json, "the agent's JSON answer");
+        cmd->add_option("--api", o.api, "the agent's API (default: http://<http.listen of --config>)");
+        cmd->add_option("-c,--config", o.config_path, "the agent's configuration file");
+    }
+    quota_set->add_option("--plan", o.plan, "a plan of the configuration, or unlimited");
+    quota_set->add_option("--limit", o.limit, "limit in bytes for the period");
+    quota_set->add_option("--expires", o.expires, "RFC 3339 time or date");
+    quota_topup->add_option("bytes", o.topup, "bytes to add")->required();
+
     for (auto* cmd : {sessions_cmd, usage_cmd}) {
         cmd->add_flag("--json", o.json, "one JSON object");
         cmd->add_flag("--csv", o.csv, "CSV with a header row");
@@ -168,9 +239,14 @@ int main(int argc, char** argv)
     }
     if (o.pin_path.empty()) o.pin_path = config.pin_path;
     if (o.store_path.empty()) o.store_path = config.storage_path;
+    if (o.api.empty()) o.api = api_base(config.http_listen.empty() ? "127.0.0.1:9477" : config.http_listen);
 
     if (*clients_cmd) return clients(o);
     if (*sessions_cmd) return sessions(o);
     if (*usage_cmd) return usage(o);
+    if (*quota_cmd) {
+        o.quota_action = *quota_get ? "get" : *quota_set ? "set" : "topup";
+        return quota(o);
+    }
     return kExitUsage;
 }

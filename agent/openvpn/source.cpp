@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include <spdlog/spdlog.h>
@@ -90,6 +91,20 @@ public:
     bool refreshed() const override { return refreshed_; }
     std::optional<std::vector<Session>> sessions() const override { return sessions_; }
     bool take_client_event() override { return std::exchange(client_event_, false); }
+
+    // client-kill by client id (from the last `status 3`): works whether the
+    // user is the common name or the username.
+    void disconnect(const std::string& user) override
+    {
+        if (state_ != State::ready) return;
+        auto it = cids_by_user_.find(user);
+        if (it == cids_by_user_.end()) return;
+        for (uint64_t cid : it->second) {
+            spdlog::info("openvpn {}: disconnecting {} (client {}): quota action", instance_.name, user, cid);
+            parser_.expect_single_line();
+            send("client-kill " + std::to_string(cid));
+        }
+    }
 
     void on_ready(short revents, SteadyClock::time_point now) override
     {
@@ -268,6 +283,9 @@ private:
             return;
         }
         sessions_ = sessions_of(instance_, status.value());
+        cids_by_user_.clear();
+        for (size_t i = 0; i < sessions_->size(); ++i)
+            if (auto cid = status->clients[i].client_id) cids_by_user_[(*sessions_)[i].user].push_back(*cid);
         refreshed_ = true;
         send_status_if_due();
     }
@@ -287,6 +305,7 @@ private:
     bool refreshed_ = true;
     bool client_event_ = false;
     std::optional<std::vector<Session>> sessions_;
+    std::map<std::string, std::vector<uint64_t>> cids_by_user_;
 };
 
 // The status file OpenVPN rewrites every few seconds (`status FILE N`). It is

@@ -36,6 +36,7 @@ uint64_t get_be(std::string_view in, size_t at, int width)
 }
 
 constexpr uint64_t kSignBit = uint64_t(1) << 63;
+constexpr uint32_t kSignBit32 = uint32_t(1) << 31;
 
 char granularity_byte(Granularity granularity)
 {
@@ -146,6 +147,61 @@ std::optional<UsageKey> decode_usage_key(std::string_view bytes)
     if (!granularity) return std::nullopt;
     return UsageKey{bytes.substr(2, user_size), *granularity,
                     static_cast<int64_t>(get_be(bytes, 3 + user_size, 8) ^ kSignBit)};
+}
+
+std::string encode(const QuotaUsageRecord& record)
+{
+    std::string out;
+    out.reserve(kQuotaUsageSize);
+    put_le(out, static_cast<uint64_t>(record.period_start), 8);
+    put_le(out, record.upload, 8);
+    put_le(out, record.download, 8);
+    return out;
+}
+
+std::optional<QuotaUsageRecord> decode_quota_usage(std::string_view bytes)
+{
+    if (bytes.size() != kQuotaUsageSize) return std::nullopt;
+    return QuotaUsageRecord{static_cast<int64_t>(get_le(bytes, 0, 8)), get_le(bytes, 8, 8), get_le(bytes, 16, 8)};
+}
+
+std::string encode_i64(int64_t value)
+{
+    std::string out;
+    put_le(out, static_cast<uint64_t>(value), 8);
+    return out;
+}
+
+std::optional<int64_t> decode_i64(std::string_view bytes)
+{
+    if (bytes.size() != 8) return std::nullopt;
+    return static_cast<int64_t>(get_le(bytes, 0, 8));
+}
+
+std::string alert_prefix(std::string_view user, int64_t period_start)
+{
+    std::string out;
+    out.reserve(user.size() + kAlertKeyOverhead);
+    put_be(out, user.size(), 2);
+    out.append(user);
+    put_be(out, static_cast<uint64_t>(period_start) ^ kSignBit, 8);
+    return out;
+}
+
+std::string alert_key(std::string_view user, int64_t period_start, int32_t threshold)
+{
+    std::string out = alert_prefix(user, period_start);
+    put_be(out, static_cast<uint32_t>(threshold) ^ kSignBit32, 4);
+    return out;
+}
+
+std::optional<AlertKey> decode_alert_key(std::string_view bytes)
+{
+    if (bytes.size() < kAlertKeyOverhead) return std::nullopt;
+    const size_t user_size = get_be(bytes, 0, 2);
+    if (bytes.size() != user_size + kAlertKeyOverhead) return std::nullopt;
+    return AlertKey{bytes.substr(2, user_size), static_cast<int64_t>(get_be(bytes, 2 + user_size, 8) ^ kSignBit),
+                    static_cast<int32_t>(static_cast<uint32_t>(get_be(bytes, 10 + user_size, 4)) ^ kSignBit32)};
 }
 
 std::string encode(const ClientKey& key)

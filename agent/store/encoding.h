@@ -16,6 +16,13 @@
 //                                                    name (rest)
 //   checkpoint_meta        "identity"             -> u32 clients map id, u32 ifaces map id,
 //                                                    boot id (rest)
+//   quota_usage            user (bytes)           -> quota usage (below)
+//   alerts_fired           alert key (below)      -> i64 fired at (8 bytes)
+//   grants                 user (bytes)           -> JSON text, as given (the quota engine's
+//                                                    format: opaque to the store)
+//
+// The last three were added after schema version 1 without a bump: they are
+// new databases, which older releases ignore and this one creates on open.
 //
 //   traffic     = u64 upload packets, upload bytes, download packets, download bytes (32 bytes)
 //   usage key   = u16 BE length of user, user bytes, granularity ('h', 'd', 'm'),
@@ -25,6 +32,10 @@
 //                 granularity) is one contiguous range ordered by time.
 //   client key  = u32 BE ifindex, u8 family, 3 zero bytes, 16 address bytes
 //                 (the ClientKey order, so a scan fills a std::map in order)
+//   quota usage = i64 period start, u64 upload bytes, u64 download bytes (24 bytes)
+//   alert key   = u16 BE length of user, user bytes, i64 BE period start and
+//                 i32 BE threshold, both with the sign bit flipped: one
+//                 (user, period) is one contiguous range ordered by threshold.
 //   session     = CBOR map (nlohmann::json::to_cbor) with "v": 1 and one
 //                 field per Session member. Fields can be added without a
 //                 migration (absent ones decode to their defaults); CBOR
@@ -63,6 +74,25 @@ struct UsageKey {
     int64_t start;
 };
 std::optional<UsageKey> decode_usage_key(std::string_view bytes);
+
+constexpr size_t kQuotaUsageSize = 24;
+constexpr size_t kAlertKeyOverhead = 2 + 8 + 4; // around the user's bytes
+
+std::string encode(const QuotaUsageRecord& record);
+std::optional<QuotaUsageRecord> decode_quota_usage(std::string_view bytes);
+
+std::string encode_i64(int64_t value);
+std::optional<int64_t> decode_i64(std::string_view bytes);
+
+// Every alert of one user in one period starts with this.
+std::string alert_prefix(std::string_view user, int64_t period_start);
+std::string alert_key(std::string_view user, int64_t period_start, int32_t threshold);
+struct AlertKey {
+    std::string_view user;
+    int64_t period_start;
+    int32_t threshold;
+};
+std::optional<AlertKey> decode_alert_key(std::string_view bytes);
 
 std::string encode(const ClientKey& key);
 std::optional<ClientKey> decode_client_key(std::string_view bytes);

@@ -4,30 +4,6 @@
 #include "store/store_impl.h"
 
 namespace vpnmeter {
-namespace {
-
-Error corrupt(const std::string& what)
-{
-    return Error{"the store is corrupt: " + what};
-}
-
-// Calls visit(key, value) for each entry of `dbi` from `from` (the first
-// entry when empty) until it returns false.
-template <class Visit> Status scan(const lmdb::Txn& txn, MDB_dbi dbi, std::string_view from, Visit&& visit)
-{
-    auto cursor = lmdb::Cursor::open(txn, dbi);
-    if (!cursor) return cursor.error();
-    auto entry = from.empty() ? cursor->move(MDB_FIRST) : cursor->move(MDB_SET_RANGE, from);
-    for (; entry && *entry; entry = cursor->move(MDB_NEXT)) {
-        Result<bool> more = visit((*entry)->key, (*entry)->value);
-        if (!more) return more.error();
-        if (!*more) return ok();
-    }
-    if (!entry) return entry.error();
-    return ok();
-}
-
-} // namespace
 
 StoreSnapshot::StoreSnapshot(std::unique_ptr<StoreSnapshotState> state) : state_(std::move(state)) {}
 StoreSnapshot::StoreSnapshot(StoreSnapshot&&) noexcept = default;

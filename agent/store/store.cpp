@@ -17,7 +17,7 @@
 namespace vpnmeter {
 namespace {
 
-constexpr unsigned kMaxDatabases = 16; // 7 used; room to add some without a format change
+constexpr unsigned kMaxDatabases = 16; // 10 used; room to add some without a format change
 constexpr int kMaxResizedRetries = 3;
 constexpr auto kResizeWait = std::chrono::seconds(5);
 constexpr const char* kSchemaVersionKey = "schema_version";
@@ -36,12 +36,10 @@ constexpr std::array kDatabases{
     NamedDatabase{"checkpoint_addresses", &Databases::checkpoint_addresses},
     NamedDatabase{"checkpoint_interfaces", &Databases::checkpoint_interfaces},
     NamedDatabase{"checkpoint_meta", &Databases::checkpoint_meta},
+    NamedDatabase{"quota_usage", &Databases::quota_usage},
+    NamedDatabase{"alerts_fired", &Databases::alerts_fired},
+    NamedDatabase{"grants", &Databases::grants},
 };
-
-Error prefixed(const std::string& context, const Error& error)
-{
-    return Error{context + ": " + error.context, error.code};
-}
 
 uint64_t page_size()
 {
@@ -409,7 +407,7 @@ Status Store::commit(const CycleCommit& cycle)
             if (auto put = txn.put(*dbs.checkpoint_meta, kIdentityKey, encoding::encode(*cycle.identity)); !put)
                 return prefixed("store counter identity", put.error());
         }
-        return ok();
+        return write_quota_records(txn, dbs, cycle);
     });
 }
 
@@ -421,9 +419,10 @@ Status Store::prune(int64_t now)
     const int64_t day_cutoff = bucket_start(now - int64_t{options.daily_retention_days} * 86400, Granularity::Day);
     const MDB_dbi usage = *impl_->dbs.usage;
 
-    return impl_->write("prune usage", [&](lmdb::Txn& txn) -> Status {
+    return impl_->write("prune", [&](lmdb::Txn& txn) -> Status {
+        if (auto pruned = prune_alerts(txn, impl_->dbs, day_cutoff); !pruned) return prefixed("alerts", pruned.error());
         auto cursor = lmdb::Cursor::open(txn, usage);
-        if (!cursor) return cursor.error();
+        if (!cursor) return prefixed("usage", cursor.error());
         auto entry = cursor->move(MDB_FIRST);
         while (entry && *entry) {
             const auto key = encoding::decode_usage_key((*entry)->key);
@@ -436,7 +435,7 @@ Status Store::prune(int64_t now)
                                                                                          : std::optional<int64_t>();
             if (cutoff && key->start < *cutoff) {
                 const std::string doomed((*entry)->key);
-                if (auto removed = txn.del(usage, doomed); !removed) return removed.error();
+                if (auto removed = txn.del(usage, doomed); !removed) return prefixed("usage", removed.error());
                 entry = cursor->move(MDB_SET_RANGE, doomed); // the entry after it
             } else {
                 // Nothing more to drop for this user and granularity: skip to
@@ -446,7 +445,7 @@ Status Store::prune(int64_t now)
                 entry = cursor->move(MDB_SET_RANGE, next);
             }
         }
-        if (!entry) return entry.error();
+        if (!entry) return prefixed("usage", entry.error());
         return ok();
     });
 }

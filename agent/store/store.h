@@ -1,10 +1,13 @@
-// The usage store (LMDB): sessions, per-user usage buckets, checkpoints.
+// The usage store (LMDB): sessions, per-user usage buckets, checkpoints,
+// and the quota engine's state (usage in the current period, alerts fired,
+// grants).
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -49,6 +52,25 @@ struct Checkpoint {
     std::map<uint32_t, std::string> interface_names;  // ifindex -> name at the time
 };
 
+// A user's usage so far in their current quota period: absolute values, as
+// the quota engine computed them (it owns what a period is).
+struct QuotaUsageRecord {
+    int64_t period_start = 0; // unix seconds
+    uint64_t upload = 0;      // bytes
+    uint64_t download = 0;    // bytes
+    bool operator==(const QuotaUsageRecord&) const = default;
+};
+
+// A threshold alert that fired: at most one per (user, period_start,
+// threshold), the first one recorded.
+struct AlertRecord {
+    std::string user;
+    int64_t period_start = 0; // unix seconds: the quota period it belongs to
+    int threshold = 0;        // percent of the limit
+    int64_t fired_at = 0;     // unix seconds
+    bool operator==(const AlertRecord&) const = default;
+};
+
 // Everything one collection cycle changes, committed in ONE write
 // transaction: the usage increments and the checkpoints move together, so a
 // crash at any moment neither loses nor double-counts.
@@ -62,6 +84,10 @@ struct CycleCommit {
     std::vector<ClientKey> address_removals;       // entries no longer tracked
     std::map<uint32_t, InterfaceTraffic> interface_updates;
     std::map<uint32_t, std::string> interface_names;
+    // Quotas, in the same transaction as the usage they account for, so a
+    // restart resumes from a period total that matches the buckets.
+    std::map<std::string, QuotaUsageRecord> quota_usage; // user -> record, replacing the stored one
+    std::vector<AlertRecord> alerts_fired; // one already recorded keeps its first fired_at
 };
 
 enum class Granularity { Hour, Day, Month };
@@ -98,6 +124,15 @@ public:
                                            Granularity granularity) const;
     Result<std::vector<UnattributedUsage>> unattributed() const;
 
+    Result<std::map<std::string, QuotaUsageRecord>> quota_usage() const;
+    Result<std::optional<QuotaUsageRecord>> quota_usage(const std::string& user) const;
+    // The thresholds that fired for one user in one period.
+    Result<std::set<int>> alerts_fired(const std::string& user, int64_t period_start) const;
+    // Every alert record (of one user), by user, period, threshold.
+    Result<std::vector<AlertRecord>> alerts(const std::optional<std::string>& user = std::nullopt) const;
+    Result<std::optional<std::string>> grant(const std::string& user) const;
+    Result<std::map<std::string, std::string>> grants() const;
+
 private:
     friend class Store;
     explicit StoreSnapshot(std::unique_ptr<StoreSnapshotState> state);
@@ -105,7 +140,9 @@ private:
 };
 
 // Thread safety: the reads and snapshot() may be called from any thread
-// (MDB_NOTLS), concurrently with commit() and prune(). LMDB allows ONE open
+// (MDB_NOTLS), concurrently with commit() and prune(). The writes (commit,
+// prune, put_grant, erase_grant) may be called from any thread too: they
+// take turns, each waiting for the one in progress. LMDB allows ONE open
 // of a store per process: a second Store::open of the same path in this
 // process fails (another process, e.g. the CLI beside the daemon, is fine).
 class Store {
@@ -134,8 +171,24 @@ public:
     Result<std::vector<UsageBucket>> usage(const std::string& user, int64_t from, int64_t to,
                                            Granularity granularity) const;
     Result<std::vector<UnattributedUsage>> unattributed() const;
-    // Drops hour and day buckets past their retention.
+    // Drops hour and day buckets past their retention, and alert records of
+    // past quota periods: older than the period of the user's quota usage
+    // record or, for a user without one, older than daily_retention_days.
     Status prune(int64_t now);
+
+    // Quotas (see CycleCommit for their writes).
+    Result<std::map<std::string, QuotaUsageRecord>> quota_usage() const;
+    Result<std::optional<QuotaUsageRecord>> quota_usage(const std::string& user) const;
+    Result<std::set<int>> alerts_fired(const std::string& user, int64_t period_start) const;
+    Result<std::vector<AlertRecord>> alerts(const std::optional<std::string>& user = std::nullopt) const;
+
+    // Grants set at run time (a purchased top-up): one opaque JSON text per
+    // user, its format the quota engine's. Each write is a small transaction
+    // of its own, durable when it returns; it waits for a commit in progress.
+    Status put_grant(const std::string& user, const std::string& json); // replaces the user's grant
+    Status erase_grant(const std::string& user);                        // none: fine
+    Result<std::optional<std::string>> grant(const std::string& user) const;
+    Result<std::map<std::string, std::string>> grants() const;
 
     // 0: opened read-only before the daemon ever initialised the store.
     uint32_t schema_version() const;

@@ -25,7 +25,43 @@ struct Databases {
     std::optional<MDB_dbi> checkpoint_addresses;
     std::optional<MDB_dbi> checkpoint_interfaces;
     std::optional<MDB_dbi> checkpoint_meta;
+    std::optional<MDB_dbi> quota_usage;
+    std::optional<MDB_dbi> alerts_fired;
+    std::optional<MDB_dbi> grants;
 };
+
+inline Error prefixed(const std::string& context, const Error& error)
+{
+    return Error{context + ": " + error.context, error.code};
+}
+
+inline Error corrupt(const std::string& what)
+{
+    return Error{"the store is corrupt: " + what};
+}
+
+// Calls visit(key, value) for each entry of `dbi` from `from` (the first
+// entry when empty) until it returns false.
+template <class Visit> Status scan(const lmdb::Txn& txn, MDB_dbi dbi, std::string_view from, Visit&& visit)
+{
+    auto cursor = lmdb::Cursor::open(txn, dbi);
+    if (!cursor) return cursor.error();
+    auto entry = from.empty() ? cursor->move(MDB_FIRST) : cursor->move(MDB_SET_RANGE, from);
+    for (; entry && *entry; entry = cursor->move(MDB_NEXT)) {
+        Result<bool> more = visit((*entry)->key, (*entry)->value);
+        if (!more) return more.error();
+        if (!*more) return ok();
+    }
+    if (!entry) return entry.error();
+    return ok();
+}
+
+// The quota parts of commit() and prune() (quota.cpp), inside their
+// transactions.
+Status write_quota_records(lmdb::Txn& txn, const Databases& dbs, const CycleCommit& cycle);
+// Drops alerts of periods before the user's quota usage record's, or before
+// `orphan_cutoff` for users without one.
+Status prune_alerts(lmdb::Txn& txn, const Databases& dbs, int64_t orphan_cutoff);
 
 // LMDB breaks if one process opens the same environment twice (closing
 // either drops the other's file locks), so each open claims the directory.

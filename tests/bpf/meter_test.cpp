@@ -68,7 +68,8 @@ std::string show(const Traffic& t) { return "up " + show(t.upload) + ", down " +
 
 std::string show(const InterfaceTraffic& t)
 {
-    return "total {" + show(t.total) + "} unattributed {" + show(t.unattributed) + "}";
+    return "total {" + show(t.total) + "} unattributed {" + show(t.unattributed) + "} dropped {" + show(t.dropped) +
+           "}";
 }
 
 std::string show(const ClientKey& key) { return key.address() + "@if" + std::to_string(key.ifindex); }
@@ -397,7 +398,8 @@ public:
         return got;
     }
 
-    // sum(clients) + unattributed == total, per interface, on what was read.
+    // sum(clients) + unattributed + dropped == total, per interface, on what
+    // was read (nothing is dropped here: no policies).
     static void check_totals_add_up(const CounterSnapshot& got)
     {
         std::map<uint32_t, Traffic> attributed;
@@ -407,7 +409,9 @@ public:
                               << show(iface));
             Traffic sum = attributed[ifindex];
             sum += iface.unattributed;
+            sum += iface.dropped;
             CHECK(show(sum) == show(iface.total));
+            CHECK(iface.dropped.empty());
         }
         for (const auto& [ifindex, traffic] : attributed)
             if (!got.interfaces.count(ifindex))

@@ -9,18 +9,21 @@ TEST_CASE("clients --json has the contract's shape", "[report]")
     CounterSnapshot s;
     s.clients[ClientKey::parse(4, "10.8.0.2")] = {{3, 300}, {5, 5000}};
     s.clients[ClientKey::parse(4, "fd00:8::2")] = {{1, 80}, {0, 0}};
-    s.interfaces[4] = {{{5, 422}, {6, 5060}}, {{1, 42}, {1, 60}}};
+    s.interfaces[4] = {{{7, 622}, {6, 5060}}, {{1, 42}, {1, 60}}, {{2, 200}, {0, 0}}};
     const auto j = clients_json(s, {{4, "tun0"}});
 
     REQUIRE(j["interfaces"].size() == 1);
     const auto& tun0 = j["interfaces"][0];
     CHECK(tun0["name"] == "tun0");
-    CHECK(tun0["upload_bytes"] == 422);
+    CHECK(tun0["upload_bytes"] == 622);
     CHECK(tun0["download_bytes"] == 5060);
-    CHECK(tun0["upload_packets"] == 5);
+    CHECK(tun0["upload_packets"] == 7);
     CHECK(tun0["download_packets"] == 6);
     CHECK(tun0["unattributed_upload_bytes"] == 42);
     CHECK(tun0["unattributed_download_bytes"] == 60);
+    CHECK(tun0["dropped_upload_bytes"] == 200); // by enforcement: in the total, no client's
+    CHECK(tun0["dropped_upload_packets"] == 2);
+    CHECK(tun0["dropped_download_bytes"] == 0);
 
     REQUIRE(j["clients"].size() == 2);
     const auto& v4 = j["clients"][0];

@@ -65,7 +65,8 @@ TEST_CASE("errors name the file, the line, the key and what was expected", "[con
     CHECK(error_of("interfaces: [tun0]\ncollect: { intervall: 1s }\n") ==
           "test.yaml:2:12: collect.intervall: unknown key (expected one of: interval)");
     CHECK(error_of("interface: [tun0]\n") ==
-          "test.yaml:1:1: interface: unknown key (expected one of: interfaces, collect, bpf, storage, log, openvpn)");
+          "test.yaml:1:1: interface: unknown key (expected one of: interfaces, collect, bpf, storage, log, openvpn, "
+          "quotas, alerts, http)");
     CHECK(error_of("collect: { interval: 1s }\n").find("interfaces: missing") != std::string::npos);
     CHECK(error_of("interfaces: []\n") == "test.yaml:1:13: interfaces: expected at least one interface");
     CHECK(error_of("interfaces: [averyveryverylongname]\n").find("1 to 15 characters") != std::string::npos);
@@ -84,7 +85,7 @@ TEST_CASE("invalid YAML is reported with its position", "[config]")
 TEST_CASE("sections of later versions are accepted and listed", "[config]")
 {
     const Config c = parse_config("interfaces: [tun0]\nsingbox: []\nquotas: {}\n", "test.yaml");
-    CHECK(c.unsupported_sections == std::vector<std::string>{"singbox", "quotas"});
+    CHECK(c.unsupported_sections == std::vector<std::string>{"singbox"}); // quotas are handled now
 }
 
 TEST_CASE("a missing file is a ConfigError naming it", "[config]")
@@ -153,4 +154,224 @@ openvpn:
               .find("expected host:port") != std::string::npos);
     CHECK(error_of("interfaces: [tun0]\nopenvpn:\n  - { name: a, interface: tun0, status_file: /x, user_from: cn }\n")
               .find("expected common_name or username") != std::string::npos);
+}
+
+TEST_CASE("quotas and alerts parse", "[config][quota]")
+{
+    const Config c = parse_config(R"(
+interfaces: [tun0]
+quotas:
+  timezone: Asia/Kolkata
+  thresholds: [90, 75, 100, 90]
+  default_plan: slow
+  plans:
+    small:   { limit: 20MB, period: daily, action: block }
+    slow:    { speed: { download: 2Mbit, upload: 2Mbit } }
+    capped:  { limit: 5GiB, period: monthly, billing_day: 15, action: { throttle: 1Mbit } }
+    kick:    { limit: 1.5GB, direction: download, period: weekly, action: disconnect, expires: 2026-12-31 }
+    notify:  { limit: 100GB, period: total, action: none, expires: "2026-06-01T12:00:00Z" }
+    free:    {}
+    vip:
+  users:
+    user1: small
+    "trial-*": capped
+    boss: unlimited
+alerts:
+  webhook: { url: "http://127.0.0.1:8089/hook", timeout: 2s, retries: 3 }
+)",
+                                  "test.yaml");
+    const QuotaConfig& q = c.quotas;
+    CHECK(q.timezone == "Asia/Kolkata");
+    CHECK(q.thresholds == std::vector<int>{75, 90, 100});
+    CHECK(q.default_plan == "slow");
+    REQUIRE(q.plans.size() == 7);
+
+    const Plan& small = q.plans[0];
+    CHECK(small.name == "small");
+    CHECK(small.limit_bytes == 20'000'000u);
+    CHECK(small.period == Plan::PeriodKind::daily);
+    CHECK(small.action == Plan::Action::block);
+    CHECK(small.direction == Plan::Direction::both);
+    CHECK(small.expires == std::nullopt);
+
+    const Plan& slow = *q.find_plan("slow");
+    CHECK(slow.limit_bytes == std::nullopt);
+    CHECK(slow.speed_download_bps == 2'000'000);
+    CHECK(slow.speed_upload_bps == 2'000'000);
+    CHECK(slow.period == Plan::PeriodKind::monthly);
+
+    const Plan& capped = *q.find_plan("capped");
+    CHECK(capped.limit_bytes == 5ULL << 30);
+    CHECK(capped.billing_day == 15);
+    CHECK(capped.action == Plan::Action::throttle);
+    CHECK(capped.throttle_bps == 1'000'000);
+
+    const Plan& kick = *q.find_plan("kick");
+    CHECK(kick.limit_bytes == 1'500'000'000u);
+    CHECK(kick.direction == Plan::Direction::download);
+    CHECK(kick.period == Plan::PeriodKind::weekly);
+    CHECK(kick.action == Plan::Action::disconnect);
+    CHECK(kick.expires == 1798741800); // 2027-01-01 00:00 in Kolkata = 2026-12-31T18:30:00Z
+
+    const Plan& notify = *q.find_plan("notify");
+    CHECK(notify.period == Plan::PeriodKind::total);
+    CHECK(notify.action == Plan::Action::none);
+    CHECK(notify.expires == 1780315200); // 2026-06-01T12:00:00Z
+
+    for (const char* name : {"free", "vip"}) {
+        const Plan& plan = *q.find_plan(name);
+        CHECK(plan.limit_bytes == std::nullopt);
+        CHECK(plan.speed_download_bps == 0);
+        CHECK(plan.expires == std::nullopt);
+    }
+
+    REQUIRE(q.users.size() == 3);
+    CHECK(q.users[0].pattern == "user1");
+    CHECK(q.users[0].plan == "small");
+    CHECK(q.users[1].pattern == "trial-*");
+    CHECK(q.users[1].plan == "capped");
+    CHECK(q.users[2].plan == "unlimited");
+
+    REQUIRE(c.alerts.webhook);
+    CHECK(c.alerts.webhook->url == "http://127.0.0.1:8089/hook");
+    CHECK(c.alerts.webhook->timeout == 2s);
+    CHECK(c.alerts.webhook->retries == 3);
+}
+
+TEST_CASE("quota and alert defaults", "[config][quota]")
+{
+    const Config none = parse_config("interfaces: [tun0]\n", "test.yaml");
+    CHECK(none.quotas.timezone == "UTC");
+    CHECK(none.quotas.thresholds == std::vector<int>{75, 90, 100});
+    CHECK(none.quotas.default_plan == "unlimited");
+    CHECK(none.quotas.plans.empty());
+    CHECK(none.quotas.users.empty());
+    CHECK_FALSE(none.alerts.webhook);
+
+    const Config c = parse_config("interfaces: [tun0]\nquotas: { plans: { p: { limit: 1GB } }, thresholds: [] }\n"
+                                  "alerts: { webhook: { url: \"https://example.com/hook\" } }\n",
+                                  "test.yaml");
+    CHECK(c.quotas.thresholds.empty());
+    const Plan& p = c.quotas.plans.at(0);
+    CHECK(p.period == Plan::PeriodKind::monthly);
+    CHECK(p.billing_day == 1);
+    CHECK(p.action == Plan::Action::block);
+    CHECK(p.direction == Plan::Direction::both);
+    REQUIRE(c.alerts.webhook);
+    CHECK(c.alerts.webhook->timeout == 5s);
+    CHECK(c.alerts.webhook->retries == 5);
+    CHECK(parse_config("interfaces: [tun0]\nalerts: {}\n", "test.yaml").alerts.webhook == std::nullopt);
+}
+
+TEST_CASE("users may be listed before the plans they name", "[config][quota]")
+{
+    const Config c = parse_config("interfaces: [tun0]\nquotas:\n  default_plan: p\n  users: { u: p }\n"
+                                  "  plans: { p: { limit: 1GB } }\n",
+                                  "test.yaml");
+    CHECK(c.quotas.users.at(0).plan == "p");
+    CHECK(c.quotas.default_plan == "p");
+}
+
+TEST_CASE("quota errors are located, with the key path and what was expected", "[config][quota]")
+{
+    const std::string head = "interfaces: [tun0]\nquotas:\n";
+    const auto plan_error = [&](const std::string& plan) {
+        return error_of(head + "  plans:\n    small: " + plan + "\n");
+    };
+    // Exact messages.
+    CHECK(plan_error("{ limit: 20mb }") ==
+          "test.yaml:4:21: quotas.plans.small.limit: '20mb' is ambiguous: write 20MB (10^6 bytes) or 20MiB "
+          "(2^20 bytes); speeds are in bits, like 20Mbit");
+    CHECK(plan_error("{ limit: 20MB, period: daily, billing_day: 15 }") ==
+          "test.yaml:4:55: quotas.plans.small.billing_day: only for period: monthly (this plan's period is daily)");
+    CHECK(plan_error("{ limit: 20MB, billing_day: 32 }") ==
+          "test.yaml:4:40: quotas.plans.small.billing_day: expected an integer from 1 to 31, got '32'");
+    CHECK(plan_error("{ speed: { download: 2MB } }") ==
+          "test.yaml:4:33: quotas.plans.small.speed.download: expected a rate like 12Mbit or 500kbit (units bit, "
+          "kbit, Mbit, Gbit), got '2MB'");
+    CHECK(plan_error("{ limit: 1GB, periode: daily }") ==
+          "test.yaml:4:26: quotas.plans.small.periode: unknown key (expected one of: limit, direction, period, "
+          "billing_day, expires, speed, action)");
+    CHECK(error_of(head + "  plans: { small: { limit: 1GB } }\n  users:\n    user1: big\n") ==
+          "test.yaml:5:12: quotas.users.user1: unknown plan 'big' (expected one of: small, unlimited)");
+    CHECK(error_of(head + "  default_plan: gold\n") ==
+          "test.yaml:3:17: quotas.default_plan: unknown plan 'gold' (expected one of: unlimited)");
+    CHECK(error_of(head + "  timezone: Mars/Olympus\n") ==
+          "test.yaml:3:13: quotas.timezone: unknown time zone 'Mars/Olympus' (expected an IANA name such as "
+          "Europe/Berlin)");
+    CHECK(error_of(head + "  quota: {}\n") ==
+          "test.yaml:3:3: quotas.quota: unknown key (expected one of: timezone, thresholds, default_plan, plans, "
+          "users)");
+
+    // Every key.
+    const auto has = [](const std::string& message, const std::string& part) {
+        INFO(message);
+        return message.find(part) != std::string::npos;
+    };
+    CHECK(has(error_of(head + "  - a\n"), "quotas: expected a mapping"));
+    CHECK(has(error_of(head + "  timezone: [UTC]\n"), "quotas.timezone: expected a time zone name"));
+    CHECK(has(error_of(head + "  thresholds: 75\n"), "quotas.thresholds: expected a list of percentages like [75, 90, 100]"));
+    CHECK(has(error_of(head + "  thresholds: [75, 0]\n"), "3:20: quotas.thresholds[1]: expected an integer from 1 to 1000, got '0'"));
+    CHECK(has(error_of(head + "  thresholds: [high]\n"), "quotas.thresholds[0]: expected an integer"));
+    CHECK(has(error_of(head + "  plans: [small]\n"), "quotas.plans: expected a mapping of plan names to plans"));
+    CHECK(has(error_of(head + "  plans: { small: {}, small: {} }\n"), "quotas.plans.small: defined twice"));
+    CHECK(has(plan_error("[20MB]"), "quotas.plans.small: expected a mapping"));
+    CHECK(has(plan_error("{ limit: lots }"), "quotas.plans.small.limit: expected a size like 20MB, 1.5GB or 5GiB"));
+    CHECK(has(plan_error("{ limit: [1] }"), "quotas.plans.small.limit: expected a size like 20MB or 5GiB"));
+    CHECK(has(plan_error("{ limit: 1.5B }"), "quotas.plans.small.limit: expected a whole number of bytes, got '1.5B'"));
+    CHECK(has(plan_error("{ direction: in }"), "quotas.plans.small.direction: expected both, upload or download, got 'in'"));
+    CHECK(has(plan_error("{ period: yearly }"),
+              "quotas.plans.small.period: expected daily, weekly, monthly or total, got 'yearly'"));
+    CHECK(has(plan_error("{ period: total, billing_day: 5 }"), "billing_day: only for period: monthly (this plan's period is total)"));
+    CHECK(has(plan_error("{ expires: someday }"),
+              "quotas.plans.small.expires: expected a date like 2026-12-31 (the end of that day in quotas.timezone) "
+              "or a time like 2026-12-31T18:00:00Z, got 'someday'"));
+    CHECK(has(plan_error("{ expires: 2026-02-30 }"), "quotas.plans.small.expires: expected a date like 2026-12-31"));
+    CHECK(has(plan_error("{ speed: 2Mbit }"), "quotas.plans.small.speed: expected a mapping"));
+    CHECK(has(plan_error("{ speed: {} }"), "quotas.plans.small.speed: expected download and/or upload"));
+    CHECK(has(plan_error("{ speed: { down: 2Mbit } }"), "quotas.plans.small.speed.down: unknown key (expected one of: download, upload)"));
+    CHECK(has(plan_error("{ speed: { upload: 2000000 } }"), "quotas.plans.small.speed.upload: expected a rate like 12Mbit"));
+    CHECK(has(plan_error("{ speed: { upload: 0kbit } }"), "quotas.plans.small.speed.upload: a rate must be above 0"));
+    CHECK(has(plan_error("{ action: drop }"),
+              "quotas.plans.small.action: expected block, disconnect, none or { throttle: RATE }, got 'drop'"));
+    CHECK(has(plan_error("{ action: throttle }"), "quotas.plans.small.action: throttle needs a rate, like { throttle: 1Mbit }"));
+    CHECK(has(plan_error("{ action: { throttle: 1MB } }"), "quotas.plans.small.action.throttle: expected a rate like 12Mbit"));
+    CHECK(has(plan_error("{ action: { slow: 1Mbit } }"), "quotas.plans.small.action.slow: unknown key (expected one of: throttle)"));
+    CHECK(has(plan_error("{ action: {} }"), "quotas.plans.small.action: expected block, disconnect, none or { throttle: RATE }, like"));
+    CHECK(has(plan_error("{ action: [block] }"), "quotas.plans.small.action: expected block, disconnect, none or { throttle: RATE }"));
+    CHECK(has(error_of(head + "  users: [user1]\n"), "quotas.users: expected a mapping of user names or globs to plan names"));
+    CHECK(has(error_of(head + "  users: { user1: [a] }\n"), "quotas.users.user1: expected a plan name"));
+    CHECK(has(error_of(head + "  users: { user1: unlimited, user1: unlimited }\n"), "quotas.users.user1: listed twice"));
+    CHECK(has(error_of(head + "  users: { \"\": unlimited }\n"), "quotas.users: expected a non-empty user name or glob"));
+}
+
+TEST_CASE("alert errors", "[config][quota]")
+{
+    const std::string head = "interfaces: [tun0]\nalerts:\n";
+    CHECK(error_of(head + "  webhook: { url: \"ftp://example.com/\" }\n") ==
+          "test.yaml:3:19: alerts.webhook.url: expected an http:// or https:// URL like http://127.0.0.1:8089/hook, "
+          "got 'ftp://example.com/'");
+    CHECK(error_of(head + "  webhook: { timeout: 5s }\n") == "test.yaml:3:12: alerts.webhook.url: missing");
+    CHECK(error_of(head + "  email: {}\n") == "test.yaml:3:3: alerts.email: unknown key (expected one of: webhook)");
+    CHECK(error_of(head + "  webhook: { url: \"http://\" }\n").find("expected an http:// or https:// URL") != std::string::npos);
+    CHECK(error_of(head + "  webhook: { url: \"http:///x\" }\n").find("expected an http:// or https:// URL") != std::string::npos);
+    CHECK(error_of(head + "  webhook: { url: \"http://a b/\" }\n").find("expected an http:// or https:// URL") != std::string::npos);
+    CHECK(error_of(head + "  webhook: { url: \"http://h/\", timeout: soon }\n") ==
+          "test.yaml:3:41: alerts.webhook.timeout: expected a duration like 1s or 500ms, got 'soon'");
+    CHECK(error_of(head + "  webhook: { url: \"http://h/\", timeout: 10ms }\n") ==
+          "test.yaml:3:41: alerts.webhook.timeout: must be at least 100ms");
+    CHECK(error_of(head + "  webhook: { url: \"http://h/\", retries: 101 }\n") ==
+          "test.yaml:3:41: alerts.webhook.retries: expected an integer from 0 to 100, got '101'");
+    CHECK(error_of(head + "  webhook: { url: \"http://h/\", retry: 1 }\n") ==
+          "test.yaml:3:32: alerts.webhook.retry: unknown key (expected one of: url, timeout, retries)");
+    CHECK(error_of(head + "  webhook: \"http://h/\"\n").find("alerts.webhook: expected a mapping") != std::string::npos);
+}
+
+TEST_CASE("http.listen", "[config]")
+{
+    CHECK(parse_config("interfaces: [tun0]\n", "t.yaml").http_listen == "127.0.0.1:9477");
+    CHECK(parse_config("interfaces: [tun0]\nhttp: { listen: \"[::1]:9000\" }\n", "t.yaml").http_listen == "[::1]:9000");
+    CHECK(parse_config("interfaces: [tun0]\nhttp: { listen: \"\" }\n", "t.yaml").http_listen.empty());
+    CHECK(error_of("interfaces: [tun0]\nhttp: { listen: localhost }\n") ==
+          "test.yaml:2:17: http.listen: expected host:port like 127.0.0.1:9477 or [::1]:9477, got 'localhost'");
 }

@@ -42,10 +42,15 @@ TEST_CASE("per-CPU values are summed", "[counters]")
     ifaces[0].total[VPNMETER_DOWNLOAD] = {4, 400};
     ifaces[1].total[VPNMETER_DOWNLOAD] = {1, 60};
     ifaces[1].unattributed[VPNMETER_DOWNLOAD] = {1, 60};
+    ifaces[0].total[VPNMETER_UPLOAD] = {3, 300};
+    ifaces[0].dropped[VPNMETER_UPLOAD] = {2, 200};
+    ifaces[1].dropped[VPNMETER_UPLOAD] = {1, 100};
     const InterfaceTraffic total = sum_per_cpu(std::span<const vpnmeter_iface_counters>(ifaces));
     CHECK(total.total.download == Count{5, 460});
     CHECK(total.unattributed.download == Count{1, 60});
-    CHECK(total.total.upload == Count{});
+    CHECK(total.total.upload == Count{3, 300});
+    CHECK(total.dropped.upload == Count{3, 300});
+    CHECK(total.dropped.download == Count{});
 }
 
 TEST_CASE("deltas subtract, and a counter that went down is a reset", "[counters]")
@@ -62,4 +67,11 @@ TEST_CASE("deltas subtract, and a counter that went down is a reset", "[counters
     CHECK(delta(in, ib) == InterfaceTraffic{{{1, 100}, {2, 300}}, {{1, 42}, {0, 0}}});
     const InterfaceTraffic reset{{{1, 100}, {0, 0}}, {{0, 0}, {0, 0}}};
     CHECK(delta(reset, ib) == reset);
+
+    // Dropped moves like the rest, and resets with the entry.
+    const InterfaceTraffic db{{{10, 1000}, {0, 0}}, {}, {{4, 400}, {0, 0}}};
+    const InterfaceTraffic dn{{{13, 1300}, {0, 0}}, {}, {{6, 600}, {0, 0}}};
+    CHECK(delta(dn, db) == InterfaceTraffic{{{3, 300}, {0, 0}}, {}, {{2, 200}, {0, 0}}});
+    const InterfaceTraffic dropped_reset{{{13, 1300}, {0, 0}}, {}, {{1, 100}, {0, 0}}};
+    CHECK(delta(dropped_reset, db) == dropped_reset);
 }

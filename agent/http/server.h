@@ -1,0 +1,76 @@
+// The agent's one HTTP server (civetweb): /metrics, /healthz, /v1/... JSON.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "result.h"
+
+struct mg_context;
+struct mg_connection;
+
+namespace vpnmeter::http {
+
+struct Request {
+    std::string method;
+    std::string path; // decoded, without the query
+    std::map<std::string, std::string> query;
+    std::map<std::string, std::string> params; // from {name} segments of the route
+    std::string authorization;                 // the Authorization header
+    std::string body;
+};
+
+struct Response {
+    int status = 200;
+    std::string content_type = "application/json";
+    std::string body;
+};
+
+// {"error": message} with a status: the API's one error shape.
+Response error(int status, const std::string& message);
+Response json(int status, const std::string& body);
+
+using Handler = std::function<Response(const Request&)>;
+
+// Routes are "/v1/users/{user}/quota"-style patterns; a {name} segment
+// matches one path segment and lands in Request::params.
+class Router {
+public:
+    void add(const std::string& method, const std::string& pattern, Handler handler);
+    Response dispatch(Request request) const;
+    // Every pattern, for the OpenAPI cross-check.
+    std::vector<std::pair<std::string, std::string>> routes() const;
+
+private:
+    struct Route {
+        std::string method;
+        std::vector<std::string> segments;
+        Handler handler;
+        std::string pattern;
+    };
+    std::vector<Route> routes_;
+};
+
+class Server {
+public:
+    // "127.0.0.1:9477" or "[::1]:9477" or "0.0.0.0:9477". Fails with the
+    // address and civetweb's reason (e.g. the port is in use).
+    static Result<std::unique_ptr<Server>> start(const std::string& listen, std::shared_ptr<const Router> router);
+    ~Server();
+    Server(const Server&) = delete;
+    Server& operator=(const Server&) = delete;
+
+private:
+    Server() = default;
+    static int handle(mg_connection* connection, void* self);
+    mg_context* context_ = nullptr;
+    std::shared_ptr<const Router> router_;
+};
+
+// Splits "a=1&b=x%20y" into a map, percent-decoded.
+std::map<std::string, std::string> parse_query(const std::string& query);
+
+} // namespace vpnmeter::http

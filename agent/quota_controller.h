@@ -1,0 +1,78 @@
+// Quotas at run time: period usage and alerts committed with each cycle,
+// the resulting state enforced in the kernel, grants from the API.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "alerts/webhook.h"
+#include "enforcer.h"
+#include "htb.h"
+#include "http/server.h"
+#include "quota/engine.h"
+#include "reconciler.h"
+#include "store/store.h"
+
+namespace vpnmeter {
+
+class QuotaController {
+public:
+    // `enforcer` may be null (no enforcement: states are still computed and
+    // reported); `webhook` may be null (alerts are logged only).
+    QuotaController(QuotaConfig config, Store& store, Enforcer* enforcer, PinnedMaps* registry,
+                    std::unique_ptr<WebhookSender> webhook);
+
+    // Period usage and grants as committed before the restart.
+    Status load();
+
+    // Before the commit: this cycle's period usage and newly crossed
+    // thresholds go into the same transaction as the usage.
+    void plan(CycleCommit& commit, int64_t now) const;
+    // After the commit: remember it, send its alerts, and bring the kernel's
+    // policies in line with every active user's state.
+    void accept(const CycleCommit& commit, const std::map<std::string, Session>& active,
+                const Interfaces& interfaces, int64_t now);
+
+    // Users whose plan says disconnect and who are over: their sessions
+    // should be ended by their identity source.
+    std::vector<std::string> take_disconnects();
+
+    // For the API (any thread).
+    std::optional<nlohmann::json> quota(const std::string& user, int64_t now) const;
+    http::Response put_quota(const std::string& user, const std::string& body, int64_t now);
+
+    void reload(QuotaConfig config);
+    uint64_t alerts_sent() const { return alerts_sent_; }
+
+private:
+    std::optional<Grant> grant_of(const std::string& user) const;
+    PeriodUsage usage_of(const std::string& user, const Period& period) const;
+    QuotaState state_of(const std::string& user, int64_t now) const;
+    void enforce(const std::map<std::string, Session>& active, const Interfaces& interfaces, int64_t now);
+    Result<uint32_t> shaped_class(uint32_t ifindex, uint16_t minor, uint64_t rate_bps);
+
+    mutable std::mutex mutex_; // the API's threads read what the cycle writes
+    QuotaConfig config_;
+    Store& store_;
+    Enforcer* enforcer_;
+    PinnedMaps* registry_;
+    std::unique_ptr<WebhookSender> webhook_;
+    std::map<std::string, PeriodUsage> usage_;
+    std::map<std::string, Grant> grants_;
+    std::map<std::string, std::pair<int64_t, std::set<int>>> fired_; // user -> (period start, thresholds)
+    UserSlots slots_;
+    // What the kernel's budget of a user was last set from: it is only set
+    // again when this changes, since the datapath spends it in between.
+    std::map<std::string, std::pair<int64_t, uint64_t>> budget_basis_;
+    std::map<ClientKey, PolicyEntry> policies_;
+    std::map<uint32_t, HtbShaper> shapers_; // by ifindex
+    std::set<std::string> disconnects_;
+    uint64_t alerts_sent_ = 0;
+};
+
+} // namespace vpnmeter

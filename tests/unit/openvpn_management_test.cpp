@@ -7,21 +7,15 @@
 
 #include "openvpn/management.h"
 #include "openvpn/status.h"
+#include "test_support.h"
 
 using namespace vpnmeter::openvpn;
 
 namespace {
 
-// Raw bytes as a management client received them from OpenVPN 2.6.14
-// (tests/fixtures/openvpn/capture.py; what was sent is in *.timeline.log).
-std::string fixture(const std::string& name)
-{
-    std::ifstream in(std::string(VPNMETER_SOURCE_DIR) + "/tests/fixtures/openvpn/" + name, std::ios::binary);
-    REQUIRE(in);
-    std::ostringstream text;
-    text << in.rdbuf();
-    return text.str();
-}
+// Captured from OpenVPN 2.6.14 by tests/fixtures/openvpn/capture.py (what was
+// sent is in *.timeline.log).
+std::string fixture(const std::string& name) { return vpnmeter::testing::fixture("openvpn/" + name); }
 
 // One line per message, for readable expectations and failure output.
 std::string describe(const ManagementMessage& message)

@@ -8,21 +8,16 @@
 
 #include "openvpn/management.h"
 #include "openvpn/status.h"
+#include "test_support.h"
 #include "openvpn/text.h"
 
 using namespace vpnmeter::openvpn;
 
 namespace {
 
-// Fixtures captured from OpenVPN 2.6.14 by tests/fixtures/openvpn/capture.py.
-std::string fixture(const std::string& name)
-{
-    std::ifstream in(std::string(VPNMETER_SOURCE_DIR) + "/tests/fixtures/openvpn/" + name, std::ios::binary);
-    REQUIRE(in);
-    std::ostringstream text;
-    text << in.rdbuf();
-    return text.str();
-}
+// Captured from OpenVPN 2.6.14 by tests/fixtures/openvpn/capture.py (what was
+// sent is in *.timeline.log).
+std::string fixture(const std::string& name) { return vpnmeter::testing::fixture("openvpn/" + name); }
 
 // The capture ran with TZ=Europe/Berlin. The same rules as a POSIX TZ
 // string, so the test needs no tzdata.

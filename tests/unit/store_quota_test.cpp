@@ -13,6 +13,7 @@
 
 #include "store/encoding.h"
 #include "store/store.h"
+#include "test_support.h"
 
 using namespace vpnmeter;
 
@@ -20,26 +21,7 @@ namespace {
 
 constexpr int64_t kDay = 86400;
 
-class TempDir {
-  public:
-    TempDir()
-    {
-        char name[] = "/tmp/vpnmeter-store-quota-test-XXXXXX";
-        if (!mkdtemp(name)) FAIL("mkdtemp: " << std::strerror(errno));
-        path_ = name;
-    }
-    TempDir(const TempDir &) = delete;
-    TempDir &operator=(const TempDir &) = delete;
-    ~TempDir()
-    {
-        std::error_code ec;
-        std::filesystem::remove_all(path_, ec);
-    }
-    const std::string &path() const { return path_; }
-
-  private:
-    std::string path_;
-};
+using vpnmeter::testing::TempDir;
 
 StoreOptions options_in(const TempDir &dir)
 {

@@ -16,6 +16,7 @@
 
 #include "store/encoding.h"
 #include "store/store.h"
+#include "test_support.h"
 #include "unique_fd.h"
 
 using namespace vpnmeter;
@@ -25,27 +26,7 @@ namespace {
 constexpr int64_t kHour = 3600;
 constexpr int64_t kDay = 86400;
 
-// A fresh directory under /tmp, removed when the test ends (also on failure).
-class TempDir {
-public:
-    TempDir()
-    {
-        char name[] = "/tmp/vpnmeter-store-test-XXXXXX";
-        if (!mkdtemp(name)) FAIL("mkdtemp: " << std::strerror(errno));
-        path_ = name;
-    }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-    ~TempDir()
-    {
-        std::error_code ec;
-        std::filesystem::remove_all(path_, ec);
-    }
-    const std::string& path() const { return path_; }
-
-private:
-    std::string path_;
-};
+using vpnmeter::testing::TempDir;
 
 // A forked child, killed and reaped if the test ends before waiting for it.
 struct ChildProcess {

@@ -14,19 +14,25 @@
 namespace vpnmeter {
 namespace {
 
-constexpr uint32_t kKnownFlags = VPNMETER_POLICY_BLOCK | VPNMETER_POLICY_BUDGET | VPNMETER_POLICY_SHAPED |
-                                 VPNMETER_POLICY_POLICED;
+constexpr uint32_t kKnownFlags =
+    VPNMETER_POLICY_BLOCK | VPNMETER_POLICY_BUDGET | VPNMETER_POLICY_SHAPED | VPNMETER_POLICY_POLICED;
 
-Count to_count(const vpnmeter_count& c) { return {c.packets, c.bytes}; }
+Count to_count(const vpnmeter_count &c)
+{
+    return {c.packets, c.bytes};
+}
 
 Traffic to_traffic(const vpnmeter_count (&dir)[VPNMETER_DIRECTIONS])
 {
     return {to_count(dir[VPNMETER_UPLOAD]), to_count(dir[VPNMETER_DOWNLOAD])};
 }
 
-std::string slot_text(uint32_t slot) { return "user slot " + std::to_string(slot); }
+std::string slot_text(uint32_t slot)
+{
+    return "user slot " + std::to_string(slot);
+}
 
-Result<bpf_map_info> map_info(int fd, const std::string& what)
+Result<bpf_map_info> map_info(int fd, const std::string &what)
 {
     bpf_map_info info{};
     uint32_t len = sizeof info;
@@ -36,7 +42,7 @@ Result<bpf_map_info> map_info(int fd, const std::string& what)
 
 } // namespace
 
-PolicyEntry PolicyEntry::from_bpf(const vpnmeter_policy& p)
+PolicyEntry PolicyEntry::from_bpf(const vpnmeter_policy &p)
 {
     return {p.flags, p.user_slot, p.classid, p.rate_bps, p.burst_bytes};
 }
@@ -64,7 +70,7 @@ Traffic ClientDrops::total() const
 ClientDrops sum_per_cpu(std::span<const vpnmeter_client_drops> per_cpu)
 {
     ClientDrops sum;
-    for (const auto& cpu : per_cpu) {
+    for (const auto &cpu : per_cpu) {
         sum.block += to_traffic(cpu.reason[VPNMETER_DROP_BLOCK]);
         sum.quota += to_traffic(cpu.reason[VPNMETER_DROP_QUOTA]);
         sum.policer += to_traffic(cpu.reason[VPNMETER_DROP_POLICER]);
@@ -80,14 +86,16 @@ uint64_t policer_burst_bytes(uint64_t rate_bps)
 
 // ---------------------------------------------------------------- Enforcer
 
-Result<Enforcer> Enforcer::open(const std::string& pin_path)
+Result<Enforcer> Enforcer::open(const std::string &pin_path)
 {
     Enforcer e;
     e.ncpus_ = libbpf_num_possible_cpus();
     if (e.ncpus_ <= 0) return os_error("count possible CPUs", e.ncpus_);
-    std::pair<UniqueFd*, const char*> pins[] = {{&e.policy_, kPolicyMap},     {&e.budgets_, kBudgetsMap},
-                                                {&e.policers_, kPolicersMap}, {&e.drops_, kDropsMap},
-                                                {&e.state_, kPolicyStateMap}};
+    std::pair<UniqueFd *, const char *> pins[] = {{&e.policy_, kPolicyMap},
+                                                  {&e.budgets_, kBudgetsMap},
+                                                  {&e.policers_, kPolicersMap},
+                                                  {&e.drops_, kDropsMap},
+                                                  {&e.state_, kPolicyStateMap}};
     for (auto [fd, name] : pins) {
         auto opened = open_pinned_map(pin_path, name);
         if (!opened) return opened.error();
@@ -102,17 +110,17 @@ Result<Enforcer> Enforcer::open(const std::string& pin_path)
     e.max_users_ = info->max_entries;
     const auto page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
     e.budgets_len_ = (sizeof(vpnmeter_budget) * e.max_users_ + page - 1) / page * page;
-    void* mem = mmap(nullptr, e.budgets_len_, PROT_READ | PROT_WRITE, MAP_SHARED, e.budgets_.get(), 0);
+    void *mem = mmap(nullptr, e.budgets_len_, PROT_READ | PROT_WRITE, MAP_SHARED, e.budgets_.get(), 0);
     if (mem == MAP_FAILED) return os_error("mmap " + budgets_path);
     e.budgets_mem_ = mem;
 
-    const std::pair<int, std::pair<const char*, uint32_t>> layouts[] = {
+    const std::pair<int, std::pair<const char *, uint32_t>> layouts[] = {
         {e.policy_.get(), {kPolicyMap, sizeof(vpnmeter_policy)}},
         {e.policers_.get(), {kPolicersMap, sizeof(vpnmeter_policer)}},
         {e.drops_.get(), {kDropsMap, sizeof(vpnmeter_client_drops)}},
         {e.state_.get(), {kPolicyStateMap, sizeof(vpnmeter_policy_state)}},
     };
-    for (const auto& [fd, layout] : layouts) {
+    for (const auto &[fd, layout] : layouts) {
         const std::string path = pin_path + "/" + layout.first;
         auto i = map_info(fd, path);
         if (!i) return i.error();
@@ -122,7 +130,7 @@ Result<Enforcer> Enforcer::open(const std::string& pin_path)
     return e;
 }
 
-Enforcer::Enforcer(Enforcer&& other) noexcept
+Enforcer::Enforcer(Enforcer &&other) noexcept
     : policy_(std::move(other.policy_)), budgets_(std::move(other.budgets_)), policers_(std::move(other.policers_)),
       drops_(std::move(other.drops_)), state_(std::move(other.state_)),
       budgets_mem_(std::exchange(other.budgets_mem_, nullptr)), budgets_len_(std::exchange(other.budgets_len_, 0)),
@@ -130,7 +138,7 @@ Enforcer::Enforcer(Enforcer&& other) noexcept
 {
 }
 
-Enforcer& Enforcer::operator=(Enforcer&& other) noexcept
+Enforcer &Enforcer::operator=(Enforcer &&other) noexcept
 {
     if (this != &other) {
         if (budgets_mem_) munmap(budgets_mem_, budgets_len_);
@@ -159,9 +167,9 @@ Status Enforcer::check_slot(uint32_t slot) const
     return ok();
 }
 
-vpnmeter_budget* Enforcer::budget_at(uint32_t slot) const
+vpnmeter_budget *Enforcer::budget_at(uint32_t slot) const
 {
-    return static_cast<vpnmeter_budget*>(budgets_mem_) + slot;
+    return static_cast<vpnmeter_budget *>(budgets_mem_) + slot;
 }
 
 Status Enforcer::set_active(bool active)
@@ -174,7 +182,7 @@ Status Enforcer::set_active(bool active)
     return ok();
 }
 
-Status Enforcer::set_policy(const ClientKey& key, const PolicyEntry& policy)
+Status Enforcer::set_policy(const ClientKey &key, const PolicyEntry &policy)
 {
     const std::string who = "policy of " + key.address() + "@if" + std::to_string(key.ifindex);
     if (policy.flags & ~kKnownFlags) return Error{who + ": unknown flags " + std::to_string(policy.flags)};
@@ -199,7 +207,7 @@ Status Enforcer::set_policy(const ClientKey& key, const PolicyEntry& policy)
     return ok();
 }
 
-Status Enforcer::clear_policy(const ClientKey& key)
+Status Enforcer::clear_policy(const ClientKey &key)
 {
     const vpnmeter_client_key raw_key = key.to_bpf();
     if (bpf_map_delete_elem(policy_.get(), &raw_key) && errno != ENOENT)
@@ -211,7 +219,7 @@ Status Enforcer::clear_policy(const ClientKey& key)
     return ok();
 }
 
-Result<std::optional<PolicyEntry>> Enforcer::policy(const ClientKey& key) const
+Result<std::optional<PolicyEntry>> Enforcer::policy(const ClientKey &key) const
 {
     const vpnmeter_client_key raw_key = key.to_bpf();
     vpnmeter_policy value{};
@@ -224,7 +232,7 @@ Result<std::map<ClientKey, PolicyEntry>> Enforcer::policies() const
 {
     std::map<ClientKey, PolicyEntry> out;
     vpnmeter_client_key key{}, next{};
-    for (void* prev = nullptr; bpf_map_get_next_key(policy_.get(), prev, &next) == 0; prev = &key) {
+    for (void *prev = nullptr; bpf_map_get_next_key(policy_.get(), prev, &next) == 0; prev = &key) {
         key = next;
         vpnmeter_policy value{};
         if (bpf_map_lookup_elem(policy_.get(), &key, &value) == 0)
@@ -233,7 +241,7 @@ Result<std::map<ClientKey, PolicyEntry>> Enforcer::policies() const
     return out;
 }
 
-Status Enforcer::set_budget(uint32_t slot, const BudgetEntry& budget)
+Status Enforcer::set_budget(uint32_t slot, const BudgetEntry &budget)
 {
     if (auto checked = check_slot(slot); !checked) return checked;
     if (budget.exhausted_action != ExhaustedAction::block && budget.exhausted_action != ExhaustedAction::throttle)
@@ -247,7 +255,7 @@ Status Enforcer::set_budget(uint32_t slot, const BudgetEntry& budget)
     // Straight into the mapped array: the action first, the bytes last, so
     // a packet that finds the budget used up finds the action that goes
     // with it.
-    vpnmeter_budget* b = budget_at(slot);
+    vpnmeter_budget *b = budget_at(slot);
     __atomic_store_n(&b->exhausted_action, static_cast<uint32_t>(budget.exhausted_action), __ATOMIC_RELAXED);
     __atomic_store_n(&b->exhausted_classid, budget.exhausted_classid, __ATOMIC_RELAXED);
     __atomic_store_n(&b->exhausted_rate_bps, budget.exhausted_rate_bps, __ATOMIC_RELAXED);
@@ -266,7 +274,7 @@ Result<int64_t> Enforcer::add_budget(uint32_t slot, int64_t bytes)
 Result<BudgetEntry> Enforcer::budget(uint32_t slot) const
 {
     if (auto checked = check_slot(slot); !checked) return checked.error();
-    const vpnmeter_budget* b = budget_at(slot);
+    const vpnmeter_budget *b = budget_at(slot);
     BudgetEntry out;
     out.remaining_bytes = __atomic_load_n(&b->remaining_bytes, __ATOMIC_SEQ_CST);
     out.exhausted_action = static_cast<ExhaustedAction>(__atomic_load_n(&b->exhausted_action, __ATOMIC_RELAXED));
@@ -296,7 +304,7 @@ Result<std::set<uint32_t>> Enforcer::slots_in_use() const
     auto all = policies();
     if (!all) return all.error();
     std::set<uint32_t> slots;
-    for (const auto& [key, policy] : all.value())
+    for (const auto &[key, policy] : all.value())
         if (policy.flags & (VPNMETER_POLICY_BUDGET | VPNMETER_POLICY_POLICED)) slots.insert(policy.user_slot);
     return slots;
 }
@@ -307,7 +315,7 @@ Result<std::map<ClientKey, ClientDrops>> Enforcer::read_drops() const
     std::vector<vpnmeter_client_drops> per_cpu(static_cast<size_t>(ncpus_));
     vpnmeter_client_key key{}, next{};
     // Entries exist only for clients with drops: few, so plain iteration.
-    for (void* prev = nullptr; bpf_map_get_next_key(drops_.get(), prev, &next) == 0; prev = &key) {
+    for (void *prev = nullptr; bpf_map_get_next_key(drops_.get(), prev, &next) == 0; prev = &key) {
         key = next;
         if (bpf_map_lookup_elem(drops_.get(), &key, per_cpu.data()) == 0)
             out[ClientKey::from_bpf(key)] = sum_per_cpu(per_cpu);
@@ -318,7 +326,7 @@ Result<std::map<ClientKey, ClientDrops>> Enforcer::read_drops() const
 
 // ---------------------------------------------------------------- UserSlots
 
-std::optional<uint32_t> UserSlots::acquire(const std::string& user)
+std::optional<uint32_t> UserSlots::acquire(const std::string &user)
 {
     if (auto known = find(user)) return known;
     uint32_t slot = 0;
@@ -335,13 +343,13 @@ std::optional<uint32_t> UserSlots::acquire(const std::string& user)
     return slot;
 }
 
-std::optional<uint32_t> UserSlots::find(const std::string& user) const
+std::optional<uint32_t> UserSlots::find(const std::string &user) const
 {
     auto it = by_user_.find(user);
     return it != by_user_.end() ? std::optional(it->second) : std::nullopt;
 }
 
-std::optional<uint32_t> UserSlots::release(const std::string& user)
+std::optional<uint32_t> UserSlots::release(const std::string &user)
 {
     auto it = by_user_.find(user);
     if (it == by_user_.end()) return std::nullopt;
@@ -352,7 +360,7 @@ std::optional<uint32_t> UserSlots::release(const std::string& user)
     return slot;
 }
 
-Status UserSlots::adopt(const std::string& user, uint32_t slot)
+Status UserSlots::adopt(const std::string &user, uint32_t slot)
 {
     const std::string what = "adopt " + slot_text(slot) + " for " + user;
     if (slot >= capacity_) return Error{what + ": out of range"};
@@ -361,7 +369,8 @@ Status UserSlots::adopt(const std::string& user, uint32_t slot)
         return Error{what + ": the user holds slot " + std::to_string(*held)};
     }
     if (taken_.count(slot)) return Error{what + ": held by another user"};
-    for (; next_ < slot; ++next_) free_.insert(next_); // skipped over: free
+    for (; next_ < slot; ++next_)
+        free_.insert(next_); // skipped over: free
     if (next_ == slot) ++next_;
     free_.erase(slot);
     by_user_[user] = slot;

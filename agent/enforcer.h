@@ -29,8 +29,8 @@ struct PolicyEntry {
     uint64_t rate_bps = 0;    // POLICED: upload rate, >= kMinPolicerRateBps
     uint64_t burst_bytes = 0; // POLICED: bucket depth; 0 = policer_burst_bytes(rate_bps)
 
-    auto operator<=>(const PolicyEntry&) const = default;
-    static PolicyEntry from_bpf(const vpnmeter_policy& policy);
+    auto operator<=>(const PolicyEntry &) const = default;
+    static PolicyEntry from_bpf(const vpnmeter_policy &policy);
     vpnmeter_policy to_bpf() const; // zeroed padding included
 };
 
@@ -47,7 +47,7 @@ struct BudgetEntry {
     uint64_t exhausted_rate_bps = 0;    // throttle: upload rate; 0 keeps the policy's
     uint64_t exhausted_burst_bytes = 0; // 0 = policer_burst_bytes(exhausted_rate_bps)
 
-    auto operator<=>(const BudgetEntry&) const = default;
+    auto operator<=>(const BudgetEntry &) const = default;
 };
 
 // What the datapath dropped for one client address, summed over CPUs.
@@ -56,7 +56,7 @@ struct ClientDrops {
     Traffic quota;   // VPNMETER_DROP_QUOTA
     Traffic policer; // VPNMETER_DROP_POLICER
 
-    auto operator<=>(const ClientDrops&) const = default;
+    auto operator<=>(const ClientDrops &) const = default;
     Traffic total() const;
 };
 
@@ -75,26 +75,26 @@ uint64_t policer_burst_bytes(uint64_t rate_bps);
 
 // The enforcement maps an agent pinned under one pin path. Move-only.
 class Enforcer {
-public:
+  public:
     // Fails with a message naming the path when nothing is pinned there.
-    static Result<Enforcer> open(const std::string& pin_path);
+    static Result<Enforcer> open(const std::string &pin_path);
 
-    Enforcer(Enforcer&&) noexcept;
-    Enforcer& operator=(Enforcer&&) noexcept;
+    Enforcer(Enforcer &&) noexcept;
+    Enforcer &operator=(Enforcer &&) noexcept;
     ~Enforcer();
 
     // Installs or replaces the policy of one address: effective for the
     // next packet. Checks the entry (flags known, slot in range, class and
     // rate given where the flags need them).
-    Status set_policy(const ClientKey& key, const PolicyEntry& policy);
+    Status set_policy(const ClientKey &key, const PolicyEntry &policy);
     // Back to counting only; no policy there is fine.
-    Status clear_policy(const ClientKey& key);
-    Result<std::optional<PolicyEntry>> policy(const ClientKey& key) const;
+    Status clear_policy(const ClientKey &key);
+    Result<std::optional<PolicyEntry>> policy(const ClientKey &key) const;
     Result<std::map<ClientKey, PolicyEntry>> policies() const;
 
     // Replaces a user's budget. The datapath may subtract from it at the
     // same moment: use add_budget() to top up while traffic flows.
-    Status set_budget(uint32_t slot, const BudgetEntry& budget);
+    Status set_budget(uint32_t slot, const BudgetEntry &budget);
     // Adds (or with a negative value takes) bytes, atomically with the
     // datapath's subtractions. Returns the new remaining bytes.
     Result<int64_t> add_budget(uint32_t slot, int64_t bytes);
@@ -112,14 +112,14 @@ public:
 
     uint32_t max_users() const { return max_users_; }
 
-private:
+  private:
     Enforcer() = default;
     Status check_slot(uint32_t slot) const;
     Status set_active(bool active);
-    vpnmeter_budget* budget_at(uint32_t slot) const;
+    vpnmeter_budget *budget_at(uint32_t slot) const;
 
     UniqueFd policy_, budgets_, policers_, drops_, state_;
-    void* budgets_mem_ = nullptr; // the budget array, mmap()ed
+    void *budgets_mem_ = nullptr; // the budget array, mmap()ed
     size_t budgets_len_ = 0;
     uint32_t max_users_ = 0;
     int ncpus_ = 0;
@@ -129,23 +129,23 @@ private:
 // restart the quota engine adopts what it knew (its own store, checked
 // against Enforcer::slots_in_use()).
 class UserSlots {
-public:
+  public:
     explicit UserSlots(uint32_t capacity = VPNMETER_MAX_USERS) : capacity_(capacity) {}
 
     // The user's slot, taking the smallest free one for a new user;
     // nothing when every slot is taken.
-    std::optional<uint32_t> acquire(const std::string& user);
-    std::optional<uint32_t> find(const std::string& user) const;
+    std::optional<uint32_t> acquire(const std::string &user);
+    std::optional<uint32_t> find(const std::string &user) const;
     // Frees the user's slot and returns it (to Enforcer::release_slot()).
-    std::optional<uint32_t> release(const std::string& user);
+    std::optional<uint32_t> release(const std::string &user);
     // Records a known assignment; fails if the slot is out of range or held
     // by someone else.
-    Status adopt(const std::string& user, uint32_t slot);
+    Status adopt(const std::string &user, uint32_t slot);
     size_t size() const { return by_user_.size(); }
 
-private:
+  private:
     uint32_t capacity_;
-    uint32_t next_ = 0;      // slots from here on were never handed out
+    uint32_t next_ = 0;       // slots from here on were never handed out
     std::set<uint32_t> free_; // released (or skipped by adopt) below next_
     std::map<std::string, uint32_t> by_user_;
     std::set<uint32_t> taken_;

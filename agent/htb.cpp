@@ -20,13 +20,13 @@ namespace vpnmeter {
 namespace {
 
 struct QdiscDeleter {
-    void operator()(rtnl_qdisc* q) const { rtnl_qdisc_put(q); }
+    void operator()(rtnl_qdisc *q) const { rtnl_qdisc_put(q); }
 };
 struct ClassDeleter {
-    void operator()(rtnl_class* c) const { rtnl_class_put(c); }
+    void operator()(rtnl_class *c) const { rtnl_class_put(c); }
 };
 struct LinkDeleter {
-    void operator()(rtnl_link* l) const { rtnl_link_put(l); }
+    void operator()(rtnl_link *l) const { rtnl_link_put(l); }
 };
 using Qdisc = std::unique_ptr<rtnl_qdisc, QdiscDeleter>;
 using Class = std::unique_ptr<rtnl_class, ClassDeleter>;
@@ -51,23 +51,22 @@ struct RootQdisc {
     bool kernel_default() const { return !present || handle == 0; }
 };
 
-Result<RootQdisc> root_qdisc(nl_sock* sock, uint32_t ifindex)
+Result<RootQdisc> root_qdisc(nl_sock *sock, uint32_t ifindex)
 {
-    nl_cache* raw = nullptr;
+    nl_cache *raw = nullptr;
     if (int err = rtnl_qdisc_alloc_cache(sock, &raw); err < 0) return nl_error("list qdiscs", err);
     NlCache cache(raw);
     RootQdisc root;
-    for (nl_object* obj = nl_cache_get_first(raw); obj; obj = nl_cache_get_next(obj)) {
-        rtnl_tc* tc = TC_CAST(obj);
-        if (static_cast<uint32_t>(rtnl_tc_get_ifindex(tc)) != ifindex || rtnl_tc_get_parent(tc) != TC_H_ROOT)
-            continue;
-        const char* kind = rtnl_tc_get_kind(tc);
+    for (nl_object *obj = nl_cache_get_first(raw); obj; obj = nl_cache_get_next(obj)) {
+        rtnl_tc *tc = TC_CAST(obj);
+        if (static_cast<uint32_t>(rtnl_tc_get_ifindex(tc)) != ifindex || rtnl_tc_get_parent(tc) != TC_H_ROOT) continue;
+        const char *kind = rtnl_tc_get_kind(tc);
         root = {true, rtnl_tc_get_handle(tc), kind ? kind : ""};
     }
     return root;
 }
 
-Status delete_root(nl_sock* sock, uint32_t ifindex)
+Status delete_root(nl_sock *sock, uint32_t ifindex)
 {
     Qdisc qdisc(rtnl_qdisc_alloc());
     if (!qdisc) return Error{"allocate qdisc", ENOMEM};
@@ -88,7 +87,7 @@ uint32_t htb_burst_bytes(uint64_t rate_bps, uint32_t mtu)
     return static_cast<uint32_t>(std::min<uint64_t>(std::max<uint64_t>(millisecond + mtu, 2ull * mtu), UINT32_MAX));
 }
 
-Result<HtbShaper> HtbShaper::attach(uint32_t ifindex, PinnedMaps* registry)
+Result<HtbShaper> HtbShaper::attach(uint32_t ifindex, PinnedMaps *registry)
 {
     HtbShaper shaper;
     shaper.ifindex_ = ifindex;
@@ -96,7 +95,7 @@ Result<HtbShaper> HtbShaper::attach(uint32_t ifindex, PinnedMaps* registry)
     if (!sock) return sock.error();
     shaper.sock_ = std::move(sock.value());
 
-    rtnl_link* raw_link = nullptr;
+    rtnl_link *raw_link = nullptr;
     if (int err = rtnl_link_get_kernel(shaper.sock_.get(), static_cast<int>(ifindex), nullptr, &raw_link); err < 0)
         return nl_error("look up ifindex " + std::to_string(ifindex), err);
     Link link(raw_link);
@@ -115,7 +114,7 @@ Result<HtbShaper> HtbShaper::attach(uint32_t ifindex, PinnedMaps* registry)
     } else {
         Qdisc qdisc(rtnl_qdisc_alloc());
         if (!qdisc) return Error{"allocate qdisc", ENOMEM};
-        rtnl_tc* tc = TC_CAST(qdisc.get());
+        rtnl_tc *tc = TC_CAST(qdisc.get());
         rtnl_tc_set_ifindex(tc, static_cast<int>(ifindex));
         rtnl_tc_set_parent(tc, TC_H_ROOT);
         rtnl_tc_set_handle(tc, kHtbHandle);
@@ -148,16 +147,16 @@ Result<HtbShaper> HtbShaper::attach(uint32_t ifindex, PinnedMaps* registry)
 
 Status HtbShaper::load_classes()
 {
-    nl_cache* raw = nullptr;
+    nl_cache *raw = nullptr;
     if (int err = rtnl_class_alloc_cache(sock_.get(), static_cast<int>(ifindex_), &raw); err < 0)
         return nl_error("list classes of " + ifname_, err);
     NlCache cache(raw);
-    for (nl_object* obj = nl_cache_get_first(raw); obj; obj = nl_cache_get_next(obj)) {
-        rtnl_tc* tc = TC_CAST(obj);
+    for (nl_object *obj = nl_cache_get_first(raw); obj; obj = nl_cache_get_next(obj)) {
+        rtnl_tc *tc = TC_CAST(obj);
         const uint32_t handle = rtnl_tc_get_handle(tc);
         if (TC_H_MAJ(handle) != kHtbHandle || TC_H_MIN(handle) == kHtbDefaultMinor) continue;
         uint64_t rate = 0; // bytes/s
-        if (rtnl_htb_get_rate64(reinterpret_cast<rtnl_class*>(obj), &rate) < 0) continue;
+        if (rtnl_htb_get_rate64(reinterpret_cast<rtnl_class *>(obj), &rate) < 0) continue;
         classes_[static_cast<uint16_t>(TC_H_MIN(handle))] = rate * 8;
     }
     return ok();
@@ -168,7 +167,7 @@ Status HtbShaper::put_class(uint16_t minor, uint64_t rate_bps)
     const std::string what = "class " + handle_text(htb_classid(minor)) + " on " + ifname_;
     Class cls(rtnl_class_alloc());
     if (!cls) return Error{"allocate class", ENOMEM};
-    rtnl_tc* tc = TC_CAST(cls.get());
+    rtnl_tc *tc = TC_CAST(cls.get());
     rtnl_tc_set_ifindex(tc, static_cast<int>(ifindex_));
     rtnl_tc_set_parent(tc, kHtbHandle);
     rtnl_tc_set_handle(tc, htb_classid(minor));
@@ -221,7 +220,7 @@ Status HtbShaper::remove()
     return ok();
 }
 
-Result<bool> remove_htb_root(nl_sock* sock, uint32_t ifindex)
+Result<bool> remove_htb_root(nl_sock *sock, uint32_t ifindex)
 {
     auto root = root_qdisc(sock, ifindex);
     if (!root) return root.error();

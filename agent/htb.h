@@ -30,7 +30,10 @@ inline constexpr uint16_t kHtbDefaultMinor = 1;                            // 76
 inline constexpr uint16_t kHtbFirstShapedMinor = 2;
 inline constexpr uint64_t kHtbLineRateBps = 10'000'000'000; // the default class: 10 Gbit/s
 
-constexpr uint32_t htb_classid(uint16_t minor) { return kHtbHandle | minor; }
+constexpr uint32_t htb_classid(uint16_t minor)
+{
+    return kHtbHandle | minor;
+}
 
 // Bucket depth of a class at rate_bps on a device with this MTU: a
 // millisecond of traffic (HTB's timers and a scheduler tick are about
@@ -42,7 +45,7 @@ uint32_t htb_burst_bytes(uint64_t rate_bps, uint32_t mtu);
 // across an agent restart, like the tc filters): remove() or
 // `vpnmeterd --detach` takes it off.
 class HtbShaper {
-public:
+  public:
     // Puts our HTB root (and its default class) on the device, or adopts
     // the one an earlier run put there, with its classes. A root qdisc the
     // kernel made (handle 0: pfifo_fast, noqueue, mq, fq_codel ...) is
@@ -50,10 +53,10 @@ public:
     // left alone and this fails saying so. When registry is given, the
     // device is recorded there as VPNMETER_LINK_CREATED_HTB, so that
     // detach_all() removes the qdisc.
-    static Result<HtbShaper> attach(uint32_t ifindex, PinnedMaps* registry);
+    static Result<HtbShaper> attach(uint32_t ifindex, PinnedMaps *registry);
 
-    HtbShaper(HtbShaper&&) noexcept = default;
-    HtbShaper& operator=(HtbShaper&&) noexcept = default;
+    HtbShaper(HtbShaper &&) noexcept = default;
+    HtbShaper &operator=(HtbShaper &&) noexcept = default;
 
     // Class 7670:minor at rate = ceil = rate_bps, created or changed;
     // nothing is sent when it already has that rate. Returns its class id
@@ -65,12 +68,12 @@ public:
     Status remove();
 
     // minor -> rate in bit/s of the shaped classes (not the default one).
-    const std::map<uint16_t, uint64_t>& classes() const { return classes_; }
+    const std::map<uint16_t, uint64_t> &classes() const { return classes_; }
     uint32_t ifindex() const { return ifindex_; }
-    const std::string& ifname() const { return ifname_; }
+    const std::string &ifname() const { return ifname_; }
     bool created() const { return created_; } // this object put the qdisc there
 
-private:
+  private:
     HtbShaper() = default;
     Status put_class(uint16_t minor, uint64_t rate_bps);
     Status load_classes();
@@ -85,6 +88,6 @@ private:
 
 // For detach_all(): removes the root qdisc of ifindex if it is our HTB
 // (handle 7670:, kind htb). Returns whether it removed one.
-Result<bool> remove_htb_root(nl_sock* sock, uint32_t ifindex);
+Result<bool> remove_htb_root(nl_sock *sock, uint32_t ifindex);
 
 } // namespace vpnmeter

@@ -73,11 +73,12 @@ struct {
  *
  * Return: TC_ACT_SHOT.
  */
-static __always_inline int drop(const struct vpnmeter_client_key *key, int reason, int dir,
-				__u32 packets, __u32 bytes)
+static __always_inline int drop(const struct vpnmeter_client_key *key,
+				int reason, int dir, __u32 packets, __u32 bytes)
 {
 	const struct vpnmeter_client_drops zero = {};
-	struct vpnmeter_client_drops *drops = bpf_map_lookup_elem(&vpnmeter_drops, key);
+	struct vpnmeter_client_drops *drops =
+	    bpf_map_lookup_elem(&vpnmeter_drops, key);
 
 	if (!drops) {
 		bpf_map_update_elem(&vpnmeter_drops, key, &zero, BPF_NOEXIST);
@@ -103,7 +104,8 @@ static __always_inline int drop(const struct vpnmeter_client_key *key, int reaso
  *
  * Return: true when the packet conforms.
  */
-static __always_inline bool police(__u32 slot, __u64 rate_bps, __u64 burst_bytes, __u32 bytes)
+static __always_inline bool police(__u32 slot, __u64 rate_bps,
+				   __u64 burst_bytes, __u32 bytes)
 {
 	struct vpnmeter_policer *bucket;
 	__u64 now, cost, depth;
@@ -141,7 +143,8 @@ static __always_inline bool police(__u32 slot, __u64 rate_bps, __u64 burst_bytes
 }
 
 /**
- * enforce_policy() - apply @key's policy, if it has one, to this packet.
+ * enforce_policy() - apply @policy, @key's, to this packet.
+ * @packets_dir: packets << 1 | direction.
  *
  * Order: block; the budget's state picks the class and rate (exhausted:
  * drop, or the throttle's class and rate); the policer (upload); then the
@@ -149,22 +152,22 @@ static __always_inline bool police(__u32 slot, __u64 rate_bps, __u64 burst_bytes
  * never use budget. The check and the atomic subtraction are two steps:
  * CPUs racing on the last bytes may each pass one packet (the overshoot).
  *
- * Out of line: only traffic of nodes with some policy gets here.
+ * Out of line: only packets of clients with a policy get here.
  *
  * Return: TC_ACT_UNSPEC (pass, maybe with skb->priority set) or TC_ACT_SHOT.
  */
-static __noinline int enforce_policy(struct __sk_buff *skb, int dir,
-				     const struct vpnmeter_client_key *key, __u32 packets,
-				     __u32 bytes)
+static __noinline int enforce_policy(struct __sk_buff *skb,
+				     const struct vpnmeter_client_key *key,
+				     const struct vpnmeter_policy *policy,
+				     __u32 packets_dir, __u32 bytes)
 {
-	/* Looked up again: a subprogram takes five arguments at most. */
-	struct vpnmeter_policy *policy = bpf_map_lookup_elem(&vpnmeter_policy, key);
+	/* Five arguments at most: packets and direction share one. */
+	__u32 packets = packets_dir >> 1;
+	int dir = packets_dir & 1;
 	struct vpnmeter_budget *budget = NULL;
 	__u32 flags, slot, classid;
 	__u64 rate, burst;
 
-	if (!policy)
-		return TC_ACT_UNSPEC;
 	flags = policy->flags;
 	if (flags & VPNMETER_POLICY_BLOCK)
 		return drop(key, VPNMETER_DROP_BLOCK, dir, packets, bytes);
@@ -178,7 +181,8 @@ static __noinline int enforce_policy(struct __sk_buff *skb, int dir,
 		budget = bpf_map_lookup_elem(&vpnmeter_budgets, &slot);
 	if (budget && *(volatile __s64 *)&budget->remaining_bytes <= 0) {
 		if (budget->exhausted_action != VPNMETER_EXHAUSTED_THROTTLE)
-			return drop(key, VPNMETER_DROP_QUOTA, dir, packets, bytes);
+			return drop(key, VPNMETER_DROP_QUOTA, dir, packets,
+				    bytes);
 		/* 0 keeps the policy's own class or rate. */
 		if (budget->exhausted_classid)
 			classid = budget->exhausted_classid;
@@ -202,22 +206,27 @@ static __noinline int enforce_policy(struct __sk_buff *skb, int dir,
  * enforce() - the verdict on a packet of client @key, of the size the
  * device counts (@packets, @bytes).
  *
- * While no policy exists anywhere, an inlined array load and a branch.
+ * While no policy exists anywhere, an inlined array load and a branch;
+ * otherwise a hash lookup, and a call for clients with a policy.
  *
  * Return: TC_ACT_UNSPEC (pass) or TC_ACT_SHOT (dropped and counted as such
  * for the client; the caller counts it on the interface, not as usage).
  */
 static __always_inline int enforce(struct __sk_buff *skb, int dir,
-				   const struct vpnmeter_client_key *key, __u32 packets, __u32 bytes)
+				   const struct vpnmeter_client_key *key,
+				   __u32 packets, __u32 bytes)
 {
 	struct vpnmeter_policy_state *state;
+	struct vpnmeter_policy *policy;
 	__u32 zero = 0;
 
 	state = bpf_map_lookup_elem(&vpnmeter_policy_state, &zero);
 	if (!state || !state->active)
 		return TC_ACT_UNSPEC;
 	/* Inline: a client without a policy pays the lookup, not a call. */
-	if (!bpf_map_lookup_elem(&vpnmeter_policy, key))
+	policy = bpf_map_lookup_elem(&vpnmeter_policy, key);
+	if (!policy)
 		return TC_ACT_UNSPEC;
-	return enforce_policy(skb, dir, key, packets, bytes);
+	return enforce_policy(skb, key, policy, packets << 1 | (dir & 1),
+			      bytes);
 }

@@ -57,19 +57,25 @@ constexpr uint32_t kPass = 0xffffffff; // TC_ACT_UNSPEC as the test run's u32 re
 constexpr uint32_t kShot = 2;          // TC_ACT_SHOT
 constexpr uint32_t kClassA = htb_classid(2), kClassB = htb_classid(3);
 
-std::string show(const Count& c) { return std::to_string(c.packets) + " pkts/" + std::to_string(c.bytes) + " B"; }
-std::string show(const Traffic& t) { return "up " + show(t.upload) + ", down " + show(t.download); }
+std::string show(const Count &c)
+{
+    return std::to_string(c.packets) + " pkts/" + std::to_string(c.bytes) + " B";
+}
+std::string show(const Traffic &t)
+{
+    return "up " + show(t.upload) + ", down " + show(t.download);
+}
 
 // Unpins (and detaches) whatever a test case made, also after a failure.
 class PinGuard {
-public:
+  public:
     PinGuard()
     {
         static int n = 0;
         path_ = "/sys/fs/bpf/vpnmeter-policy-test-" + std::to_string(getpid()) + "-" + std::to_string(++n);
     }
-    PinGuard(const PinGuard&) = delete;
-    PinGuard& operator=(const PinGuard&) = delete;
+    PinGuard(const PinGuard &) = delete;
+    PinGuard &operator=(const PinGuard &) = delete;
     ~PinGuard()
     {
         std::error_code ec;
@@ -78,9 +84,9 @@ public:
             std::fprintf(stderr, "detach_all(%s): %s\n", path_.c_str(), done.error().message().c_str());
         std::filesystem::remove_all(path_, ec);
     }
-    const std::string& path() const { return path_; }
+    const std::string &path() const { return path_; }
 
-private:
+  private:
     std::string path_;
 };
 
@@ -92,7 +98,7 @@ struct Run {
 // The programs with their maps pinned under a private path, an Enforcer on
 // those maps, and helpers to run frames and read what was counted.
 class Lab {
-public:
+  public:
     explicit Lab(uint32_t max_clients = 64)
     {
         auto dp = Datapath::load({guard_.path(), max_clients});
@@ -103,11 +109,11 @@ public:
         enforcer_.emplace(std::move(enforcer.value()));
     }
 
-    Enforcer& enforcer() { return *enforcer_; }
-    const std::string& pin_path() const { return guard_.path(); }
+    Enforcer &enforcer() { return *enforcer_; }
+    const std::string &pin_path() const { return guard_.path(); }
 
     // One test run of `repeat` runs; the verdict and priority are the last run's.
-    Run run(bool upload, const Frame& frame, uint32_t repeat = 1, uint32_t priority_in = 0, uint32_t ifindex = kLo)
+    Run run(bool upload, const Frame &frame, uint32_t repeat = 1, uint32_t priority_in = 0, uint32_t ifindex = kLo)
     {
         __sk_buff ctx_in{}, ctx_out{};
         ctx_in.ifindex = ifindex;
@@ -115,9 +121,8 @@ public:
         Frame out(frame.size() + 256);
         LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = frame.data(), .data_out = out.data(),
                     .data_size_in = static_cast<uint32_t>(frame.size()),
-                    .data_size_out = static_cast<uint32_t>(out.size()), .ctx_in = &ctx_in,
-                    .ctx_out = &ctx_out, .ctx_size_in = sizeof ctx_in, .ctx_size_out = sizeof ctx_out,
-                    .repeat = static_cast<int>(repeat));
+                    .data_size_out = static_cast<uint32_t>(out.size()), .ctx_in = &ctx_in, .ctx_out = &ctx_out,
+                    .ctx_size_in = sizeof ctx_in, .ctx_size_out = sizeof ctx_out, .repeat = static_cast<int>(repeat));
         const int fd = upload ? dp_->ingress_prog_fd() : dp_->egress_prog_fd();
         const int err = bpf_prog_test_run_opts(fd, &opts);
         INFO("bpf_prog_test_run_opts: " << (err ? std::strerror(-err) : "ok"));
@@ -127,18 +132,18 @@ public:
         CHECK(out == frame); // enforcement never rewrites a packet
         return {opts.retval, ctx_out.priority};
     }
-    Run upload(const Frame& f, uint32_t repeat = 1, uint32_t priority = 0) { return run(true, f, repeat, priority); }
-    Run download(const Frame& f, uint32_t repeat = 1, uint32_t priority = 0) { return run(false, f, repeat, priority); }
+    Run upload(const Frame &f, uint32_t repeat = 1, uint32_t priority = 0) { return run(true, f, repeat, priority); }
+    Run download(const Frame &f, uint32_t repeat = 1, uint32_t priority = 0) { return run(false, f, repeat, priority); }
 
     // Usage of one client (zero when it has no entry).
-    Traffic usage(const std::string& address, uint32_t ifindex = kLo)
+    Traffic usage(const std::string &address, uint32_t ifindex = kLo)
     {
         const CounterSnapshot snap = read();
         auto it = snap.clients.find(ClientKey::parse(ifindex, address));
         return it != snap.clients.end() ? it->second : Traffic{};
     }
 
-    ClientDrops drops(const std::string& address, uint32_t ifindex = kLo)
+    ClientDrops drops(const std::string &address, uint32_t ifindex = kLo)
     {
         auto all = enforcer_->read_drops();
         if (!all) FAIL("read_drops: " << all.error().message());
@@ -163,9 +168,11 @@ public:
         auto all_drops = enforcer_->read_drops();
         REQUIRE(all_drops);
         std::map<uint32_t, Traffic> clients, dropped;
-        for (const auto& [key, t] : snap.clients) clients[key.ifindex] += t;
-        for (const auto& [key, d] : all_drops.value()) dropped[key.ifindex] += d.total();
-        for (const auto& [ifindex, iface] : snap.interfaces) {
+        for (const auto &[key, t] : snap.clients)
+            clients[key.ifindex] += t;
+        for (const auto &[key, d] : all_drops.value())
+            dropped[key.ifindex] += d.total();
+        for (const auto &[ifindex, iface] : snap.interfaces) {
             Traffic sum = clients[ifindex];
             sum += iface.unattributed;
             sum += iface.dropped;
@@ -187,18 +194,21 @@ public:
         return state.active;
     }
 
-    void must(const Status& status)
+    void must(const Status &status)
     {
         if (!status) FAIL(status.error().message());
     }
 
-private:
+  private:
     PinGuard guard_; // first: destroyed last
     std::optional<Datapath> dp_;
     std::optional<Enforcer> enforcer_;
 };
 
-ClientKey lo(const std::string& address) { return ClientKey::parse(kLo, address); }
+ClientKey lo(const std::string &address)
+{
+    return ClientKey::parse(kLo, address);
+}
 
 PolicyEntry policy(uint32_t flags, uint32_t slot = 0)
 {
@@ -319,16 +329,16 @@ TEST_CASE("the addresses of one user share one budget", "[bpf][policy]")
     Lab lab;
     constexpr uint32_t kSlot = 3;
     lab.must(lab.enforcer().set_budget(kSlot, budget(1000)));
-    for (const char* address : {"10.8.0.2", "fd00:8::2"})
+    for (const char *address : {"10.8.0.2", "fd00:8::2"})
         lab.must(lab.enforcer().set_policy(lo(address), policy(VPNMETER_POLICY_BUDGET, kSlot)));
     // Another user with its own budget is not affected.
     lab.must(lab.enforcer().set_budget(kSlot + 1, budget(1'000'000)));
     lab.must(lab.enforcer().set_policy(lo("10.8.0.9"), policy(VPNMETER_POLICY_BUDGET, kSlot + 1)));
 
-    CHECK(lab.upload(ipv4_udp("10.8.0.2", "192.0.2.1", 400)).retval == kPass);         // 1000 -> 600
-    CHECK(lab.download(ipv6_udp("2001:db8::1", "fd00:8::2", 400)).retval == kPass);    // 600 -> 200
-    CHECK(lab.download(ipv4_udp("192.0.2.1", "10.8.0.2", 400)).retval == kPass);       // 200 -> -200
-    CHECK(lab.upload(ipv6_udp("fd00:8::2", "2001:db8::1", 100)).retval == kShot);      // used up
+    CHECK(lab.upload(ipv4_udp("10.8.0.2", "192.0.2.1", 400)).retval == kPass);      // 1000 -> 600
+    CHECK(lab.download(ipv6_udp("2001:db8::1", "fd00:8::2", 400)).retval == kPass); // 600 -> 200
+    CHECK(lab.download(ipv4_udp("192.0.2.1", "10.8.0.2", 400)).retval == kPass);    // 200 -> -200
+    CHECK(lab.upload(ipv6_udp("fd00:8::2", "2001:db8::1", 100)).retval == kShot);   // used up
     CHECK(lab.upload(ipv4_udp("10.8.0.9", "192.0.2.1", 400), 10).retval == kPass);
     CHECK(lab.enforcer().budget(kSlot)->remaining_bytes == -200);
     CHECK(lab.enforcer().budget(kSlot + 1)->remaining_bytes == 1'000'000 - 4000);
@@ -418,7 +428,11 @@ TEST_CASE("the upload policer passes the bucket's depth back to back, then drops
     p.rate_bps = 100'000'000'000ull;
     p.burst_bytes = 1'000'000;
     lab.must(lab.enforcer().set_policy(lo("10.8.0.4"), policy(0))); // a policy that does nothing
-    lab.must(lab.enforcer().set_policy(lo("10.8.0.5"), [&] { auto q = p; q.user_slot = kSlot + 1; return q; }()));
+    lab.must(lab.enforcer().set_policy(lo("10.8.0.5"), [&] {
+        auto q = p;
+        q.user_slot = kSlot + 1;
+        return q;
+    }()));
     CHECK(lab.upload(ipv4_udp("10.8.0.5", "192.0.2.1", S), 1000).retval == kPass);
     CHECK(lab.usage("10.8.0.5").upload.packets == 1000);
     CHECK(lab.upload(ipv4_udp("10.8.0.4", "192.0.2.1", S), 10).retval == kPass);
@@ -428,7 +442,7 @@ TEST_CASE("the upload policer passes the bucket's depth back to back, then drops
 TEST_CASE("Enforcer refuses policies and budgets the datapath could not apply", "[bpf][policy][enforcer]")
 {
     Lab lab;
-    Enforcer& e = lab.enforcer();
+    Enforcer &e = lab.enforcer();
     CHECK(e.max_users() == VPNMETER_MAX_USERS);
     CHECK_FALSE(e.set_policy(lo("10.8.0.2"), policy(1u << 20)));
     CHECK_FALSE(e.set_policy(lo("10.8.0.2"), policy(VPNMETER_POLICY_BUDGET_UPLOAD, VPNMETER_MAX_USERS)));
@@ -481,7 +495,7 @@ TEST_CASE("UserSlots hands out the smallest free slot and adopts known ones", "[
     CHECK_FALSE(slots.release("alice"));
     CHECK(slots.acquire("carol") == 0u); // the freed one first
     CHECK(slots.adopt("dave", 3));
-    CHECK(slots.acquire("erin") == 2u); // skipped by the adoption: free
+    CHECK(slots.acquire("erin") == 2u);   // skipped by the adoption: free
     CHECK_FALSE(slots.acquire("frank"));  // full
     CHECK_FALSE(slots.adopt("frank", 1)); // bob's
     CHECK_FALSE(slots.adopt("bob", 2));   // bob holds 1
@@ -497,22 +511,22 @@ namespace {
 
 // A private network namespace for the calling thread, left on scope exit.
 class PrivateNetns {
-public:
+  public:
     PrivateNetns()
     {
         orig_ = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
         REQUIRE(orig_ >= 0);
         REQUIRE(unshare(CLONE_NEWNET) == 0);
     }
-    PrivateNetns(const PrivateNetns&) = delete;
-    PrivateNetns& operator=(const PrivateNetns&) = delete;
+    PrivateNetns(const PrivateNetns &) = delete;
+    PrivateNetns &operator=(const PrivateNetns &) = delete;
     ~PrivateNetns()
     {
         if (setns(orig_, CLONE_NEWNET) != 0) std::fprintf(stderr, "setns back: %s\n", std::strerror(errno));
         close(orig_);
     }
 
-private:
+  private:
     int orig_ = -1;
 };
 
@@ -527,32 +541,33 @@ std::pair<std::optional<QdiscView>, std::map<uint16_t, uint64_t>> tc_state(uint3
     auto sock = open_route_socket();
     REQUIRE(sock);
     std::optional<QdiscView> root;
-    nl_cache* raw = nullptr;
+    nl_cache *raw = nullptr;
     REQUIRE(rtnl_qdisc_alloc_cache(sock->get(), &raw) == 0);
     NlCache qdiscs(raw);
-    for (nl_object* o = nl_cache_get_first(raw); o; o = nl_cache_get_next(o))
-        if (static_cast<uint32_t>(rtnl_tc_get_ifindex(TC_CAST(o))) == ifindex && rtnl_tc_get_parent(TC_CAST(o)) == TC_H_ROOT)
+    for (nl_object *o = nl_cache_get_first(raw); o; o = nl_cache_get_next(o))
+        if (static_cast<uint32_t>(rtnl_tc_get_ifindex(TC_CAST(o))) == ifindex &&
+            rtnl_tc_get_parent(TC_CAST(o)) == TC_H_ROOT)
             root = QdiscView{rtnl_tc_get_kind(TC_CAST(o)) ? rtnl_tc_get_kind(TC_CAST(o)) : "",
                              rtnl_tc_get_handle(TC_CAST(o))};
     std::map<uint16_t, uint64_t> classes;
     raw = nullptr;
     REQUIRE(rtnl_class_alloc_cache(sock->get(), static_cast<int>(ifindex), &raw) == 0);
     NlCache cache(raw);
-    for (nl_object* o = nl_cache_get_first(raw); o; o = nl_cache_get_next(o)) {
+    for (nl_object *o = nl_cache_get_first(raw); o; o = nl_cache_get_next(o)) {
         uint64_t rate = 0;
-        if (rtnl_htb_get_rate64(reinterpret_cast<rtnl_class*>(o), &rate) == 0)
+        if (rtnl_htb_get_rate64(reinterpret_cast<rtnl_class *>(o), &rate) == 0)
             classes[static_cast<uint16_t>(TC_H_MIN(rtnl_tc_get_handle(TC_CAST(o))))] = rate * 8;
     }
     return {root, classes};
 }
 
-void set_up(const std::string& name)
+void set_up(const std::string &name)
 {
     auto sock = open_route_socket();
     REQUIRE(sock);
-    rtnl_link* link = nullptr;
+    rtnl_link *link = nullptr;
     REQUIRE(rtnl_link_get_kernel(sock->get(), 0, name.c_str(), &link) == 0);
-    rtnl_link* change = rtnl_link_alloc();
+    rtnl_link *change = rtnl_link_alloc();
     rtnl_link_set_flags(change, IFF_UP);
     const int err = rtnl_link_change(sock->get(), link, change, 0);
     rtnl_link_put(change);
@@ -589,7 +604,7 @@ TEST_CASE("HtbShaper puts its own HTB root on a device, manages classes idempote
         CHECK(classid.value() == kClassA);
         REQUIRE(shaper->set_class(2, 2'000'000)); // again: nothing changes
         REQUIRE(shaper->set_class(3, 5'000'000));
-        REQUIRE(shaper->set_class(3, 3'000'000)); // changed in place
+        REQUIRE(shaper->set_class(3, 3'000'000));     // changed in place
         CHECK_FALSE(shaper->set_class(1, 1'000'000)); // the default class is ours alone
         auto [root, classes] = tc_state(dev);
         REQUIRE(root);
@@ -614,7 +629,7 @@ TEST_CASE("HtbShaper puts its own HTB root on a device, manages classes idempote
 
     // Someone else's root qdisc is refused, named, and left alone.
     {
-        rtnl_qdisc* q = rtnl_qdisc_alloc();
+        rtnl_qdisc *q = rtnl_qdisc_alloc();
         rtnl_tc_set_ifindex(TC_CAST(q), static_cast<int>(peer));
         rtnl_tc_set_parent(TC_CAST(q), TC_H_ROOT);
         rtnl_tc_set_handle(TC_CAST(q), 0x10000);

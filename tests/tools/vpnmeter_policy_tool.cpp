@@ -36,35 +36,38 @@ using namespace vpnmeter;
 
 namespace {
 
-uint64_t parse_rate(const std::string& text)
+uint64_t parse_rate(const std::string &text)
 {
     size_t used = 0;
     const double value = std::stod(text, &used);
     std::string unit = text.substr(used);
     if (unit.size() >= 3 && unit.compare(unit.size() - 3, 3, "bit") == 0) unit.resize(unit.size() - 3);
     double scale = 1;
-    if (unit == "k" || unit == "K") scale = 1e3;
-    else if (unit == "m" || unit == "M") scale = 1e6;
-    else if (unit == "g" || unit == "G") scale = 1e9;
-    else if (!unit.empty()) throw std::invalid_argument("bad rate '" + text + "'");
+    if (unit == "k" || unit == "K")
+        scale = 1e3;
+    else if (unit == "m" || unit == "M")
+        scale = 1e6;
+    else if (unit == "g" || unit == "G")
+        scale = 1e9;
+    else if (!unit.empty())
+        throw std::invalid_argument("bad rate '" + text + "'");
     return static_cast<uint64_t>(value * scale);
 }
 
-uint32_t ifindex_of(const std::string& name)
+uint32_t ifindex_of(const std::string &name)
 {
     const unsigned index = if_nametoindex(name.c_str());
     if (!index) throw std::runtime_error("no interface " + name + " in this network namespace");
     return index;
 }
 
-template <class T>
-T must(Result<T> result)
+template <class T> T must(Result<T> result)
 {
     if (!result) throw std::runtime_error(result.error().message());
     return std::move(result.value());
 }
 
-nlohmann::json traffic_json(const std::string& reason, const Traffic& t)
+nlohmann::json traffic_json(const std::string &reason, const Traffic &t)
 {
     return {{reason + "_upload_packets", t.upload.packets},
             {reason + "_upload_bytes", t.upload.bytes},
@@ -74,7 +77,7 @@ nlohmann::json traffic_json(const std::string& reason, const Traffic& t)
 
 } // namespace
 
-int main(int argc, char** argv)
+int main(int argc, char **argv)
 {
     CLI::App app{"Sets vpnmeter enforcement on a running agent's pinned maps (test helper)."};
     app.require_subcommand(1);
@@ -87,10 +90,10 @@ int main(int argc, char** argv)
     int64_t bytes = 0;
     bool block = false;
 
-    CLI::App* policy = app.add_subcommand("policy", "per-address policies")->require_subcommand(1);
-    CLI::App* policy_set = policy->add_subcommand("set", "install or replace one address's policy");
-    CLI::App* policy_clear = policy->add_subcommand("clear", "remove one address's policy");
-    for (CLI::App* cmd : {policy_set, policy_clear}) {
+    CLI::App *policy = app.add_subcommand("policy", "per-address policies")->require_subcommand(1);
+    CLI::App *policy_set = policy->add_subcommand("set", "install or replace one address's policy");
+    CLI::App *policy_clear = policy->add_subcommand("clear", "remove one address's policy");
+    for (CLI::App *cmd : {policy_set, policy_clear}) {
         cmd->add_option("--interface", interface, "the client's interface")->required();
         cmd->add_option("--address", address, "the client's address")->required();
     }
@@ -102,24 +105,27 @@ int main(int argc, char** argv)
     policy_set->add_option("--police", police, "upload rate, bit/s");
     policy_set->add_option("--burst", burst, "policer bucket depth in bytes (default from the rate)");
 
-    CLI::App* budget = app.add_subcommand("budget", "per-user budgets")->require_subcommand(1);
-    CLI::App* budget_set = budget->add_subcommand("set", "replace a user's budget");
-    CLI::App* budget_add = budget->add_subcommand("add", "add bytes to a user's budget, atomically");
-    CLI::App* budget_show = budget->add_subcommand("show", "print a user's budget (JSON)");
-    for (CLI::App* cmd : {budget_set, budget_add, budget_show}) cmd->add_option("--slot", slot)->required();
-    for (CLI::App* cmd : {budget_set, budget_add}) cmd->add_option("--bytes", bytes)->required();
+    CLI::App *budget = app.add_subcommand("budget", "per-user budgets")->require_subcommand(1);
+    CLI::App *budget_set = budget->add_subcommand("set", "replace a user's budget");
+    CLI::App *budget_add = budget->add_subcommand("add", "add bytes to a user's budget, atomically");
+    CLI::App *budget_show = budget->add_subcommand("show", "print a user's budget (JSON)");
+    for (CLI::App *cmd : {budget_set, budget_add, budget_show})
+        cmd->add_option("--slot", slot)->required();
+    for (CLI::App *cmd : {budget_set, budget_add})
+        cmd->add_option("--bytes", bytes)->required();
     budget_set->add_option("--exhausted", exhausted, "block or throttle")->check(CLI::IsMember({"block", "throttle"}));
     budget_set->add_option("--throttle-class", throttle_class, "HTB class minor once used up");
     budget_set->add_option("--throttle-rate", throttle_rate, "upload rate once used up, bit/s");
 
-    CLI::App* htb = app.add_subcommand("htb", "HTB shaping classes")->require_subcommand(1);
-    CLI::App* htb_class = htb->add_subcommand("class", "create or change class 7670:MINOR");
-    CLI::App* htb_remove = htb->add_subcommand("remove", "take our HTB root qdisc off the interface");
-    for (CLI::App* cmd : {htb_class, htb_remove}) cmd->add_option("--interface", interface)->required();
+    CLI::App *htb = app.add_subcommand("htb", "HTB shaping classes")->require_subcommand(1);
+    CLI::App *htb_class = htb->add_subcommand("class", "create or change class 7670:MINOR");
+    CLI::App *htb_remove = htb->add_subcommand("remove", "take our HTB root qdisc off the interface");
+    for (CLI::App *cmd : {htb_class, htb_remove})
+        cmd->add_option("--interface", interface)->required();
     htb_class->add_option("--minor", minor)->required()->check(CLI::Range(2, 0xfffe));
     htb_class->add_option("--rate", rate, "bit/s")->required();
 
-    CLI::App* drops = app.add_subcommand("drops", "drops per client and reason (JSON)");
+    CLI::App *drops = app.add_subcommand("drops", "drops per client and reason (JSON)");
 
     CLI11_PARSE(app, argc, argv);
     spdlog::set_default_logger(spdlog::stderr_color_mt("vpnmeter_policy_tool")); // stdout is for answers
@@ -181,7 +187,7 @@ int main(int argc, char** argv)
         } else if (*drops) {
             Enforcer enforcer = must(Enforcer::open(pin_path));
             auto list = nlohmann::json::array();
-            for (const auto& [key, d] : must(enforcer.read_drops())) {
+            for (const auto &[key, d] : must(enforcer.read_drops())) {
                 char name[IF_NAMESIZE] = {};
                 nlohmann::json entry = {{"interface", if_indextoname(key.ifindex, name) ? name : ""},
                                         {"ifindex", key.ifindex},
@@ -193,7 +199,7 @@ int main(int argc, char** argv)
             }
             std::printf("%s\n", nlohmann::json{{"clients", list}}.dump().c_str());
         }
-    } catch (const std::exception& e) {
+    } catch (const std::exception &e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;
     }

@@ -20,7 +20,7 @@ namespace {
 
 // Keys of later features: accepted (with a warning) so one config file can
 // serve several agent versions.
-constexpr std::array kFutureSections = {"singbox", "metrics", "api"};
+constexpr std::array kFutureSections = {"singbox", "api"};
 
 class Parser {
 public:
@@ -208,7 +208,7 @@ public:
 
     void http(const YAML::Node& node, Config& config) const
     {
-        only_keys(node, "http", {"listen"});
+        only_keys(node, "http", {"listen", "tokens"});
         if (auto listen = node["listen"]) {
             config.http_listen = scalar(listen, "http.listen", "host:port, or an empty string to turn it off");
             const size_t colon = config.http_listen.rfind(':');
@@ -218,6 +218,66 @@ public:
                 fail(listen, "http.listen",
                      "expected host:port like 127.0.0.1:9477 or [::1]:9477, got '" + config.http_listen + "'");
         }
+        if (auto tokens = node["tokens"]) {
+            if (!tokens.IsSequence())
+                fail(tokens, "http.tokens",
+                     "expected a list like [{ name: billing, sha256: \"<vpnmeterd --hash-token>\", scope: read }]");
+            for (size_t i = 0; i < tokens.size(); ++i) config.http_tokens.push_back(token(tokens[i], i, config));
+        }
+    }
+
+    ApiToken token(const YAML::Node& item, size_t index, const Config& config) const
+    {
+        const std::string at = "http.tokens[" + std::to_string(index) + "]";
+        if (item.IsMap() && item["token"])
+            fail(item["token"], at + ".token",
+                 "tokens are not written in the file: put the output of `vpnmeterd --hash-token` in `sha256`");
+        only_keys(item, at, {"name", "sha256", "scope", "tenant"});
+        for (const char* required : {"name", "sha256", "scope"})
+            if (!item[required]) fail(item, at + "." + required, "missing");
+        ApiToken token;
+        token.name = scalar(item["name"], at + ".name", "a name like billing");
+        if (token.name.empty() || token.name.find_first_of(" \t\r\n") != std::string::npos)
+            fail(item["name"], at + ".name", "expected a non-empty name without spaces");
+        for (const auto& other : config.http_tokens)
+            if (other.name == token.name) fail(item["name"], at + ".name", "'" + token.name + "' is used twice");
+
+        const std::string hex = scalar(item["sha256"], at + ".sha256", "64 hex digits");
+        auto nibble = [](char c) {
+            if (c >= '0' && c <= '9') return c - '0';
+            if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+            if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+            return -1;
+        };
+        if (hex.size() != 64 || std::any_of(hex.begin(), hex.end(), [&](char c) { return nibble(c) < 0; }))
+            fail(item["sha256"], at + ".sha256",
+                 "expected the 64 hex digits of the token's SHA-256 (from `vpnmeterd --hash-token`), got '" + hex +
+                     "' (" + std::to_string(hex.size()) + " characters)");
+        for (size_t b = 0; b < token.sha256.size(); ++b)
+            token.sha256[b] = static_cast<uint8_t>(nibble(hex[2 * b]) << 4 | nibble(hex[2 * b + 1]));
+        for (const auto& other : config.http_tokens)
+            if (other.sha256 == token.sha256)
+                fail(item["sha256"], at + ".sha256", "the same token as '" + other.name + "': each needs its own");
+
+        token.scope = static_cast<ApiToken::Scope>(one_of(item["scope"], at + ".scope", {"read", "admin"}));
+
+        if (auto tenant = item["tenant"]) {
+            std::vector<YAML::Node> globs;
+            if (tenant.IsScalar()) globs.push_back(tenant);
+            else if (tenant.IsSequence())
+                for (const YAML::Node& glob : tenant) globs.push_back(glob);
+            else fail(tenant, at + ".tenant", "expected a list of user names or globs like [\"acme-*\", bob]");
+            if (globs.empty())
+                fail(tenant, at + ".tenant",
+                     "expected at least one user name or glob (leave `tenant` out for all users)");
+            token.tenant.emplace();
+            for (const auto& glob : globs) {
+                std::string pattern = scalar(glob, at + ".tenant", "a user name or glob");
+                if (pattern.empty()) fail(glob, at + ".tenant", "expected a non-empty user name or glob");
+                token.tenant->push_back(std::move(pattern));
+            }
+        }
+        return token;
     }
 
     void log(const YAML::Node& node, Config& config) const
@@ -381,6 +441,16 @@ public:
         }
     }
 
+    void metrics(const YAML::Node& node, Config& config) const
+    {
+        only_keys(node, "metrics", {"per_session", "max_sessions", "hash_users"});
+        MetricsConfig& metrics = config.metrics;
+        if (auto flag = node["per_session"]) metrics.per_session = one_of(flag, "metrics.per_session", {"false", "true"});
+        if (auto max = node["max_sessions"])
+            metrics.max_sessions = static_cast<uint32_t>(integer(max, "metrics.max_sessions", 0, 1'000'000));
+        if (auto flag = node["hash_users"]) metrics.hash_users = one_of(flag, "metrics.hash_users", {"false", "true"});
+    }
+
     Config parse(const std::string& text) const
     {
         YAML::Node root;
@@ -405,11 +475,12 @@ public:
             else if (key == "quotas") quotas(value, config);
             else if (key == "alerts") alerts(value, config);
             else if (key == "http") http(value, config);
+            else if (key == "metrics") metrics(value, config);
             else if (std::find(kFutureSections.begin(), kFutureSections.end(), key) != kFutureSections.end())
                 config.unsupported_sections.push_back(key);
             else
                 fail(entry.first, key,
-                     "unknown key (expected one of: interfaces, collect, bpf, storage, log, openvpn, quotas, alerts, http)");
+                     "unknown key (expected one of: interfaces, collect, bpf, storage, log, openvpn, quotas, alerts, http, metrics)");
         }
         if (config.interfaces.empty()) fail(root, "interfaces", "missing: list the devices to meter, e.g. [tun0, \"tun*\"]");
         return config;

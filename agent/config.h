@@ -1,6 +1,7 @@
 // The agent's YAML configuration: what the operator writes, validated.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -42,6 +43,23 @@ struct AlertsConfig {
     std::optional<WebhookConfig> webhook; // none: no webhook
 };
 
+// A bearer token of the API, stored as the SHA-256 of its text.
+struct ApiToken {
+    std::string name; // for logs and messages; never the secret
+    std::array<uint8_t, 32> sha256{};
+    enum class Scope { read, admin } scope = Scope::read; // read: GET; admin: also PUT
+    // User-name globs whose data it sees; none: every user.
+    std::optional<std::vector<std::string>> tenant;
+};
+
+// What /metrics exposes: label cardinality is bounded and configurable.
+struct MetricsConfig {
+    bool per_session = false;    // a `session` label on the client families
+    uint32_t max_sessions = 1000; // per_session: series of their own; later sessions go to session="other"
+    bool hash_users = false;     // user labels are the first 12 hex digits of SHA-256(user)
+    bool operator==(const MetricsConfig&) const = default;
+};
+
 struct Config {
     std::string source = "<defaults>"; // the file it came from, for messages
 
@@ -61,6 +79,9 @@ struct Config {
     // The HTTP server (/metrics, /v1/...): loopback unless opened on purpose;
     // empty: off.
     std::string http_listen = "127.0.0.1:9477";
+    // None: the API is open to whoever reaches http.listen.
+    std::vector<ApiToken> http_tokens;
+    MetricsConfig metrics;
     // Top-level sections this version does not handle yet, kept for a warning.
     std::vector<std::string> unsupported_sections;
 };

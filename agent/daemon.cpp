@@ -7,12 +7,14 @@
 
 #include <chrono>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 
 #include <spdlog/spdlog.h>
 
 #include "format.h"
 #include "http/api.h"
+#include "metrics.h"
 #include "openvpn/source.h"
 #include "unique_fd.h"
 
@@ -95,6 +97,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(Config config)
     daemon->quotas_ = std::make_unique<QuotaController>(daemon->config_.quotas, daemon->store_,
                                                         daemon->enforcer_.get(), &daemon->maps_, std::move(webhook));
     if (auto status = daemon->quotas_->load(); !status) return status.error();
+    if (auto status = daemon->start_metrics(); !status) return status.error();
 
     if (!daemon->config_.http_listen.empty()) {
         Daemon* d = daemon.get();
@@ -109,10 +112,26 @@ Result<std::unique_ptr<Daemon>> Daemon::start(Config config)
         api.put_quota = [d](const std::string& user, const std::string& body) {
             return d->quotas_->put_quota(user, body, static_cast<int64_t>(std::time(nullptr)));
         };
-        auto server = http::Server::start(d->config_.http_listen, http::make_api(std::move(api)));
+        auto router = http::make_api(std::move(api));
+        router->add("GET", "/metrics", [exporter = d->metrics_->exporter()](const http::Request&) {
+            http::Response response;
+            response.content_type = kMetricsContentType;
+            response.body = exporter->render();
+            return response;
+        });
+        for (const auto& [method, pattern] : router->routes()) spdlog::debug("http route: {} {}", method, pattern);
+        d->auth_ = std::make_shared<http::Authenticator>(d->config_.http_tokens, std::move(router));
+        auto server = http::Server::start(d->config_.http_listen,
+                                          [auth = d->auth_](const http::Request& r) { return auth->dispatch(r); });
         if (!server) return server.error();
         d->http_ = std::move(server.value());
-        spdlog::info("HTTP API on {}", d->config_.http_listen);
+        spdlog::info("HTTP API on {} ({})", d->config_.http_listen,
+                     d->config_.http_tokens.empty() ? std::string("open: no http.tokens")
+                                                    : std::to_string(d->config_.http_tokens.size()) + " tokens");
+        if (d->config_.http_tokens.empty() && !http::is_loopback_listen(d->config_.http_listen))
+            spdlog::warn("http.listen {} is not a loopback address and http.tokens is empty: anyone who reaches it "
+                         "can read usage and change quotas; add tokens (vpnmeterd --hash-token)",
+                         d->config_.http_listen);
     }
 
     auto watcher = LinkWatcher::open([d = daemon.get()](auto change, const Link& link) { d->on_link(change, link); });
@@ -210,16 +229,24 @@ bool Daemon::cycle_answered(SteadyClock::time_point now) const
 
 void Daemon::finish_cycle()
 {
+    const auto began = SteadyClock::now();
     answer_deadline_.reset();
     auto counters = collector_->collect();
     if (!counters) {
         spdlog::error("collect: {}", counters.error().message());
+        metrics_->count_error("collect");
+        metrics_->publish_errors();
         return;
     }
     ConnectedSessions connected;
     for (const auto& source : sources_) {
-        if (!source->refreshed()) continue; // silent this cycle: its sessions stay as they were
+        // Not counted before the first commit: the sources are still connecting.
+        if (!source->refreshed()) { // silent this cycle: its sessions stay as they were
+            if (ready_) metrics_->count_error("source");
+            continue;
+        }
         if (auto list = source->sessions()) connected[source->instance()] = std::move(*list);
+        else if (ready_) metrics_->count_error("source"); // unreachable, or its answer was unusable
     }
     const int64_t now = static_cast<int64_t>(std::time(nullptr));
     const Interfaces devices = interfaces();
@@ -233,6 +260,8 @@ void Daemon::finish_cycle()
         if (!commit_failing_) spdlog::error("store: {}; counting continues in the kernel, retrying every cycle",
                                             status.error().message());
         commit_failing_ = true;
+        metrics_->count_error("store_commit");
+        metrics_->publish_errors();
         return;
     }
     if (commit_failing_) spdlog::info("store: commits succeed again; nothing was lost");
@@ -245,6 +274,9 @@ void Daemon::finish_cycle()
     ready_ = true;
     const size_t entries = counters->snapshot.clients.size();
     collector_->accept(std::move(counters.value()));
+    metrics_->account(commit);
+    metrics_->observe_cycle(SteadyClock::now() - began);
+    publish_metrics(devices, now);
 
     ++cycles_;
     Traffic moved;
@@ -260,12 +292,58 @@ void Daemon::finish_cycle()
         spdlog::warn("client map is full ({} entries): new clients are counted as unattributed; raise bpf.max_clients",
                      maps_.max_clients());
     if (cycles_ % 3600 == 1) {
-        if (auto status = store_.prune(now); !status) spdlog::warn("store prune: {}", status.error().message());
+        if (auto status = store_.prune(now); !status) {
+            spdlog::warn("store prune: {}", status.error().message());
+            metrics_->count_error("store_prune");
+        }
     }
 }
 
+// The client counters start from the store's totals: every session of a
+// user, closed ones included, adds up to the user's usage buckets.
+Status Daemon::start_metrics()
+{
+    metrics_ =
+        std::make_unique<MetricsRecorder>(config_.metrics, VPNMETER_VERSION, std::make_shared<MetricsExporter>());
+    auto sessions = store_.sessions();
+    if (!sessions) return sessions.error();
+    auto unattributed = store_.unattributed();
+    if (!unattributed) return unattributed.error();
+    metrics_->load(sessions.value(), unattributed.value());
+    metrics_->publish({}); // the store's totals until the first cycle
+    return ok();
+}
+
+// After a committed cycle: what /metrics shows until the next one.
+void Daemon::publish_metrics(const Interfaces& devices, int64_t now)
+{
+    LiveMetrics live;
+    live.interfaces = interface_totals(collector_->last(), devices);
+    if (!enforcer_) {
+        live.drops.emplace();
+    } else if (auto drops = enforcer_->read_drops()) {
+        live.drops = drops_by_interface(drops.value(), devices);
+    } else {
+        spdlog::debug("metrics: {}", drops.error().message());
+        metrics_->count_error("read_drops");
+    }
+    std::vector<std::string> instances;
+    for (const auto& instance : config_.openvpn) instances.push_back(instance.name);
+    live.sessions_active = sessions_by_instance(reconciler_->active(), instances);
+    std::set<std::string> connected;
+    for (const auto& [id, session] : reconciler_->active()) connected.insert(session.user);
+    live.quotas = quotas_->planned_states(connected, now);
+    live.maps["clients"] = {collector_->last().clients.size(), maps_.max_clients()}; // vpnmeter_clients
+    std::error_code error;
+    const auto size = std::filesystem::file_size(config_.storage_path + "/data.mdb", error);
+    if (!error) live.store_size_bytes = size;
+    live.alerts = quotas_->alerts_sent();
+    live.webhook_failures = quotas_->webhook_failures();
+    metrics_->publish(std::move(live));
+}
+
 // SIGHUP: the new file is checked whole first; a bad one changes nothing.
-// Quotas, the interface list and the interval apply at once; sources, the
+// Quotas, API tokens, the interface list and the interval apply at once; sources, the
 // pin path, the store and the HTTP address need a restart (said so).
 void Daemon::reload()
 {
@@ -277,12 +355,20 @@ void Daemon::reload()
         return;
     }
     if (fresh.pin_path != config_.pin_path || fresh.storage_path != config_.storage_path ||
-        fresh.http_listen != config_.http_listen || fresh.openvpn.size() != config_.openvpn.size())
-        spdlog::warn("reload: bpf.pin_path, storage, http.listen and openvpn changes need a restart");
+        fresh.http_listen != config_.http_listen || fresh.openvpn.size() != config_.openvpn.size() ||
+        fresh.metrics != config_.metrics)
+        spdlog::warn("reload: bpf.pin_path, storage, http.listen, openvpn and metrics changes need a restart");
     config_.interfaces = fresh.interfaces;
     config_.collect_interval = fresh.collect_interval;
     config_.quotas = fresh.quotas;
     quotas_->reload(fresh.quotas);
+    config_.http_tokens = fresh.http_tokens;
+    if (auth_) {
+        auth_->replace_tokens(fresh.http_tokens); // a revoked token stops working now
+        if (fresh.http_tokens.empty() && !http::is_loopback_listen(config_.http_listen))
+            spdlog::warn("reload: http.tokens is empty: the API on {} is open to anyone who reaches it",
+                         config_.http_listen);
+    }
     for (const Link& link : links_->links()) on_link(LinkWatcher::Change::Added, link);
     spdlog::info("reloaded {}", config_.source);
 }

@@ -17,9 +17,11 @@
 #include "config.h"
 #include "datapath.h"
 #include "enforcer.h"
+#include "http/auth.h"
 #include "http/server.h"
 #include "identity_source.h"
 #include "link_watcher.h"
+#include "metrics.h"
 #include "quota_controller.h"
 #include "reconciler.h"
 #include "store/store.h"
@@ -44,6 +46,8 @@ private:
     bool cycle_answered(SteadyClock::time_point now) const;
     void finish_cycle();
     void reload();
+    Status start_metrics();
+    void publish_metrics(const Interfaces& devices, int64_t now);
     Interfaces interfaces() const;
 
     Config config_;
@@ -64,6 +68,8 @@ private:
     uint64_t cycles_ = 0;
     std::unique_ptr<Enforcer> enforcer_;
     std::unique_ptr<QuotaController> quotas_;
+    std::unique_ptr<MetricsRecorder> metrics_; // the cycle's side; /metrics reads its exporter
+    std::shared_ptr<http::Authenticator> auth_; // tokens replaced on SIGHUP
     // Last: its threads use the members above, so it stops first.
     std::unique_ptr<http::Server> http_;
 };

@@ -248,33 +248,55 @@ http::Response QuotaController::put_quota(const std::string& user, const std::st
     nlohmann::json request;
     try {
         request = nlohmann::json::parse(body);
-    } catch (const nlohmann::json::parse_error& e) {
-        return http::error(400, std::string("body is not JSON: ") + e.what());
+    } catch (const nlohmann::json::exception& e) { // parse_error, or out_of_range for 1e400
+        // Without nlohmann's "[json.exception.parse_error.101] " prefix.
+        const std::string what = e.what();
+        const size_t tag = what.find("] ");
+        return http::error(400, "body is not JSON: " + (tag == std::string::npos ? what : what.substr(tag + 2)));
     }
-    if (!request.is_object()) return http::error(400, "body: expected a JSON object");
+    if (!request.is_object())
+        return http::error(400, std::string("body: expected a JSON object, got ") + request.type_name());
     std::lock_guard lock(mutex_);
     Grant grant = grant_of(user).value_or(Grant{});
-    try {
-        for (const auto& [key, value] : request.items()) {
-            if (key == "plan") {
-                const std::string name = value.get<std::string>();
-                if (name != kUnlimitedPlan && !config_.find_plan(name))
-                    return http::error(400, "plan: no plan named '" + name + "' in the configuration");
-                grant.plan = name;
-            } else if (key == "limit_bytes") {
-                if (value.is_null()) grant.limit_bytes.reset();
-                else grant.limit_bytes = value.get<uint64_t>();
-            } else if (key == "topup_bytes") {
-                grant = add_topup(grant, value.get<uint64_t>(), period_of(config_, user, grant, now));
-            } else if (key == "expires") {
-                if (value.is_null()) grant.expires.reset();
-                else grant.expires = value.is_number() ? value.get<int64_t>() : parse_time(value.get<std::string>());
+    auto wrong_type = [](const std::string& key, const nlohmann::json& value, const char* expected) {
+        std::string shown = value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+        if (shown.size() > 40) shown = shown.substr(0, 40) + "...";
+        return http::error(400, key + ": expected " + expected + ", got " + value.type_name() + " " + shown);
+    };
+    // Checked whole before anything is applied: a bad field changes nothing.
+    for (const auto& [key, value] : request.items()) {
+        if (key == "plan") {
+            if (!value.is_string()) return wrong_type(key, value, "a plan name");
+            const std::string name = value.get<std::string>();
+            if (name != kUnlimitedPlan && !config_.find_plan(name))
+                return http::error(400, "plan: no plan named '" + name + "' in the configuration");
+            grant.plan = name;
+        } else if (key == "limit_bytes") {
+            if (value.is_null()) grant.limit_bytes.reset();
+            else if (!value.is_number_unsigned())
+                return wrong_type(key, value, "a number of bytes (0 to 2^64-1) or null");
+            else grant.limit_bytes = value.get<uint64_t>();
+        } else if (key == "topup_bytes") {
+            if (!value.is_number_unsigned()) return wrong_type(key, value, "a number of bytes (0 to 2^64-1)");
+            grant = add_topup(grant, value.get<uint64_t>(), period_of(config_, user, grant, now));
+        } else if (key == "expires") {
+            if (value.is_null()) {
+                grant.expires.reset();
+            } else if (value.is_number_integer() &&
+                       !(value.is_number_unsigned() && value.get<uint64_t>() > INT64_MAX)) {
+                grant.expires = value.get<int64_t>();
+            } else if (value.is_string()) {
+                try {
+                    grant.expires = parse_time(value.get<std::string>());
+                } catch (const std::exception& e) {
+                    return http::error(400, std::string("expires: ") + e.what());
+                }
             } else {
-                return http::error(400, "unknown field '" + key + "' (expected plan, limit_bytes, topup_bytes, expires)");
+                return wrong_type(key, value, "an RFC 3339 time, a date, unix seconds or null");
             }
+        } else {
+            return http::error(400, "unknown field '" + key + "' (expected plan, limit_bytes, topup_bytes, expires)");
         }
-    } catch (const std::exception& e) {
-        return http::error(400, std::string("bad value: ") + e.what());
     }
     // User names come from certificates: not necessarily UTF-8.
     const std::string text = nlohmann::json(grant).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -291,5 +313,19 @@ void QuotaController::reload(QuotaConfig config)
     config_ = std::move(config);
     budget_basis_.clear(); // limits may have changed: set budgets afresh
 }
+
+std::vector<QuotaState> QuotaController::planned_states(const std::set<std::string>& also, int64_t now) const
+{
+    std::lock_guard lock(mutex_);
+    std::set<std::string> users = also;
+    for (const auto& [user, usage] : usage_) users.insert(user);
+    for (const auto& [user, grant] : grants_) users.insert(user);
+    std::vector<QuotaState> out;
+    for (const auto& user : users)
+        if (plan_of(config_, user, grant_of(user))) out.push_back(state_of(user, now));
+    return out;
+}
+
+uint64_t QuotaController::webhook_failures() const { return webhook_ ? webhook_->failed() + webhook_->dropped() : 0; }
 
 } // namespace vpnmeter

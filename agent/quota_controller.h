@@ -49,6 +49,12 @@ public:
     void reload(QuotaConfig config);
     uint64_t alerts_sent() const { return alerts_sent_; }
 
+    // For /metrics (the cycle's thread): where each user with a plan stands,
+    // among those with usage or a grant on record and `also` (e.g. the
+    // connected ones); and webhook alerts given up on or refused.
+    std::vector<QuotaState> planned_states(const std::set<std::string>& also, int64_t now) const;
+    uint64_t webhook_failures() const;
+
 private:
     std::optional<Grant> grant_of(const std::string& user) const;
     PeriodUsage usage_of(const std::string& user, const Period& period) const;

@@ -10,6 +10,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "datapath.h"
+#include "http/auth.h"
 
 using namespace vpnmeter;
 
@@ -27,6 +28,24 @@ Config load_or_exit(const std::string& path)
     }
 }
 
+// The first line of stdin, without its line ending: what a client sends
+// after "Authorization: Bearer ".
+int print_token_hash()
+{
+    std::string token;
+    std::getline(std::cin, token);
+    while (!token.empty() && (token.back() == '\r' || token.back() == ' ' || token.back() == '\t')) token.pop_back();
+    if (token.empty() || token.find_first_of(" \t") != std::string::npos) {
+        std::fprintf(stderr, "vpnmeterd --hash-token: expected one token without spaces on stdin\n");
+        return 2;
+    }
+    if (token.size() < 16)
+        std::fprintf(stderr, "vpnmeterd --hash-token: warning: a %zu-character token is easy to guess; "
+                             "use e.g. `openssl rand -hex 32`\n", token.size());
+    std::printf("sha256: \"%s\"\n", http::to_hex(http::sha256(token)).c_str());
+    return 0;
+}
+
 } // namespace
 
 int main(int argc, char** argv)
@@ -40,16 +59,22 @@ int main(int argc, char** argv)
     std::string pin_path;
     bool detach = false;
     bool check_only = false;
+    bool hash_token = false;
     std::string log_level;
     app.add_option("-c,--config", config_path, "YAML configuration file")->capture_default_str();
     app.add_flag("--detach", detach,
                  "remove the tc programs this agent attached and the maps it pinned, then exit "
                  "(counters are lost); run it in the network namespace the agent ran in");
     app.add_flag("--check-config", check_only, "validate the configuration file and exit");
+    app.add_flag("--hash-token", hash_token,
+                 "read an API token from stdin and print the `sha256:` line for http.tokens (the file then "
+                 "holds no secret), e.g. `openssl rand -hex 32 | tee token | vpnmeterd --hash-token`");
     app.add_option("--pin-path", pin_path, "override bpf.pin_path (with --detach: works without a config file)");
     app.add_option("--log-level", log_level, "trace, debug, info, warn or error (overrides log.level)");
     app.set_version_flag("--version", std::string("vpnmeterd ") + VPNMETER_VERSION);
     CLI11_PARSE(app, argc, argv);
+
+    if (hash_token) return print_token_hash();
 
     if (check_only) {
         Config config = load_or_exit(config_path);

@@ -28,6 +28,7 @@ constexpr int kExitUsage = 2; // bad arguments or configuration
 
 struct Options {
     std::string api;        // base URL of the agent's HTTP API
+    std::string token;      // its bearer token, when http.tokens is set
     std::string quota_action;
     std::string plan;
     std::string limit;
@@ -131,7 +132,7 @@ int quota(const Options& o)
     const std::string url = o.api + "/v1/users/" + url_segment(o.user) + "/quota";
     Result<ApiReply> reply = Error{};
     if (o.quota_action == "get") {
-        reply = api_request("GET", url);
+        reply = api_request("GET", url, {}, o.token);
     } else {
         nlohmann::json body = nlohmann::json::object();
         if (o.quota_action == "topup") body["topup_bytes"] = o.topup;
@@ -145,7 +146,7 @@ int quota(const Options& o)
         }
         if (!o.expires.empty()) body["expires"] = o.expires;
         if (body.empty()) return fail("quota", "set: give --plan, --limit or --expires", kExitUsage);
-        reply = api_request("PUT", url, body.dump());
+        reply = api_request("PUT", url, body.dump(), o.token);
     }
     if (!reply) return fail("quota", reply.error().message());
     if (reply->status != 200) {
@@ -154,6 +155,9 @@ int quota(const Options& o)
             message = nlohmann::json::parse(reply->body).value("error", reply->body);
         } catch (const std::exception&) {
         }
+        if (reply->status == 401)
+            message += o.token.empty() ? " (the API needs a token: --token or VPNMETER_TOKEN)"
+                                       : " (check --token or VPNMETER_TOKEN)";
         return fail("quota", "the agent answered " + std::to_string(reply->status) + ": " + message,
                     reply->status == 400 ? kExitUsage : kExitError);
     }
@@ -207,6 +211,10 @@ int main(int argc, char** argv)
         cmd->add_option("user", o.user, "the user")->required();
         cmd->add_flag("--json", o.json, "the agent's JSON answer");
         cmd->add_option("--api", o.api, "the agent's API (default: http://<http.listen of --config>)");
+        cmd->add_option("--token", o.token,
+                        "bearer token for the API (one of http.tokens; prefer the environment variable: "
+                        "arguments are visible to other users in ps)")
+            ->envname("VPNMETER_TOKEN");
         cmd->add_option("-c,--config", o.config_path, "the agent's configuration file");
     }
     quota_set->add_option("--plan", o.plan, "a plan of the configuration, or unlimited");

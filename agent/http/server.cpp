@@ -1,7 +1,9 @@
 #include "http/server.h"
 
 #include <civetweb.h>
+#include <fnmatch.h>
 
+#include <algorithm>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -22,12 +24,38 @@ std::vector<std::string> split_path(const std::string& path)
     return out;
 }
 
-std::string decode(const std::string& text)
+int hex_digit(char c)
 {
-    std::string out(text.size() + 1, '\0');
-    const int n = mg_url_decode(text.c_str(), static_cast<int>(text.size()), out.data(),
-                                static_cast<int>(out.size()), /*is_form_url_encoded=*/1);
-    out.resize(n > 0 ? static_cast<size_t>(n) : 0);
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+// Strict: "%zz" and a cut-off "%4" are errors, not passed through. Control
+// characters are refused too: a user name is logged, and "%0A" in one would
+// forge log lines. Bytes that are not UTF-8 are kept (certificates' names
+// need not be UTF-8).
+Result<std::string> percent_decode(const std::string& text, bool plus_is_space, const char* what)
+{
+    std::string out;
+    out.reserve(text.size());
+    for (size_t i = 0; i < text.size(); ++i) {
+        const char c = text[i];
+        if (c == '+' && plus_is_space) {
+            out += ' ';
+        } else if (c != '%') {
+            out += c;
+        } else {
+            if (text.size() < i + 3 || hex_digit(text[i + 1]) < 0 || hex_digit(text[i + 2]) < 0)
+                return Error{std::string(what) + ": bad percent-encoding '" + text.substr(i, 3) + "'"};
+            const char decoded = static_cast<char>(hex_digit(text[i + 1]) << 4 | hex_digit(text[i + 2]));
+            if (static_cast<unsigned char>(decoded) < 0x20 || decoded == 0x7f)
+                return Error{std::string(what) + ": control character '" + text.substr(i, 3) + "' is not allowed"};
+            out += decoded;
+            i += 2;
+        }
+    }
     return out;
 }
 
@@ -52,12 +80,22 @@ const char* reason(int status)
 
 Response error(int status, const std::string& message)
 {
-    return {status, "application/json", nlohmann::json{{"error", message}}.dump()};
+    // Messages quote what the client sent: not necessarily UTF-8.
+    return {status, "application/json",
+            nlohmann::json{{"error", message}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+            {}};
 }
 
-Response json(int status, const std::string& body) { return {status, "application/json", body}; }
+Response json(int status, const std::string& body) { return {status, "application/json", body, {}}; }
 
-std::map<std::string, std::string> parse_query(const std::string& query)
+bool Request::sees(const std::string& user) const
+{
+    if (!tenant) return true;
+    return std::any_of(tenant->begin(), tenant->end(),
+                       [&](const std::string& glob) { return fnmatch(glob.c_str(), user.c_str(), 0) == 0; });
+}
+
+Result<std::map<std::string, std::string>> parse_query(const std::string& query)
 {
     std::map<std::string, std::string> out;
     std::string pair;
@@ -65,7 +103,24 @@ std::map<std::string, std::string> parse_query(const std::string& query)
     while (std::getline(in, pair, '&')) {
         if (pair.empty()) continue;
         const size_t eq = pair.find('=');
-        out[decode(pair.substr(0, eq))] = eq == std::string::npos ? "" : decode(pair.substr(eq + 1));
+        auto name = percent_decode(pair.substr(0, eq), true, "query");
+        if (!name) return name.error();
+        auto value = eq == std::string::npos ? Result<std::string>(std::string())
+                                             : percent_decode(pair.substr(eq + 1), true, "query");
+        if (!value) return value.error();
+        if (out.count(name.value())) return Error{"query: '" + name.value() + "' is given twice"};
+        out.emplace(std::move(name.value()), std::move(value.value()));
+    }
+    return out;
+}
+
+Result<std::vector<std::string>> path_segments(const std::string& path)
+{
+    std::vector<std::string> out;
+    for (const std::string& raw : split_path(path)) {
+        auto segment = percent_decode(raw, false, "path");
+        if (!segment) return segment.error();
+        out.push_back(std::move(segment.value()));
     }
     return out;
 }
@@ -84,7 +139,9 @@ std::vector<std::pair<std::string, std::string>> Router::routes() const
 
 Response Router::dispatch(Request request) const
 {
-    const std::vector<std::string> segments = split_path(request.path);
+    auto decoded = path_segments(request.path);
+    if (!decoded) return error(400, decoded.error().message());
+    const std::vector<std::string>& segments = decoded.value();
     bool path_known = false;
     for (const auto& route : routes_) {
         if (route.segments.size() != segments.size()) continue;
@@ -112,12 +169,20 @@ Response Router::dispatch(Request request) const
 
 Result<std::unique_ptr<Server>> Server::start(const std::string& listen, std::shared_ptr<const Router> router)
 {
+    return start(listen, [router = std::move(router)](const Request& request) { return router->dispatch(request); });
+}
+
+Result<std::unique_ptr<Server>> Server::start(const std::string& listen, Handler handler)
+{
     std::unique_ptr<Server> server(new Server());
-    server->router_ = std::move(router);
+    server->handler_ = std::move(handler);
     std::string ports = listen;
     // civetweb wants "[::1]:9477" as "[::1]:9477" and IPv4 as "127.0.0.1:9477": same text.
+    // The path is decoded here, segment by segment (an encoded '/' in a user
+    // name must not split it), and strictly (bad encoding is a 400).
     const char* options[] = {"listening_ports", ports.c_str(), "num_threads", "4",
-                             "request_timeout_ms", "10000", nullptr};
+                             "request_timeout_ms", "10000", "decode_url", "no",
+                             "decode_query_string", "no", nullptr};
     mg_callbacks callbacks{};
     mg_init_library(0);
     server->context_ = mg_start(&callbacks, nullptr, options);
@@ -132,6 +197,23 @@ Server::~Server()
     if (context_) mg_stop(context_);
 }
 
+namespace {
+
+// Reads the body whatever its framing (Content-Length or chunked); false
+// when it is over the limit.
+bool read_body(mg_connection* connection, std::string& body)
+{
+    char chunk[16384];
+    for (;;) {
+        const int got = mg_read(connection, chunk, sizeof chunk);
+        if (got <= 0) return true;
+        if (body.size() + static_cast<size_t>(got) > static_cast<size_t>(kMaxBody)) return false;
+        body.append(chunk, static_cast<size_t>(got));
+    }
+}
+
+} // namespace
+
 int Server::handle(mg_connection* connection, void* self)
 {
     auto* server = static_cast<Server*>(self);
@@ -139,24 +221,30 @@ int Server::handle(mg_connection* connection, void* self)
     Request request;
     request.method = info->request_method ? info->request_method : "";
     request.path = info->local_uri ? info->local_uri : "/";
-    if (info->query_string) request.query = parse_query(info->query_string);
     if (const char* auth = mg_get_header(connection, "Authorization")) request.authorization = auth;
 
     Response response;
-    if (info->content_length > kMaxBody) {
+    auto query = parse_query(info->query_string ? info->query_string : "");
+    if (!query) {
+        response = error(400, query.error().message());
+    } else if (info->content_length > kMaxBody || !read_body(connection, request.body)) {
         response = error(413, "request body over 1 MiB");
     } else {
-        if (info->content_length > 0) {
-            request.body.resize(static_cast<size_t>(info->content_length));
-            const int got = mg_read(connection, request.body.data(), request.body.size());
-            request.body.resize(got > 0 ? static_cast<size_t>(got) : 0);
+        request.query = std::move(query.value());
+        try {
+            response = server->handler_(request);
+        } catch (const std::exception& e) { // never through civetweb's C frames
+            spdlog::error("http {} {}: {}", request.method, request.path, e.what());
+            response = error(500, "internal error");
         }
-        response = server->router_->dispatch(std::move(request));
     }
-    mg_printf(connection,
-              "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nCache-Control: no-store\r\n"
-              "Connection: close\r\n\r\n",
-              response.status, reason(response.status), response.content_type.c_str(), response.body.size());
+    std::string head = "HTTP/1.1 " + std::to_string(response.status) + " " + reason(response.status) +
+                       "\r\nContent-Type: " + response.content_type +
+                       "\r\nContent-Length: " + std::to_string(response.body.size()) +
+                       "\r\nCache-Control: no-store\r\nConnection: close\r\n";
+    for (const auto& [name, value] : response.headers) head += name + ": " + value + "\r\n";
+    head += "\r\n";
+    mg_write(connection, head.data(), head.size());
     mg_write(connection, response.body.data(), response.body.size());
     return response.status;
 }

@@ -4,6 +4,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,17 +17,23 @@ namespace vpnmeter::http {
 
 struct Request {
     std::string method;
-    std::string path; // decoded, without the query
-    std::map<std::string, std::string> query;
-    std::map<std::string, std::string> params; // from {name} segments of the route
+    std::string path; // as sent (percent-encoded), without the query
+    std::map<std::string, std::string> query;  // decoded
+    std::map<std::string, std::string> params; // decoded {name} segments of the route
     std::string authorization;                 // the Authorization header
     std::string body;
+    // User-name globs of the caller's token (set by the Authenticator);
+    // nullopt: the caller may see every user.
+    std::optional<std::vector<std::string>> tenant;
+
+    bool sees(const std::string& user) const;
 };
 
 struct Response {
     int status = 200;
     std::string content_type = "application/json";
     std::string body;
+    std::vector<std::pair<std::string, std::string>> headers; // beyond Content-Type and Content-Length
 };
 
 // {"error": message} with a status: the API's one error shape.
@@ -40,6 +47,7 @@ using Handler = std::function<Response(const Request&)>;
 class Router {
 public:
     void add(const std::string& method, const std::string& pattern, Handler handler);
+    // 400 for a path that is not valid percent-encoding.
     Response dispatch(Request request) const;
     // Every pattern, for the OpenAPI cross-check.
     std::vector<std::pair<std::string, std::string>> routes() const;
@@ -58,6 +66,8 @@ class Server {
 public:
     // "127.0.0.1:9477" or "[::1]:9477" or "0.0.0.0:9477". Fails with the
     // address and civetweb's reason (e.g. the port is in use).
+    // Every request goes to `handler` (an Authenticator, or a Router).
+    static Result<std::unique_ptr<Server>> start(const std::string& listen, Handler handler);
     static Result<std::unique_ptr<Server>> start(const std::string& listen, std::shared_ptr<const Router> router);
     ~Server();
     Server(const Server&) = delete;
@@ -67,10 +77,16 @@ private:
     Server() = default;
     static int handle(mg_connection* connection, void* self);
     mg_context* context_ = nullptr;
-    std::shared_ptr<const Router> router_;
+    Handler handler_;
 };
 
-// Splits "a=1&b=x%20y" into a map, percent-decoded.
-std::map<std::string, std::string> parse_query(const std::string& query);
+// Splits "a=1&b=x%20y" into a map, percent-decoded ('+' is a space). An
+// Error (for a 400) on bad percent-encoding, an encoded control character or
+// a name given twice.
+Result<std::map<std::string, std::string>> parse_query(const std::string& query);
+// "/v1/users/al%20ice/quota" -> {"v1", "users", "al ice", "quota"}: split
+// first, so an encoded '/' stays inside its segment. An Error (for a 400) on
+// bad percent-encoding or an encoded control character (%00-%1F, %7F).
+Result<std::vector<std::string>> path_segments(const std::string& path);
 
 } // namespace vpnmeter::http

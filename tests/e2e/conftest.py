@@ -76,7 +76,8 @@ class Agent:
         self.proc = None
 
     def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
+        # User names need not be UTF-8, and the log quotes them.
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def clients(self) -> dict:
         out = self.ns.run([VPNMETER, "clients", "--json", "--pin-path", self.pin_path], keep_mounts=True)

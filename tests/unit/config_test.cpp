@@ -66,7 +66,7 @@ TEST_CASE("errors name the file, the line, the key and what was expected", "[con
           "test.yaml:2:12: collect.intervall: unknown key (expected one of: interval)");
     CHECK(error_of("interface: [tun0]\n") ==
           "test.yaml:1:1: interface: unknown key (expected one of: interfaces, collect, bpf, storage, log, openvpn, "
-          "quotas, alerts, http)");
+          "quotas, alerts, http, metrics)");
     CHECK(error_of("collect: { interval: 1s }\n").find("interfaces: missing") != std::string::npos);
     CHECK(error_of("interfaces: []\n") == "test.yaml:1:13: interfaces: expected at least one interface");
     CHECK(error_of("interfaces: [averyveryverylongname]\n").find("1 to 15 characters") != std::string::npos);
@@ -374,4 +374,18 @@ TEST_CASE("http.listen", "[config]")
     CHECK(parse_config("interfaces: [tun0]\nhttp: { listen: \"\" }\n", "t.yaml").http_listen.empty());
     CHECK(error_of("interfaces: [tun0]\nhttp: { listen: localhost }\n") ==
           "test.yaml:2:17: http.listen: expected host:port like 127.0.0.1:9477 or [::1]:9477, got 'localhost'");
+}
+
+TEST_CASE("metrics: per_session, max_sessions and hash_users", "[config]")
+{
+    const Config defaults = parse_config("interfaces: [tun0]\n", "test.yaml");
+    CHECK(defaults.metrics == MetricsConfig{false, 1000, false});
+    const Config c = parse_config(
+        "interfaces: [tun0]\nmetrics: { per_session: true, max_sessions: 50, hash_users: true }\n", "test.yaml");
+    CHECK(c.metrics == MetricsConfig{true, 50, true});
+    CHECK(c.unsupported_sections.empty());
+    CHECK(error_of("interfaces: [tun0]\nmetrics: { per_session: yes }\n") ==
+          "test.yaml:2:25: metrics.per_session: expected false or true, got 'yes'");
+    CHECK(error_of("interfaces: [tun0]\nmetrics: { max_session: 5 }\n") ==
+          "test.yaml:2:12: metrics.max_session: unknown key (expected one of: per_session, max_sessions, hash_users)");
 }

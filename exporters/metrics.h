@@ -1,0 +1,196 @@
+// Prometheus metrics. The daemon's cycle loop owns a MetricsRecorder: after
+// each committed cycle it builds an immutable MetricsSnapshot and publishes
+// it to the MetricsExporter, which GET /metrics serializes on an HTTP
+// thread. The HTTP threads never touch the daemon's live state.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <compare>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <prometheus/collectable.h>
+#include <prometheus/metric_family.h>
+
+#include "config.h"
+#include "counters.h"
+#include "enforcer.h"
+#include "quota/engine.h"
+#include "reconciler.h"
+#include "session.h"
+#include "store/store.h"
+
+namespace vpnmeter {
+
+// The Prometheus text exposition format.
+inline constexpr const char* kMetricsContentType = "text/plain; version=0.0.4; charset=utf-8";
+
+// A per-session series is kept this long after its session ended, so that
+// scrapes every few minutes still see its last bytes; then it is dropped.
+inline constexpr int64_t kEndedSessionSeriesSeconds = 300;
+
+// The label set of vpnmeter_client_{bytes,packets}_total. `session` is empty
+// (no such label) unless metrics.per_session; then it is a session id, or
+// "other" for the sessions past metrics.max_sessions.
+struct ClientLabels {
+    std::string interface;
+    std::string user;
+    std::string session;
+    auto operator<=>(const ClientLabels&) const = default;
+};
+
+// vpnmeter_collection_duration_seconds: how long a cycle took, from reading
+// the counters to the end of its commit.
+struct DurationHistogram {
+    static constexpr std::array<double, 11> kBounds = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                       0.1,   0.25,   0.5,   1,    2.5};
+    std::array<uint64_t, kBounds.size()> buckets{}; // observations in (previous bound, bound]
+    uint64_t count = 0;                               // all of them, +Inf included
+    double sum = 0;
+
+    void observe(double seconds);
+};
+
+struct MapUsage {
+    uint64_t entries = 0;
+    uint64_t capacity = 0;
+};
+
+struct QuotaGauges {
+    std::optional<uint64_t> limit_bytes; // none: the plan has no byte limit
+    uint64_t used_bytes = 0;
+    std::string state; // to_string(QuotaState::State)
+};
+
+struct SourceBytes {
+    uint64_t upload = 0;
+    uint64_t download = 0;
+};
+
+// Everything /metrics shows, as of one committed cycle. Label values are
+// final (user names already hashed where configured).
+struct MetricsSnapshot {
+    bool per_session = false;                         // the client families carry `session`
+    std::map<ClientLabels, Traffic> clients;          // since the store began
+    std::map<std::string, Traffic> interfaces;        // the kernel's totals, by device name
+    std::map<std::string, Traffic> unattributed;      // since the store began, by device name
+    std::map<std::string, ClientDrops> drops;         // the kernel's, by device name
+    std::map<std::string, uint64_t> sessions_active;  // by OpenVPN instance
+    std::map<std::pair<std::string, std::string>, SourceBytes> source_bytes; // (instance, user)
+    std::map<std::string, QuotaGauges> quotas;        // users with a plan
+    DurationHistogram collection_duration;
+    std::map<std::string, MapUsage> maps;             // by BPF map ("clients": vpnmeter_clients)
+    std::optional<uint64_t> store_size_bytes;
+    std::map<std::string, uint64_t> errors;           // by operation
+    uint64_t alerts = 0;
+    std::string version;
+};
+
+// The families of a snapshot, in a fixed order, series sorted by labels.
+std::vector<prometheus::MetricFamily> metric_families(const MetricsSnapshot& snapshot);
+// The text exposition format (prometheus::TextSerializer).
+std::string render_metrics(const MetricsSnapshot& snapshot);
+
+// Holds the latest published snapshot. publish() from the cycle loop,
+// Collect()/render() from any thread.
+class MetricsExporter : public prometheus::Collectable {
+public:
+    void publish(std::shared_ptr<const MetricsSnapshot> snapshot);
+    std::shared_ptr<const MetricsSnapshot> latest() const;
+
+    std::vector<prometheus::MetricFamily> Collect() const override;
+    std::string render() const;
+
+private:
+    mutable std::mutex mutex_;
+    std::shared_ptr<const MetricsSnapshot> latest_;
+};
+
+// The first 12 hex digits of SHA-256(user): metrics.hash_users.
+std::string hashed_user(const std::string& user);
+
+// What a snapshot reads from the daemon's live state after a commit.
+struct LiveMetrics {
+    std::map<std::string, Traffic> interfaces;
+    std::optional<std::map<std::string, ClientDrops>> drops; // none: could not read, keep the last
+    std::map<std::string, uint64_t> sessions_active;
+    std::vector<QuotaState> quotas; // users with a plan
+    std::map<std::string, MapUsage> maps;
+    std::optional<uint64_t> store_size_bytes;
+    uint64_t alerts = 0;
+    uint64_t webhook_failures = 0;
+};
+
+// Helpers that turn the daemon's state into LiveMetrics. Devices missing
+// from `devices` are named "if<ifindex>", as the reconciler names them.
+std::map<std::string, Traffic> interface_totals(const CounterSnapshot& counters, const Interfaces& devices);
+std::map<std::string, ClientDrops> drops_by_interface(const std::map<ClientKey, ClientDrops>& drops,
+                                                      const Interfaces& devices);
+// Active sessions per instance; every instance in `instances` appears, 0 included.
+std::map<std::string, uint64_t> sessions_by_instance(const std::map<std::string, Session>& active,
+                                                     const std::vector<std::string>& instances);
+
+// The cumulative side of the metrics, kept by the cycle loop (one thread).
+//
+// Client counters only grow: per (interface, user) they start from the
+// user's sessions in the store (closed ones included: the same bytes as the
+// user's usage buckets, since the reconciler adds every byte to both) and
+// each committed cycle adds what its sessions gained. With per_session, a
+// session keeps the series it got first (its own while fewer than
+// max_sessions are held, else "other") so no counter ever goes down; an
+// ended session's series is dropped kEndedSessionSeriesSeconds later.
+class MetricsRecorder {
+public:
+    MetricsRecorder(MetricsConfig config, std::string version, std::shared_ptr<MetricsExporter> exporter);
+
+    // The store as the agent found it. Call once, before the first cycle.
+    void load(const std::vector<Session>& sessions, const std::vector<UnattributedUsage>& unattributed);
+    // A committed cycle: its sessions' new totals and unattributed bytes.
+    void account(const CycleCommit& commit);
+    void observe_cycle(std::chrono::duration<double> elapsed);
+    // Counted at once; shown with the next publish() or publish_errors().
+    void count_error(const std::string& op);
+
+    // A new snapshot from the cumulative state and `live`, to the exporter.
+    void publish(LiveMetrics live);
+    // The last snapshot again with the current error counts: for a cycle
+    // that failed before it could publish.
+    void publish_errors();
+
+    const std::shared_ptr<MetricsExporter>& exporter() const { return exporter_; }
+
+private:
+    struct Tracked {
+        ClientLabels labels;
+        Traffic usage;     // the session's total when last seen
+        SourceBytes source; // the VPN's counters when last seen
+        std::optional<int64_t> ended;
+    };
+    const std::string& user_label(const std::string& user);
+    Tracked& track(const Session& session);
+    void expire(int64_t now);
+    std::map<std::string, uint64_t> errors() const;
+
+    MetricsConfig config_;
+    std::string version_;
+    std::shared_ptr<MetricsExporter> exporter_;
+    std::map<std::string, std::string> hashed_; // user -> label, when hash_users
+    std::map<std::string, Tracked> sessions_;   // by session id
+    size_t own_series_ = 0;                     // per_session: sessions with a series of their own
+    std::map<ClientLabels, Traffic> clients_;
+    std::map<std::string, Traffic> unattributed_;
+    std::map<std::pair<std::string, std::string>, SourceBytes> source_bytes_;
+    DurationHistogram duration_;
+    std::map<std::string, uint64_t> errors_;
+    uint64_t webhook_failures_ = 0;
+    std::shared_ptr<const MetricsSnapshot> last_;
+};
+
+} // namespace vpnmeter

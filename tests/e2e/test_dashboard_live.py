@@ -55,3 +55,19 @@ def test_every_dashboard_panel_returns_data(agents, tmp_path):
             ns.kill(prometheus)
             for server in servers:
                 ns.kill(server)
+
+
+def test_shipped_rules_and_dashboard_are_valid():
+    import subprocess
+    rules = ROOT / "packaging" / "prometheus" / "vpnmeter-rules.yml"
+    check = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS: 6 rules found" in check.stdout, check.stdout
+    dashboard = json.loads(DASHBOARD.read_text())
+    titles = {panel["title"] for panel in dashboard["panels"]}
+    for wanted in ("Node traffic (bits/s)", "Top users (bits/s)", "Usage against quota (%)",
+                   "Throttled and blocked users", "Unattributed traffic (bytes/s)", "Agent up"):
+        assert wanted in titles
+    quota = next(p for p in dashboard["panels"] if p["title"] == "Usage against quota (%)")
+    steps = quota["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [(s["color"], s["value"]) for s in steps] == [("green", None), ("yellow", 70), ("red", 90)]

@@ -103,8 +103,15 @@ def test_quotas_block_throttle_topup_and_alert(agents, tmp_path):
         assert not isinstance(result, Exception) and result.sent_bytes >= 2 * MB, result
         assert quota(agent, "alice")["state"] in ("ok", "warning")
 
-        # bob: over 2 MB he is throttled to 2 Mbit/s both ways.
-        iperf(lab, "bob", False, nbytes=3 * MB, timeout=30)
+        # bob: over 2 MB he is throttled to 2 Mbit/s both ways. iperf3 runs
+        # are repeated until he is: a run cut short (seen now and then in CI,
+        # bob's usage stopping short of the limit) must not decide the test.
+        for attempt in range(4):
+            result = iperf(lab, "bob", False, nbytes=3 * MB, timeout=30)
+            state = quota(agent, "bob")
+            print(f"bob upload attempt {attempt}: {result!r}; quota {state}")
+            if state["state"] == "throttled":
+                break
         wait_for(lambda: quota(agent, "bob")["state"] == "throttled", 10, "bob to be throttled")
         down = iperf(lab, "bob", True, seconds=6, timeout=30)
         up = iperf(lab, "bob", False, seconds=6, timeout=30)

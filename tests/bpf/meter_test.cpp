@@ -12,6 +12,8 @@
 // header; truncated frames go through a veth pair in a private netns instead.
 #include <catch2/catch.hpp>
 
+#include "pin_guard.h"
+
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
@@ -48,6 +50,7 @@
 
 using namespace vpnmeter;
 using namespace vpnmeter::test;
+using namespace vpnmeter::testing;
 
 namespace {
 
@@ -88,34 +91,6 @@ std::string show(const CounterSnapshot& snap)
 
 // ---------------------------------------------------------------- guards
 
-std::string unique_pin_path()
-{
-    static int n = 0;
-    return "/sys/fs/bpf/vpnmeter-test-" + std::to_string(getpid()) + "-" + std::to_string(++n);
-}
-
-// Unpins whatever a test pinned, also when an assertion threw. Built before
-// the load, so a load that failed half-way is cleaned up too.
-class PinGuard {
-public:
-    explicit PinGuard(std::string path) : path_(std::move(path)) {}
-    PinGuard(const PinGuard&) = delete;
-    PinGuard& operator=(const PinGuard&) = delete;
-    ~PinGuard()
-    {
-        std::error_code ec;
-        if (!std::filesystem::exists(path_, ec)) return;
-        if (auto done = detach_all(path_); !done)
-            std::fprintf(stderr, "detach_all(%s): %s\n", path_.c_str(), done.error().message().c_str());
-        // Whatever detach_all could not handle (e.g. only some maps pinned).
-        std::filesystem::remove_all(path_, ec);
-        if (ec) std::fprintf(stderr, "remove %s: %s\n", path_.c_str(), ec.message().c_str());
-    }
-    const std::string& path() const { return path_; }
-
-private:
-    std::string path_;
-};
 
 // Pins the calling thread to one CPU; restores the old mask on scope exit.
 class CpuPin {

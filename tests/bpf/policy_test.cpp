@@ -12,6 +12,8 @@
 // test_enforcement_live.py) checks the rate with real TCP.
 #include <catch2/catch.hpp>
 
+#include "pin_guard.h"
+
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
@@ -49,6 +51,7 @@
 
 using namespace vpnmeter;
 using namespace vpnmeter::test;
+using namespace vpnmeter::testing;
 
 namespace {
 
@@ -67,28 +70,6 @@ std::string show(const Traffic &t)
 }
 
 // Unpins (and detaches) whatever a test case made, also after a failure.
-class PinGuard {
-  public:
-    PinGuard()
-    {
-        static int n = 0;
-        path_ = "/sys/fs/bpf/vpnmeter-policy-test-" + std::to_string(getpid()) + "-" + std::to_string(++n);
-    }
-    PinGuard(const PinGuard &) = delete;
-    PinGuard &operator=(const PinGuard &) = delete;
-    ~PinGuard()
-    {
-        std::error_code ec;
-        if (!std::filesystem::exists(path_, ec)) return;
-        if (auto done = detach_all(path_); !done)
-            std::fprintf(stderr, "detach_all(%s): %s\n", path_.c_str(), done.error().message().c_str());
-        std::filesystem::remove_all(path_, ec);
-    }
-    const std::string &path() const { return path_; }
-
-  private:
-    std::string path_;
-};
 
 struct Run {
     uint32_t retval = 0;
@@ -200,7 +181,7 @@ class Lab {
     }
 
   private:
-    PinGuard guard_; // first: destroyed last
+    PinGuard guard_{unique_pin_path("vpnmeter-policy-test")}; // first: destroyed last
     std::optional<Datapath> dp_;
     std::optional<Enforcer> enforcer_;
 };

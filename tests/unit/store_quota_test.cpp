@@ -13,7 +13,7 @@
 
 #include "store/encoding.h"
 #include "store/store.h"
-#include "test_support.h"
+#include "store_support.h"
 
 using namespace vpnmeter;
 
@@ -21,40 +21,9 @@ namespace {
 
 constexpr int64_t kDay = 86400;
 
-using vpnmeter::testing::TempDir;
+using namespace vpnmeter::testing;
 
-StoreOptions options_in(const TempDir &dir)
-{
-    StoreOptions options;
-    options.path = dir.path() + "/store";
-    options.initial_map_size = 1 << 20;
-    return options;
-}
 
-Store open_store(const StoreOptions &options)
-{
-    auto store = Store::open(options);
-    if (!store) FAIL("open " << options.path << ": " << store.error().message());
-    return std::move(store).value();
-}
-
-template <class T> T must(Result<T> result)
-{
-    if (!result) FAIL(result.error().message());
-    return std::move(result).value();
-}
-
-void must_commit(Store &store, const CycleCommit &cycle)
-{
-    auto committed = store.commit(cycle);
-    if (!committed) FAIL("commit: " << committed.error().message());
-}
-
-int64_t utc(int y, unsigned m, unsigned d, int h = 0)
-{
-    using namespace std::chrono;
-    return duration_cast<seconds>((sys_days{year{y} / month{m} / day{d}} + hours{h}).time_since_epoch()).count();
-}
 
 Traffic traffic(uint64_t up_bytes, uint64_t down_bytes)
 {

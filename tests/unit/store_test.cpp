@@ -16,7 +16,7 @@
 
 #include "store/encoding.h"
 #include "store/store.h"
-#include "test_support.h"
+#include "store_support.h"
 #include "unique_fd.h"
 
 using namespace vpnmeter;
@@ -26,7 +26,7 @@ namespace {
 constexpr int64_t kHour = 3600;
 constexpr int64_t kDay = 86400;
 
-using vpnmeter::testing::TempDir;
+using namespace vpnmeter::testing;
 
 // A forked child, killed and reaped if the test ends before waiting for it.
 struct ChildProcess {
@@ -50,41 +50,7 @@ struct ChildProcess {
     pid_t pid;
 };
 
-StoreOptions options_in(const TempDir& dir, const std::string& timezone = "UTC")
-{
-    StoreOptions options;
-    options.path = dir.path() + "/store";
-    options.timezone = timezone;
-    options.initial_map_size = 1 << 20;
-    return options;
-}
 
-Store open_store(const StoreOptions& options)
-{
-    auto store = Store::open(options);
-    if (!store) FAIL("open " << options.path << ": " << store.error().message());
-    return std::move(store).value();
-}
-
-template <class T> T must(Result<T> result)
-{
-    if (!result) FAIL(result.error().message());
-    return std::move(result).value();
-}
-
-void must_commit(Store& store, const CycleCommit& cycle)
-{
-    auto committed = store.commit(cycle);
-    if (!committed) FAIL("commit: " << committed.error().message());
-}
-
-// Unix seconds of a UTC wall-clock time.
-int64_t utc(int y, unsigned m, unsigned d, int h = 0, int mi = 0, int s = 0)
-{
-    using namespace std::chrono;
-    const auto t = sys_days{year{y} / month{m} / day{d}} + hours{h} + minutes{mi} + seconds{s};
-    return duration_cast<seconds>(t.time_since_epoch()).count();
-}
 
 Traffic traffic(uint64_t up_packets, uint64_t up_bytes, uint64_t down_packets, uint64_t down_bytes)
 {

@@ -129,17 +129,9 @@ void QuotaController::enforce(const std::map<std::string, Session>& active, cons
     if (!enforcer_) return;
     std::lock_guard lock(mutex_);
     std::map<std::string, std::vector<ClientKey>> keys_by_user;
-    std::map<ClientKey, uint32_t> ifindex_of;
     for (const auto& [id, session] : active) {
-        auto dev = interfaces.ifindex_by_name.find(session.interface);
-        if (dev == interfaces.ifindex_by_name.end()) continue;
-        for (const auto& address : session.addresses) {
-            try {
-                const ClientKey key = ClientKey::parse(dev->second, address);
-                keys_by_user[session.user].push_back(key);
-            } catch (const std::invalid_argument&) {
-            }
-        }
+        // A user with no address on a present interface gets no entry at all.
+        for (const ClientKey& key : session_keys(session, interfaces)) keys_by_user[session.user].push_back(key);
     }
 
     std::map<ClientKey, PolicyEntry> wanted;

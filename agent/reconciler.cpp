@@ -13,9 +13,9 @@ std::string interface_name(const Interfaces& interfaces, uint32_t ifindex)
     return it != interfaces.name_by_ifindex.end() ? it->second : "if" + std::to_string(ifindex);
 }
 
-// The map keys a session's addresses have on its interface now, if the
-// interface exists.
-std::vector<ClientKey> keys_of(const Session& session, const Interfaces& interfaces)
+} // namespace
+
+std::vector<ClientKey> session_keys(const Session& session, const Interfaces& interfaces)
 {
     std::vector<ClientKey> keys;
     auto it = interfaces.ifindex_by_name.find(session.interface);
@@ -24,13 +24,11 @@ std::vector<ClientKey> keys_of(const Session& session, const Interfaces& interfa
         try {
             keys.push_back(ClientKey::parse(it->second, address));
         } catch (const std::invalid_argument&) {
-            spdlog::warn("session {}: ignoring address '{}'", session.id, address);
+            // Not an address: nothing in the kernel can be keyed by it.
         }
     }
     return keys;
 }
-
-} // namespace
 
 std::string session_id(const std::string& instance, const std::string& client, int64_t connected_since)
 {
@@ -114,7 +112,11 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
                 Session session = reported;
                 session.usage = {};
                 session.end.reset();
-                for (const ClientKey& key : keys_of(session, interfaces)) set_owner(key, session.id);
+                const std::vector<ClientKey> keys = session_keys(session, interfaces);
+                if (keys.size() < session.addresses.size() && interfaces.ifindex_by_name.count(session.interface))
+                    spdlog::warn("session {}: some of its addresses {} are not IP addresses; ignored", session.id,
+                                 fmt::join(session.addresses, " "));
+                for (const ClientKey& key : keys) set_owner(key, session.id);
                 sessions[session.id] = session;
                 touched.insert(session.id);
                 continue;
@@ -129,7 +131,7 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
                 touched.insert(session.id);
             }
             // The tun device was recreated under the same session? Re-key.
-            for (const ClientKey& key : keys_of(session, interfaces))
+            for (const ClientKey& key : session_keys(session, interfaces))
                 if (current(key).owner != session.id) set_owner(key, session.id);
         }
     }

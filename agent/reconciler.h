@@ -52,6 +52,10 @@ private:
     std::map<ClientKey, AddressCheckpoint> addresses_; // raw value last accounted + owner
 };
 
+// The map keys of a session's addresses on its interface as it is now
+// (none while the interface is gone; text that is no address is skipped).
+std::vector<ClientKey> session_keys(const Session& session, const Interfaces& interfaces);
+
 // Session id: stable across agent restarts.
 std::string session_id(const std::string& instance, const std::string& client, int64_t connected_since);
 

@@ -20,7 +20,7 @@ namespace {
 
 // Keys of later features: accepted (with a warning) so one config file can
 // serve several agent versions.
-constexpr std::array kFutureSections = {"singbox", "api"};
+constexpr std::array kFutureSections = {"api"};
 
 class Parser {
 public:
@@ -204,6 +204,73 @@ public:
             }
             config.openvpn.push_back(std::move(instance));
         }
+    }
+
+    void singbox(const YAML::Node& node, Config& config) const
+    {
+        if (!node.IsSequence())
+            fail(node, "singbox", "expected a list like [{ name: sb1, stats_api: \"127.0.0.1:10085\" }]");
+        for (size_t i = 0; i < node.size(); ++i) {
+            const YAML::Node item = node[i];
+            const std::string at = "singbox[" + std::to_string(i) + "]";
+            only_keys(item, at, {"name", "stats_api", "interval", "enforce"});
+            for (const char* required : {"name", "stats_api"})
+                if (!item[required]) fail(item, at + "." + required, "missing");
+            SingboxInstance instance;
+            instance.name = scalar(item["name"], at + ".name", "a name like sb1");
+            if (instance.name.empty() || instance.name.find_first_of(": /") != std::string::npos)
+                fail(item["name"], at + ".name", "expected a non-empty name without ':', '/' or spaces");
+            for (const auto& other : config.openvpn)
+                if (other.name == instance.name)
+                    fail(item["name"], at + ".name", "'" + instance.name + "' is already an openvpn instance");
+            for (const auto& other : config.singbox)
+                if (other.name == instance.name) fail(item["name"], at + ".name", "'" + instance.name + "' is used twice");
+            instance.stats_api = scalar(item["stats_api"], at + ".stats_api", "host:port");
+            const size_t colon = instance.stats_api.rfind(':');
+            if (colon == std::string::npos || colon == 0 || colon + 1 == instance.stats_api.size() ||
+                instance.stats_api.find_first_not_of("0123456789", colon + 1) != std::string::npos)
+                fail(item["stats_api"], at + ".stats_api",
+                     "expected host:port like 127.0.0.1:10085, got '" + instance.stats_api + "'");
+            if (auto interval = item["interval"]) {
+                instance.interval = duration(interval, at + ".interval");
+                if (instance.interval < std::chrono::milliseconds(100))
+                    fail(interval, at + ".interval", "must be at least 100ms");
+            }
+            if (auto enforce = item["enforce"]) singbox_enforce(enforce, at + ".enforce", instance);
+            config.singbox.push_back(std::move(instance));
+        }
+    }
+
+    void singbox_enforce(const YAML::Node& node, const std::string& at, SingboxInstance& instance) const
+    {
+        only_keys(node, at, {"config_file", "reload_command", "command", "webhook"});
+        if (auto file = node["config_file"]) {
+            instance.config_file = scalar(file, at + ".config_file", "a path");
+            if (instance.config_file.empty() || instance.config_file.front() != '/')
+                fail(file, at + ".config_file", "expected an absolute path like /etc/sing-box/config.json");
+        }
+        if (auto reload = node["reload_command"]) instance.reload_command = argv(reload, at + ".reload_command");
+        if (auto command = node["command"]) instance.command = argv(command, at + ".command");
+        if (auto hook = node["webhook"]) {
+            instance.webhook = scalar(hook, at + ".webhook", "a URL");
+            if (instance.webhook.rfind("http://", 0) != 0 && instance.webhook.rfind("https://", 0) != 0)
+                fail(hook, at + ".webhook", "expected an http:// or https:// URL, got '" + instance.webhook + "'");
+        }
+        if (!instance.reload_command.empty() && instance.config_file.empty())
+            fail(node, at + ".reload_command", "needs config_file: it runs after that file was rewritten");
+    }
+
+    // A command as its arguments: nothing goes through a shell, so a user
+    // name can never become shell syntax.
+    std::vector<std::string> argv(const YAML::Node& node, const std::string& key) const
+    {
+        if (!node.IsSequence() || node.size() == 0)
+            fail(node, key, "expected a command as a list of arguments like [systemctl, reload, sing-box] (no shell)");
+        std::vector<std::string> args;
+        for (const auto& arg : node) args.push_back(scalar(arg, key, "an argument"));
+        if (args.front().empty() || args.front().front() != '/')
+            fail(node, key, "expected the program as an absolute path like /usr/bin/systemctl, got '" + args.front() + "'");
+        return args;
     }
 
     void http(const YAML::Node& node, Config& config) const
@@ -472,6 +539,7 @@ public:
             else if (key == "storage") storage(value, config);
             else if (key == "log") log(value, config);
             else if (key == "openvpn") openvpn(value, config);
+            else if (key == "singbox") singbox(value, config);
             else if (key == "quotas") quotas(value, config);
             else if (key == "alerts") alerts(value, config);
             else if (key == "http") http(value, config);
@@ -480,9 +548,12 @@ public:
                 config.unsupported_sections.push_back(key);
             else
                 fail(entry.first, key,
-                     "unknown key (expected one of: interfaces, collect, bpf, storage, log, openvpn, quotas, alerts, http, metrics)");
+                     "unknown key (expected one of: interfaces, collect, bpf, storage, log, openvpn, singbox, quotas, alerts, "
+                     "http, metrics)");
         }
-        if (config.interfaces.empty()) fail(root, "interfaces", "missing: list the devices to meter, e.g. [tun0, \"tun*\"]");
+        // A Sing-Box-only node has no tun devices to meter.
+        if (config.interfaces.empty() && config.singbox.empty())
+            fail(root, "interfaces", "missing: list the devices to meter, e.g. [tun0, \"tun*\"]");
         return config;
     }
 

@@ -32,6 +32,21 @@ struct OpenVpnInstance {
     enum class UserFrom { CommonName, Username } user_from = UserFrom::CommonName;
 };
 
+// One Sing-Box (or V2Ray/Xray) server: per-user usage from its V2Ray-
+// compatible stats API, quota actions through what the operator configures.
+struct SingboxInstance {
+    std::string name;      // stable: part of session ids
+    std::string stats_api; // host:port of the gRPC StatsService
+    std::chrono::milliseconds interval{10'000};
+    // Quota actions (all optional). config_file: the server's JSON config;
+    // blocked users are taken out of its inbounds' user lists (and put back
+    // when they may connect again), then reload_command runs.
+    std::string config_file;
+    std::vector<std::string> reload_command; // argv, no shell
+    std::vector<std::string> command;        // argv; then <action> <user> <instance>
+    std::string webhook;                     // POST {"user", "instance", "action", ...}
+};
+
 // Where quota alerts (thresholds crossed, blocked, expired) are sent.
 struct WebhookConfig {
     std::string url; // http:// or https://
@@ -73,6 +88,7 @@ struct Config {
     uint32_t hourly_retention_days = 90;
     uint32_t daily_retention_days = 1095;
     std::vector<OpenVpnInstance> openvpn;
+    std::vector<SingboxInstance> singbox;
     std::string log_level = "info";
     QuotaConfig quotas; // no plans: everyone unlimited
     AlertsConfig alerts;

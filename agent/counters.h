@@ -35,7 +35,11 @@ struct Traffic {
         download += other.download;
         return *this;
     }
-    bool empty() const { return upload.packets == 0 && download.packets == 0; }
+    // Sing-Box's counters have bytes only: either kind makes it non-empty.
+    bool empty() const
+    {
+        return upload.packets == 0 && download.packets == 0 && upload.bytes == 0 && download.bytes == 0;
+    }
 };
 
 struct InterfaceTraffic {

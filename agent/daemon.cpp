@@ -138,7 +138,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(Config config)
     if (!watcher) return watcher.error();
     daemon->links_ = std::move(watcher.value());
     for (const Link& link : daemon->links_->links()) daemon->on_link(LinkWatcher::Change::Added, link);
-    if (daemon->attached_.empty())
+    if (daemon->attached_.empty() && !daemon->config_.interfaces.empty())
         spdlog::warn("no device matches interfaces {} yet; waiting for one to appear",
                      fmt::join(daemon->config_.interfaces, ", "));
     return daemon;
@@ -172,8 +172,78 @@ Status Daemon::resume()
         resumed->interfaces.clear();
     }
     collector_ = std::make_unique<Collector>(maps_, std::move(baseline));
-    reconciler_ = std::make_unique<Reconciler>(resumed, open_sessions.value());
+    // Sing-Box sessions are the ledgers' (they own no addresses).
+    std::vector<Session> address_sessions;
+    for (const auto& session : open_sessions.value())
+        if (std::none_of(config_.singbox.begin(), config_.singbox.end(),
+                         [&](const SingboxInstance& s) { return s.name == session.instance; }))
+            address_sessions.push_back(session);
+    reconciler_ = std::make_unique<Reconciler>(resumed, address_sessions);
+    return start_singbox(open_sessions.value());
+}
+
+// Each server resumes from its checkpoint, committed with the usage it
+// accounts for: a restart of the agent neither loses nor repeats bytes.
+Status Daemon::start_singbox(const std::vector<Session>& open_sessions)
+{
+    auto checkpoints = store_.stats_checkpoints();
+    if (!checkpoints) return checkpoints.error();
+    for (const auto& instance : config_.singbox) {
+        std::optional<StatsCheckpoint> checkpoint;
+        if (auto found = checkpoints->find(instance.name); found != checkpoints->end()) checkpoint = found->second;
+        std::vector<Session> open;
+        for (const auto& session : open_sessions)
+            if (session.instance == instance.name) open.push_back(session);
+        spdlog::info("singbox {}: stats API {} every {} ms, {}", instance.name, instance.stats_api,
+                     instance.interval.count(),
+                     checkpoint ? "resuming from its checkpoint (" + std::to_string(open.size()) + " open sessions)"
+                                : std::string("first reading is the baseline"));
+        singbox_.push_back(std::make_unique<singbox::Server>(instance, std::move(checkpoint), std::move(open)));
+    }
     return ok();
+}
+
+void Daemon::plan_singbox(CycleCommit& commit, std::vector<singbox::LedgerChange>& changes) const
+{
+    for (const auto& server : singbox_) {
+        auto change = server->plan();
+        if (!change) continue;
+        if (change->baseline)
+            spdlog::info("singbox {}: baseline of {} counters; bytes counted before vpnmeter watched are not billed",
+                         change->instance, change->checkpoint.counters.size());
+        if (change->restarted)
+            spdlog::warn("singbox {}: the server restarted; its counters count from zero again", change->instance);
+        for (const auto& [user, traffic] : change->usage) commit.user_usage[user] += traffic;
+        commit.sessions.insert(commit.sessions.end(), change->sessions.begin(), change->sessions.end());
+        commit.stats_checkpoints[change->instance] = change->checkpoint;
+        changes.push_back(std::move(*change));
+    }
+}
+
+// Quota states to each server's configured actions: its users with an open
+// session, and those it blocked (whose counters the server may have
+// dropped with them).
+void Daemon::enforce_singbox(int64_t now)
+{
+    for (auto& server : singbox_) {
+        if (!server->actions.configured()) continue;
+        std::set<std::string> users = server->actions.blocked();
+        for (const auto& [user, session] : server->ledger.open()) users.insert(user);
+        std::map<std::string, singbox::Wanted> wanted;
+        for (const auto& user : users) {
+            const QuotaState state = quotas_->current_state(user, now);
+            singbox::Wanted& want = wanted[user];
+            want.state = to_string(state.state);
+            if (state.block) {
+                want.mode = singbox::Wanted::Mode::block;
+            } else if (state.state == QuotaState::State::throttled) {
+                want.mode = singbox::Wanted::Mode::throttle;
+                want.download_bps = state.download_bps;
+                want.upload_bps = state.upload_bps;
+            }
+        }
+        server->actions.apply(wanted);
+    }
 }
 
 void Daemon::on_link(LinkWatcher::Change change, const Link& link)
@@ -252,6 +322,8 @@ void Daemon::finish_cycle()
     const Interfaces devices = interfaces();
     CycleCommit commit = reconciler_->plan(counters.value(), connected, devices, now);
     if (!identity_committed_) commit.identity = identity_;
+    std::vector<singbox::LedgerChange> singbox_changes;
+    plan_singbox(commit, singbox_changes);
     quotas_->plan(commit, now);
 
     if (auto status = store_.commit(commit); !status) {
@@ -268,7 +340,11 @@ void Daemon::finish_cycle()
     commit_failing_ = false;
     identity_committed_ = true;
     reconciler_->accept(commit);
+    for (const auto& change : singbox_changes)
+        for (auto& server : singbox_)
+            if (server->ledger.instance() == change.instance) server->accept(change);
     quotas_->accept(commit, reconciler_->active(), devices, now);
+    enforce_singbox(now);
     for (const auto& user : quotas_->take_disconnects())
         for (auto& source : sources_) source->disconnect(user);
     ready_ = true;
@@ -332,6 +408,12 @@ void Daemon::publish_metrics(const Interfaces& devices, int64_t now)
     live.sessions_active = sessions_by_instance(reconciler_->active(), instances);
     std::set<std::string> connected;
     for (const auto& [id, session] : reconciler_->active()) connected.insert(session.user);
+    for (const auto& server : singbox_) {
+        live.sessions_active[server->ledger.instance()] = server->ledger.open().size();
+        for (const auto& [user, session] : server->ledger.open()) connected.insert(user);
+        const auto health = server->poller.health();
+        live.singbox[server->ledger.instance()] = {health.up, health.failures, server->restarts};
+    }
     live.quotas = quotas_->planned_states(connected, now);
     live.maps["clients"] = {collector_->last().clients.size(), maps_.max_clients()}; // vpnmeter_clients
     std::error_code error;
@@ -356,8 +438,8 @@ void Daemon::reload()
     }
     if (fresh.pin_path != config_.pin_path || fresh.storage_path != config_.storage_path ||
         fresh.http_listen != config_.http_listen || fresh.openvpn.size() != config_.openvpn.size() ||
-        fresh.metrics != config_.metrics)
-        spdlog::warn("reload: bpf.pin_path, storage, http.listen, openvpn and metrics changes need a restart");
+        fresh.singbox.size() != config_.singbox.size() || fresh.metrics != config_.metrics)
+        spdlog::warn("reload: bpf.pin_path, storage, http.listen, openvpn, singbox and metrics changes need a restart");
     config_.interfaces = fresh.interfaces;
     config_.collect_interval = fresh.collect_interval;
     config_.quotas = fresh.quotas;

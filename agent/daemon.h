@@ -24,6 +24,7 @@
 #include "metrics.h"
 #include "quota_controller.h"
 #include "reconciler.h"
+#include "singbox/server.h"
 #include "store/store.h"
 
 namespace vpnmeter {
@@ -48,6 +49,9 @@ private:
     void reload();
     Status start_metrics();
     void publish_metrics(const Interfaces& devices, int64_t now);
+    Status start_singbox(const std::vector<Session>& open_sessions);
+    void plan_singbox(CycleCommit& commit, std::vector<singbox::LedgerChange>& changes) const;
+    void enforce_singbox(int64_t now);
     Interfaces interfaces() const;
 
     Config config_;
@@ -57,6 +61,7 @@ private:
     std::unique_ptr<Collector> collector_;
     std::unique_ptr<Reconciler> reconciler_;
     std::vector<std::unique_ptr<IdentitySource>> sources_;
+    std::vector<std::unique_ptr<singbox::Server>> singbox_;
     std::unique_ptr<LinkWatcher> links_;
     std::map<uint32_t, std::string> attached_; // ifindex -> name
     std::set<uint32_t> failed_;                // attach failed: reported once

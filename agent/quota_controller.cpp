@@ -306,6 +306,12 @@ void QuotaController::reload(QuotaConfig config)
     budget_basis_.clear(); // limits may have changed: set budgets afresh
 }
 
+QuotaState QuotaController::current_state(const std::string& user, int64_t now) const
+{
+    std::lock_guard lock(mutex_);
+    return state_of(user, now);
+}
+
 std::vector<QuotaState> QuotaController::planned_states(const std::set<std::string>& also, int64_t now) const
 {
     std::lock_guard lock(mutex_);

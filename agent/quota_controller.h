@@ -52,6 +52,8 @@ public:
     // For /metrics (the cycle's thread): where each user with a plan stands,
     // among those with usage or a grant on record and `also` (e.g. the
     // connected ones); and webhook alerts given up on or refused.
+    // Where `user` stands now (the cycle's thread, after accept()).
+    QuotaState current_state(const std::string& user, int64_t now) const;
     std::vector<QuotaState> planned_states(const std::set<std::string>& also, int64_t now) const;
     uint64_t webhook_failures() const;
 

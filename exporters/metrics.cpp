@@ -189,6 +189,22 @@ std::vector<MetricFamily> metric_families(const MetricsSnapshot& s)
     for (const auto& [instance, count] : s.sessions_active) active.add({{"instance", instance}}, count);
     active.into(out);
 
+    Family singbox_up("vpnmeter_singbox_up", "1 if the Sing-Box stats API answered the last read, else 0.", G);
+    Family singbox_failures("vpnmeter_singbox_read_failures_total",
+                            "Failed reads of a Sing-Box stats API since the agent started (retried with backoff).", C);
+    Family singbox_restarts("vpnmeter_singbox_restarts_total",
+                            "Sing-Box server restarts (counters starting again from zero) seen since the agent "
+                            "started.",
+                            C);
+    for (const auto& [instance, health] : s.singbox) {
+        singbox_up.add({{"instance", instance}}, health.up ? 1 : 0);
+        singbox_failures.add({{"instance", instance}}, health.failures);
+        singbox_restarts.add({{"instance", instance}}, health.restarts);
+    }
+    singbox_up.into(out);
+    singbox_failures.into(out);
+    singbox_restarts.into(out);
+
     Family source("vpnmeter_source_bytes_total",
                   "Bytes the VPN server itself counted (outer, encrypted) for the sessions seen since the agent "
                   "started.",
@@ -422,6 +438,7 @@ void MetricsRecorder::publish(LiveMetrics live)
     if (live.drops) s->drops = std::move(*live.drops);
     else if (last_) s->drops = last_->drops;
     s->sessions_active = std::move(live.sessions_active);
+    s->singbox = std::move(live.singbox);
     s->source_bytes = source_bytes_;
     for (const QuotaState& quota : live.quotas)
         s->quotas[user_label(quota.user)] = {quota.limit_bytes, quota.used_bytes, to_string(quota.state)};

@@ -69,6 +69,14 @@ struct QuotaGauges {
     std::string state; // to_string(QuotaState::State)
 };
 
+// A Sing-Box server's stats API as the agent sees it.
+struct SingboxHealth {
+    bool up = false;
+    uint64_t failures = 0; // failed reads since the agent started
+    uint64_t restarts = 0; // server restarts detected since the agent started
+    bool operator==(const SingboxHealth&) const = default;
+};
+
 struct SourceBytes {
     uint64_t upload = 0;
     uint64_t download = 0;
@@ -82,7 +90,8 @@ struct MetricsSnapshot {
     std::map<std::string, Traffic> interfaces;        // the kernel's totals, by device name
     std::map<std::string, Traffic> unattributed;      // since the store began, by device name
     std::map<std::string, ClientDrops> drops;         // the kernel's, by device name
-    std::map<std::string, uint64_t> sessions_active;  // by OpenVPN instance
+    std::map<std::string, uint64_t> sessions_active;  // by OpenVPN or Sing-Box instance
+    std::map<std::string, SingboxHealth> singbox;     // by Sing-Box instance
     std::map<std::pair<std::string, std::string>, SourceBytes> source_bytes; // (instance, user)
     std::map<std::string, QuotaGauges> quotas;        // users with a plan
     DurationHistogram collection_duration;
@@ -121,6 +130,7 @@ struct LiveMetrics {
     std::map<std::string, Traffic> interfaces;
     std::optional<std::map<std::string, ClientDrops>> drops; // none: could not read, keep the last
     std::map<std::string, uint64_t> sessions_active;
+    std::map<std::string, SingboxHealth> singbox;
     std::vector<QuotaState> quotas; // users with a plan
     std::map<std::string, MapUsage> maps;
     std::optional<uint64_t> store_size_bytes;

@@ -344,4 +344,27 @@ Result<Session> decode_session(std::string_view bytes)
     }
 }
 
+std::string encode(const StatsCheckpoint& checkpoint)
+{
+    const nlohmann::json j = {{"v", 1}, {"uptime", checkpoint.uptime}, {"counters", checkpoint.counters}};
+    const auto cbor = nlohmann::json::to_cbor(j);
+    return std::string(cbor.begin(), cbor.end());
+}
+
+Result<StatsCheckpoint> decode_stats_checkpoint(std::string_view bytes)
+{
+    const auto j = nlohmann::json::from_cbor(bytes.begin(), bytes.end(), true, false);
+    if (j.is_discarded() || !j.is_object()) return Error{"Sing-Box checkpoint is not a CBOR map"};
+    try {
+        if (const auto version = j.value("v", 0); version != 1)
+            return Error{"Sing-Box checkpoint version " + std::to_string(version) + " is not 1"};
+        StatsCheckpoint checkpoint;
+        checkpoint.uptime = j.value("uptime", uint64_t{0});
+        checkpoint.counters = j.value("counters", std::map<std::string, uint64_t>());
+        return checkpoint;
+    } catch (const nlohmann::json::exception& e) {
+        return Error{std::string("Sing-Box checkpoint: ") + e.what()};
+    }
+}
+
 } // namespace vpnmeter::encoding

@@ -20,8 +20,10 @@
 //   alerts_fired           alert key (below)      -> i64 fired at (8 bytes)
 //   grants                 user (bytes)           -> JSON text, as given (the quota engine's
 //                                                    format: opaque to the store)
+//   stats_checkpoints      Sing-Box instance name -> CBOR map {"v": 1, "uptime": u64,
+//                                                    "counters": {counter name: u64}}
 //
-// The last three were added after schema version 1 without a bump: they are
+// The last four were added after schema version 1 without a bump: they are
 // new databases, which older releases ignore and this one creates on open.
 //
 //   traffic     = u64 upload packets, upload bytes, download packets, download bytes (32 bytes)
@@ -117,5 +119,7 @@ std::optional<CounterIdentity> decode_identity(std::string_view bytes);
 
 std::string encode(const Session& session);
 Result<Session> decode_session(std::string_view bytes);
+std::string encode(const StatsCheckpoint& checkpoint);
+Result<StatsCheckpoint> decode_stats_checkpoint(std::string_view bytes);
 
 } // namespace vpnmeter::encoding

@@ -165,4 +165,25 @@ Result<std::vector<UnattributedUsage>> Store::unattributed() const
     return snap->unattributed();
 }
 
+Result<std::map<std::string, StatsCheckpoint>> StoreSnapshot::stats_checkpoints() const
+{
+    std::map<std::string, StatsCheckpoint> checkpoints;
+    if (!state_->dbs->stats_checkpoints) return checkpoints;
+    auto scanned = scan(state_->txn, *state_->dbs->stats_checkpoints, {}, [&](auto key, auto value) -> Result<bool> {
+        auto checkpoint = encoding::decode_stats_checkpoint(value);
+        if (!checkpoint) return corrupt("Sing-Box checkpoint of " + std::string(key) + ": " + checkpoint.error().context);
+        checkpoints.emplace_hint(checkpoints.end(), key, std::move(*checkpoint));
+        return true;
+    });
+    if (!scanned) return scanned.error();
+    return checkpoints;
+}
+
+Result<std::map<std::string, StatsCheckpoint>> Store::stats_checkpoints() const
+{
+    auto snap = snapshot();
+    if (!snap) return snap.error();
+    return snap->stats_checkpoints();
+}
+
 } // namespace vpnmeter

@@ -17,7 +17,7 @@
 namespace vpnmeter {
 namespace {
 
-constexpr unsigned kMaxDatabases = 16; // 10 used; room to add some without a format change
+constexpr unsigned kMaxDatabases = 16; // 11 used; room to add some without a format change
 constexpr int kMaxResizedRetries = 3;
 constexpr auto kResizeWait = std::chrono::seconds(5);
 constexpr const char* kSchemaVersionKey = "schema_version";
@@ -39,6 +39,7 @@ constexpr std::array kDatabases{
     NamedDatabase{"quota_usage", &Databases::quota_usage},
     NamedDatabase{"alerts_fired", &Databases::alerts_fired},
     NamedDatabase{"grants", &Databases::grants},
+    NamedDatabase{"stats_checkpoints", &Databases::stats_checkpoints},
 };
 
 uint64_t page_size()
@@ -406,6 +407,10 @@ Status Store::commit(const CycleCommit& cycle)
         if (cycle.identity) {
             if (auto put = txn.put(*dbs.checkpoint_meta, kIdentityKey, encoding::encode(*cycle.identity)); !put)
                 return prefixed("store counter identity", put.error());
+        }
+        for (const auto& [instance, checkpoint] : cycle.stats_checkpoints) {
+            if (auto put = txn.put(*dbs.stats_checkpoints, instance, encoding::encode(checkpoint)); !put)
+                return prefixed("store Sing-Box checkpoint of " + instance, put.error());
         }
         return write_quota_records(txn, dbs, cycle);
     });

@@ -52,6 +52,13 @@ struct Checkpoint {
     std::map<uint32_t, std::string> interface_names;  // ifindex -> name at the time
 };
 
+// Sing-Box: the raw stats-API counters of one instance last accounted for.
+struct StatsCheckpoint {
+    std::map<std::string, uint64_t> counters; // counter name -> value
+    uint64_t uptime = 0;                       // the server's, seconds (0: not reported)
+    bool operator==(const StatsCheckpoint&) const = default;
+};
+
 // A user's usage so far in their current quota period: absolute values, as
 // the quota engine computed them (it owns what a period is).
 struct QuotaUsageRecord {
@@ -88,6 +95,9 @@ struct CycleCommit {
     // restart resumes from a period total that matches the buckets.
     std::map<std::string, QuotaUsageRecord> quota_usage; // user -> record, replacing the stored one
     std::vector<AlertRecord> alerts_fired; // one already recorded keeps its first fired_at
+    // Sing-Box: the counters the usage above came from, by instance
+    // (replacing the stored checkpoint of each instance present).
+    std::map<std::string, StatsCheckpoint> stats_checkpoints;
 };
 
 enum class Granularity { Hour, Day, Month };
@@ -132,6 +142,7 @@ public:
     Result<std::vector<AlertRecord>> alerts(const std::optional<std::string>& user = std::nullopt) const;
     Result<std::optional<std::string>> grant(const std::string& user) const;
     Result<std::map<std::string, std::string>> grants() const;
+    Result<std::map<std::string, StatsCheckpoint>> stats_checkpoints() const; // by instance
 
 private:
     friend class Store;
@@ -171,6 +182,7 @@ public:
     Result<std::vector<UsageBucket>> usage(const std::string& user, int64_t from, int64_t to,
                                            Granularity granularity) const;
     Result<std::vector<UnattributedUsage>> unattributed() const;
+    Result<std::map<std::string, StatsCheckpoint>> stats_checkpoints() const; // by instance
     // Drops hour and day buckets past their retention, and alert records of
     // past quota periods: older than the period of the user's quota usage
     // record or, for a user without one, older than daily_retention_days.

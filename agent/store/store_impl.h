@@ -28,6 +28,7 @@ struct Databases {
     std::optional<MDB_dbi> quota_usage;
     std::optional<MDB_dbi> alerts_fired;
     std::optional<MDB_dbi> grants;
+    std::optional<MDB_dbi> stats_checkpoints;
 };
 
 inline Error prefixed(const std::string& context, const Error& error)

@@ -48,12 +48,15 @@ class Agent:
         interval = config.pop("interval", "200ms")
         max_clients = config.pop("max_clients", 65536)
         self.store_path = str(tmp / f"store-{next(_pins)}")
-        text = (f"interfaces: {json.dumps(list(interfaces))}\n"
+        # No interfaces: a Sing-Box-only node.
+        text = ((f"interfaces: {json.dumps(list(interfaces))}\n" if interfaces else "") +
                 f"collect: {{ interval: {interval} }}\n"
                 f"bpf: {{ max_clients: {max_clients}, pin_path: {self.pin_path} }}\n"
                 f"storage: {{ path: {self.store_path} }}\n")
         if "openvpn" in config:  # JSON is YAML
             text += f"openvpn: {json.dumps(config.pop('openvpn'))}\n"
+        if "singbox" in config:
+            text += f"singbox: {json.dumps(config.pop('singbox'))}\n"
         assert not config, f"unknown agent settings {config}"
         self.config_path.write_text(text)
 

@@ -65,7 +65,7 @@ TEST_CASE("errors name the file, the line, the key and what was expected", "[con
     CHECK(error_of("interfaces: [tun0]\ncollect: { intervall: 1s }\n") ==
           "test.yaml:2:12: collect.intervall: unknown key (expected one of: interval)");
     CHECK(error_of("interface: [tun0]\n") ==
-          "test.yaml:1:1: interface: unknown key (expected one of: interfaces, collect, bpf, storage, log, openvpn, "
+          "test.yaml:1:1: interface: unknown key (expected one of: interfaces, collect, bpf, storage, log, openvpn, singbox, "
           "quotas, alerts, http, metrics)");
     CHECK(error_of("collect: { interval: 1s }\n").find("interfaces: missing") != std::string::npos);
     CHECK(error_of("interfaces: []\n") == "test.yaml:1:13: interfaces: expected at least one interface");
@@ -84,8 +84,61 @@ TEST_CASE("invalid YAML is reported with its position", "[config]")
 
 TEST_CASE("sections of later versions are accepted and listed", "[config]")
 {
-    const Config c = parse_config("interfaces: [tun0]\nsingbox: []\nquotas: {}\n", "test.yaml");
-    CHECK(c.unsupported_sections == std::vector<std::string>{"singbox"}); // quotas are handled now
+    const Config c = parse_config("interfaces: [tun0]\napi: {}\nsingbox: []\nquotas: {}\n", "test.yaml");
+    CHECK(c.unsupported_sections == std::vector<std::string>{"api"}); // singbox and quotas are handled now
+}
+
+TEST_CASE("singbox: servers, defaults, enforcement, and a node without interfaces", "[config][singbox]")
+{
+    const Config c = parse_config(R"(singbox:
+  - name: sb1
+    stats_api: "127.0.0.1:10085"
+  - name: sb2
+    stats_api: "[::1]:10085"
+    interval: 2s
+    enforce:
+      config_file: /etc/sing-box/config.json
+      reload_command: [/usr/bin/systemctl, reload, sing-box]
+      command: [/usr/local/bin/act, --verbose]
+      webhook: http://127.0.0.1:8089/sb
+)", "test.yaml");
+    CHECK(c.interfaces.empty());
+    REQUIRE(c.singbox.size() == 2);
+    CHECK(c.singbox[0].name == "sb1");
+    CHECK(c.singbox[0].stats_api == "127.0.0.1:10085");
+    CHECK(c.singbox[0].interval == std::chrono::seconds(10));
+    CHECK(c.singbox[0].config_file.empty());
+    CHECK(c.singbox[1].interval == std::chrono::seconds(2));
+    CHECK(c.singbox[1].config_file == "/etc/sing-box/config.json");
+    CHECK(c.singbox[1].reload_command == std::vector<std::string>{"/usr/bin/systemctl", "reload", "sing-box"});
+    CHECK(c.singbox[1].command == std::vector<std::string>{"/usr/local/bin/act", "--verbose"});
+    CHECK(c.singbox[1].webhook == "http://127.0.0.1:8089/sb");
+}
+
+TEST_CASE("singbox errors are located and say what was expected", "[config][singbox]")
+{
+    auto error_of = [](const std::string& text) {
+        try {
+            parse_config(text, "test.yaml");
+        } catch (const ConfigError& e) {
+            return std::string(e.what());
+        }
+        return std::string("(no error)");
+    };
+    CHECK_THAT(error_of("singbox: [{ name: sb1 }]\n"), Catch::Contains("singbox[0].stats_api: missing"));
+    CHECK_THAT(error_of("singbox: [{ name: sb1, stats_api: localhost }]\n"),
+               Catch::Contains("expected host:port like 127.0.0.1:10085, got 'localhost'"));
+    CHECK_THAT(error_of("singbox: [{ name: sb1, stats_api: \"h:1\" }, { name: sb1, stats_api: \"h:2\" }]\n"),
+               Catch::Contains("'sb1' is used twice"));
+    CHECK_THAT(error_of("singbox:\n  - name: sb1\n    stats_api: \"h:1\"\n    enforce: { command: \"kill.sh $USER\" }\n"),
+               Catch::Contains("test.yaml:4:") && Catch::Contains("as a list of arguments"));
+    CHECK_THAT(error_of("singbox: [{ name: sb1, stats_api: \"h:1\", enforce: { command: [sh, -c, x] } }]\n"),
+               Catch::Contains("expected the program as an absolute path"));
+    CHECK_THAT(error_of("singbox: [{ name: sb1, stats_api: \"h:1\", enforce: { reload_command: [/bin/true] } }]\n"),
+               Catch::Contains("needs config_file"));
+    CHECK_THAT(error_of("singbox: [{ name: sb1, stats_api: \"h:1\", interval: 1ms }]\n"),
+               Catch::Contains("singbox[0].interval: must be at least 100ms"));
+    CHECK_THAT(error_of("collect: { interval: 1s }\n"), Catch::Contains("interfaces: missing"));
 }
 
 TEST_CASE("a missing file is a ConfigError naming it", "[config]")

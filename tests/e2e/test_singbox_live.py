@@ -128,6 +128,19 @@ def test_server_down_is_reported_and_nothing_is_lost(agents, lab):
     assert series and int(series.group(1)) == store_usage(agent, "bob")[1], text
 
 
+HOOK = """import http.server, sys
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open(sys.argv[1], "ab") as f:
+            f.write(body + b"\\n")
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", 8099), Hook).serve_forever()
+"""
+
 RECORDER = """import json, sys
 with open(sys.argv[1], "a") as f:
     f.write(json.dumps(sys.argv[2:]) + "\\n")
@@ -140,11 +153,14 @@ def test_quota_block_rewrites_the_users_list(agents, lab, tmp_path):
     the user as one argument; a top-up puts her back."""
     recorder = tmp_path / "recorder.py"
     recorder.write_text(RECORDER)
-    actions, reloads = tmp_path / "actions.log", tmp_path / "reloads.log"
+    actions, reloads, hooks = tmp_path / "actions.log", tmp_path / "reloads.log", tmp_path / "hooks.log"
+    (tmp_path / "hook.py").write_text(HOOK)
+    lab.server_ns.popen(["/usr/bin/python3", tmp_path / "hook.py", hooks])
     agent = make_agent(agents, lab, enforce={
         "config_file": lab.server_config_path,
         "reload_command": ["/usr/bin/python3", str(recorder), str(reloads), "reload"],
         "command": ["/usr/bin/python3", str(recorder), str(actions)],
+        "webhook": "http://127.0.0.1:8099/singbox",
     })
     with open(agent.config_path, "a") as f:
         f.write("quotas:\n  plans:\n    small: { limit: 1500kB, period: daily, action: block }\n"
@@ -180,3 +196,8 @@ def test_quota_block_rewrites_the_users_list(agents, lab, tmp_path):
     lab.restart_server()
     lab.fetch("alice", "200k")  # back in
     assert len(actions.read_text().splitlines()) == 2, "each change acted on once"
+    wait_for(lambda: hooks.exists() and len(hooks.read_text().splitlines()) == 2, 10, "both webhooks")
+    posted = [json.loads(line) for line in hooks.read_text().splitlines()]
+    assert [(p["action"], p["user"], p["instance"]) for p in posted] == [("block", "alice", "sb1"),
+                                                                          ("unblock", "alice", "sb1")]
+    assert posted[0]["state"] == "blocked" and posted[1]["state"] == "ok"

@@ -122,3 +122,66 @@ TEST_CASE("UsersFile: errors name the file")
     REQUIRE_FALSE(bad);
     CHECK_THAT(bad.error().message(), Catch::Contains("bad.json: not a JSON object"));
 }
+
+#include <chrono>
+#include <thread>
+
+#include "singbox/actions.h"
+
+namespace {
+
+// Waits up to 10 s for `path` to have `lines` lines; returns them.
+std::vector<std::string> lines_of(const std::string& path, size_t lines)
+{
+    std::vector<std::string> out;
+    for (int i = 0; i < 500; ++i) {
+        out.clear();
+        std::ifstream in(path);
+        for (std::string line; std::getline(in, line);) out.push_back(line);
+        if (out.size() >= lines) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return out;
+}
+
+} // namespace
+
+TEST_CASE("Actions: a user name reaches commands as one argument, never through a shell", "[singbox][security]")
+{
+    TempDir dir;
+    const std::string evil = "eve; touch " + dir.path() + "/pwned $(id) `id`";
+    const std::string config = dir.path() + "/config.json";
+    write(config, R"({"inbounds": [{"type": "vless", "users": [{"name": )" + nlohmann::json(evil).dump() +
+                      R"(, "uuid": "u"}]}]})");
+    const std::string recorder = dir.path() + "/recorder.py";
+    write(recorder, "import json, sys\nopen(sys.argv[1], 'a').write(json.dumps(sys.argv[2:]) + '\\n')\n");
+
+    SingboxInstance instance;
+    instance.name = "sb1";
+    instance.config_file = config;
+    instance.reload_command = {"/usr/bin/python3", recorder, dir.path() + "/reloads", "reload"};
+    instance.command = {"/usr/bin/python3", recorder, dir.path() + "/actions"};
+    {
+        Actions actions(instance);
+        CHECK(actions.configured());
+        actions.apply({{evil, Wanted{Wanted::Mode::block, 0, 0, "blocked"}}});
+        actions.apply({{evil, Wanted{Wanted::Mode::block, 0, 0, "blocked"}}}); // no change: nothing runs
+        CHECK(actions.blocked() == std::set<std::string>{evil});
+        const auto calls = lines_of(dir.path() + "/actions", 1);
+        REQUIRE(calls.size() == 1);
+        CHECK(nlohmann::json::parse(calls[0]) == nlohmann::json::array({"block", evil, "sb1"}));
+        CHECK(lines_of(dir.path() + "/reloads", 1).size() == 1);
+        CHECK(read(config)["inbounds"][0]["users"].empty());
+    }
+    CHECK_FALSE(std::filesystem::exists(dir.path() + "/pwned"));
+
+    // A restarted agent knows from the files that eve is blocked.
+    Actions again(instance);
+    CHECK(again.blocked() == std::set<std::string>{evil});
+    again.apply({{evil, Wanted{Wanted::Mode::throttle, 1'000'000, 500'000, "throttled"}}});
+    const auto calls = lines_of(dir.path() + "/actions", 3);
+    REQUIRE(calls.size() == 3);
+    CHECK(nlohmann::json::parse(calls[1]) == nlohmann::json::array({"unblock", evil, "sb1"}));
+    CHECK(nlohmann::json::parse(calls[2]) == nlohmann::json::array({"throttle", evil, "sb1"}));
+    CHECK(read(config)["inbounds"][0]["users"][0]["name"] == evil);
+}

@@ -113,13 +113,15 @@ def test_rpm_metadata_files_and_requires(packages):
     info = {k.strip(): v.strip() for k, v in info.items()}
     assert (info["Name"], info["Version"], info["Architecture"]) == ("vpnmeter", OLD, "x86_64"), info
     assert "eBPF" in info["Summary"]
+    description = run(["rpm", "-qp", "--queryformat", "%{DESCRIPTION}", rpm]).stdout
+    assert description.startswith("vpnmeterd counts every byte"), description
     files = set(run(["rpm", "-qpl", rpm]).stdout.split())
     for path in ("/usr/sbin/vpnmeterd", "/usr/bin/vpnmeter", str(ETC_CONFIG), str(STORE), str(UNIT),
                  "/usr/share/vpnmeter/grafana/vpnmeter.json", "/usr/share/vpnmeter/prometheus/vpnmeter-rules.yml",
                  "/usr/share/man/man8/vpnmeterd.8.gz"):
         assert path in files, f"{path} is not in the .rpm"
     # Directories of the base system are not the package's to own.
-    for path in ("/usr", "/usr/bin", "/etc", "/var/lib", "/usr/lib/systemd/system", "/usr/share/lintian/overrides"):
+    for path in ("/usr", "/usr/bin", "/usr/sbin", "/etc", "/var/lib", "/usr/lib/systemd/system", "/usr/share/lintian/overrides"):
         assert path not in files, f"the .rpm owns {path}"
     assert not [p for p in files if "lintian" in p]
     assert run(["rpm", "-qp", "--configfiles", rpm]).stdout.split() == [str(ETC_CONFIG)]

@@ -32,6 +32,20 @@ WANTS = pathlib.Path("/etc/systemd/system/multi-user.target.wants/vpnmeter.servi
 # The unit's CapabilityBoundingSet (checked below): the daemon must work
 # with only these.
 UNIT_CAPS = "-all,+bpf,+net_admin,+perfmon"
+# The unit's ProtectSystem=strict, ProtectKernelTunables=yes and
+# ReadWritePaths= (no systemd here to apply them): in a mount namespace of
+# its own, every mount read-only but the store and the bpf filesystem.
+READ_ONLY_SYSTEM = """
+set -e
+for mount in $(awk '{ print $5 }' /proc/self/mountinfo | sort -u); do
+    case "$mount" in /dev|/dev/*|/proc) continue ;; esac
+    mount -o remount,bind,ro "$mount" 2>/dev/null || true
+done
+mount -o remount,bind,ro /proc/sys 2>/dev/null || mount --bind -o ro /proc/sys /proc/sys
+mount --bind /var/lib/vpnmeter /var/lib/vpnmeter && mount -o remount,bind,rw /var/lib/vpnmeter
+mount -o remount,bind,rw /sys/fs/bpf
+exec "$@"
+"""
 # Each UDP datagram below: 14 (Ethernet) + 20 (IPv4) + 8 (UDP) + 972 bytes.
 FRAME = 1014
 
@@ -203,8 +217,8 @@ def test_install_upgrade_remove_purge(packages, machine, namespaces, tmp_path, r
     assert WANTS.is_symlink(), "postinst did not enable vpnmeter.service"
     assert run(["man", "-w", "vpnmeterd"]).stdout.strip() == "/usr/share/man/man8/vpnmeterd.8.gz"
 
-    # The installed daemon, with only the unit's capabilities, on a veth in
-    # a namespace; the store where the package put it. alice holds the
+    # The installed daemon, with only the unit's capabilities, on a read-only
+    # system but for the store and bpffs, on a veth in a namespace. alice holds the
     # client's address (an OpenVPN status file, version 2).
     server, client = namespaces("srv"), namespaces("cli")
     run(["ip", "-n", server.name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
@@ -225,7 +239,8 @@ def test_install_upgrade_remove_purge(packages, machine, namespaces, tmp_path, r
     ETC_CONFIG.write_text(agent.config_path.read_text().replace(agent.store_path, str(STORE)))
     agent.config_path, agent.store_path = ETC_CONFIG, str(STORE)
     agent.vpnmeterd, agent.vpnmeter = "/usr/sbin/vpnmeterd", "/usr/bin/vpnmeter"
-    agent.wrapper = ["setpriv", f"--bounding-set={UNIT_CAPS}", "--"]
+    agent.wrapper = ["unshare", "--mount", "sh", "-c", READ_ONLY_SYSTEM, "sandbox",
+                     "setpriv", f"--bounding-set={UNIT_CAPS}", "--"]
     try:
         agent.start(wait_attached="eth0")
         for ns in (server, client):

@@ -1,7 +1,9 @@
 #include "systemd_notify.h"
 
 #include <systemd/sd-daemon.h>
+#include <time.h>
 
+#include <cstdint>
 #include <cstring>
 
 #include <spdlog/spdlog.h>
@@ -26,7 +28,10 @@ void notify_ready(const std::string& status)
 
 void notify_reloading()
 {
-    notify("RELOADING=1\nSTATUS=reloading the configuration");
+    timespec now{};
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    const auto usec = static_cast<uint64_t>(now.tv_sec) * 1000000 + static_cast<uint64_t>(now.tv_nsec) / 1000;
+    notify("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(usec) + "\nSTATUS=reloading the configuration");
 }
 
 void notify_stopping()

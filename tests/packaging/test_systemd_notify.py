@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 
 import pytest
 
@@ -44,7 +45,9 @@ def test_ready_reloading_and_stopping_reach_systemd(namespaces, agents, notify_s
 
     os.kill(agent.proc.pid, signal.SIGHUP)
     wait_for(lambda: len(received(notify_socket, messages)) >= 3, 10, "RELOADING=1 and READY=1")
-    assert messages[1].startswith("RELOADING=1\n") and messages[2].startswith("READY=1\n"), messages
+    assert messages[1].startswith("RELOADING=1\nMONOTONIC_USEC=") and messages[2].startswith("READY=1\n"), messages
+    usec = int(messages[1].splitlines()[1].split("=")[1])
+    assert abs(usec / 1e6 - time.clock_gettime(time.CLOCK_MONOTONIC)) < 10
 
     agent.config_path.write_text("interfaces: [\n")  # a broken file: rejected, still READY=1 after
     os.kill(agent.proc.pid, signal.SIGHUP)

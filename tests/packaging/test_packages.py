@@ -197,7 +197,7 @@ def udp_burst(ns: netns.Namespace, dst: str, count: int):
             f"for _ in range({count}): s.sendto(bytes({FRAME - 42}), ('{dst}', 9))"])
 
 
-def test_install_upgrade_remove_purge(packages, machine, namespaces, tmp_path, request):
+def test_install_upgrade_remove_purge(packages, machine, namespaces, tmp_path):
     run(["dpkg", "-i", packages["deb"]])
     assert installed_version() == f"install ok installed {OLD}"
 
@@ -218,8 +218,8 @@ def test_install_upgrade_remove_purge(packages, machine, namespaces, tmp_path, r
     assert run(["man", "-w", "vpnmeterd"]).stdout.strip() == "/usr/share/man/man8/vpnmeterd.8.gz"
 
     # The installed daemon, with only the unit's capabilities, on a read-only
-    # system but for the store and bpffs, on a veth in a namespace. alice holds the
-    # client's address (an OpenVPN status file, version 2).
+    # system but for the store and bpffs, on a veth in a namespace. alice
+    # holds the client's address (an OpenVPN status file, version 2).
     server, client = namespaces("srv"), namespaces("cli")
     run(["ip", "-n", server.name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
          client.name])

@@ -16,6 +16,7 @@
 #include "http/api.h"
 #include "metrics.h"
 #include "openvpn/source.h"
+#include "systemd_notify.h"
 #include "unique_fd.h"
 
 namespace vpnmeter {
@@ -429,11 +430,13 @@ void Daemon::publish_metrics(const Interfaces& devices, int64_t now)
 // pin path, the store and the HTTP address need a restart (said so).
 void Daemon::reload()
 {
+    systemd::notify_reloading();
     Config fresh;
     try {
         fresh = load_config(config_.source);
     } catch (const ConfigError& e) {
         spdlog::error("reload rejected, the running configuration stays: {}", e.what());
+        systemd::notify_ready(std::string("reload rejected: ") + e.what());
         return;
     }
     if (fresh.pin_path != config_.pin_path || fresh.storage_path != config_.storage_path ||
@@ -453,6 +456,7 @@ void Daemon::reload()
     }
     for (const Link& link : links_->links()) on_link(LinkWatcher::Change::Added, link);
     spdlog::info("reloaded {}", config_.source);
+    systemd::notify_ready("reloaded " + config_.source);
 }
 
 Status Daemon::run()
@@ -499,6 +503,7 @@ Status Daemon::run()
                 reload();
                 continue;
             }
+            systemd::notify_stopping();
             if (!answer_deadline_) start_cycle(SteadyClock::now());
             finish_cycle(); // the latest numbers into the store before leaving
             spdlog::info("stopping; programs stay attached and counting (vpnmeterd --detach removes them)");

@@ -11,6 +11,7 @@
 #include "daemon.h"
 #include "datapath.h"
 #include "http/auth.h"
+#include "systemd_notify.h"
 
 using namespace vpnmeter;
 
@@ -58,14 +59,17 @@ int main(int argc, char** argv)
     std::string config_path = kDefaultConfig;
     std::string pin_path;
     bool detach = false;
-    bool check_only = false;
     bool hash_token = false;
     std::string log_level;
     app.add_option("-c,--config", config_path, "YAML configuration file")->capture_default_str();
     app.add_flag("--detach", detach,
                  "remove the tc programs this agent attached and the maps it pinned, then exit "
                  "(counters are lost); run it in the network namespace the agent ran in");
-    app.add_flag("--check-config", check_only, "validate the configuration file and exit");
+    std::string check_path;
+    auto* check_option = app.add_option("--check-config", check_path,
+                                        "validate the configuration file (this one, else --config) and exit")
+                             ->expected(0, 1)
+                             ->type_name("[FILE]");
     app.add_flag("--hash-token", hash_token,
                  "read an API token from stdin and print the `sha256:` line for http.tokens (the file then "
                  "holds no secret), e.g. `openssl rand -hex 32 | tee token | vpnmeterd --hash-token`");
@@ -76,8 +80,8 @@ int main(int argc, char** argv)
 
     if (hash_token) return print_token_hash();
 
-    if (check_only) {
-        Config config = load_or_exit(config_path);
+    if (check_option->count() > 0) {
+        Config config = load_or_exit(check_path.empty() ? config_path : check_path);
         std::printf("%s: OK (%zu interface patterns, collect every %lld ms, max %u clients)\n", config.source.c_str(),
                     config.interfaces.size(), static_cast<long long>(config.collect_interval.count()),
                     config.max_clients);
@@ -110,11 +114,14 @@ int main(int argc, char** argv)
 
     const sigset_t signals = daemon_signals();
     pthread_sigmask(SIG_BLOCK, &signals, nullptr); // before any thread exists
+    const std::string ready_status = "counting on " + config.pin_path + "; store " + config.storage_path +
+                                     (config.http_listen.empty() ? "" : "; API on " + config.http_listen);
     auto daemon = Daemon::start(std::move(config));
     if (!daemon) {
         spdlog::critical("{}", daemon.error().message());
         return 1;
     }
+    systemd::notify_ready(ready_status);
     auto status = daemon.value()->run();
     if (!status) {
         spdlog::critical("{}", status.error().message());

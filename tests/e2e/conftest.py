@@ -45,6 +45,9 @@ class Agent:
         self.config_path = tmp / f"vpnmeter-{next(_pins)}.yaml"
         self.log_path = tmp / "vpnmeterd.log"
         self.proc = None
+        # Which binaries, and a command to start vpnmeterd under (setpriv):
+        # the package tests run the installed ones.
+        self.vpnmeterd, self.vpnmeter, self.wrapper = VPNMETERD, VPNMETER, []
         interval = config.pop("interval", "200ms")
         max_clients = config.pop("max_clients", 65536)
         self.store_path = str(tmp / f"store-{next(_pins)}")
@@ -61,7 +64,7 @@ class Agent:
         self.config_path.write_text(text)
 
     def start(self, wait_attached: str | None = None):
-        self.proc = self.ns.popen([VPNMETERD, "--config", self.config_path], log=str(self.log_path),
+        self.proc = self.ns.popen([*self.wrapper, self.vpnmeterd, "--config", self.config_path], log=str(self.log_path),
                                   keep_mounts=True)
         if wait_attached:
             wait_for(lambda: f"metering {wait_attached}" in self.log() or self.proc.poll() is not None,
@@ -83,19 +86,19 @@ class Agent:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def clients(self) -> dict:
-        out = self.ns.run([VPNMETER, "clients", "--json", "--pin-path", self.pin_path], keep_mounts=True)
+        out = self.ns.run([self.vpnmeter, "clients", "--json", "--pin-path", self.pin_path], keep_mounts=True)
         return json.loads(out.stdout)
 
     def interface(self, name: str) -> dict | None:
         return next((i for i in self.clients()["interfaces"] if i["name"] == name), None)
 
     def detach(self) -> str:
-        return self.ns.run([VPNMETERD, "--detach", "--pin-path", self.pin_path], keep_mounts=True).stdout
+        return self.ns.run([self.vpnmeterd, "--detach", "--pin-path", self.pin_path], keep_mounts=True).stdout
 
     def close(self):
         self.stop()
         if os.path.exists(self.pin_path):
-            subprocess.run(self.ns.nsenter_argv() + [str(VPNMETERD), "--detach", "--pin-path", self.pin_path],
+            subprocess.run(self.ns.nsenter_argv() + [str(self.vpnmeterd), "--detach", "--pin-path", self.pin_path],
                            capture_output=True, timeout=30)
             subprocess.run(["rm", "-rf", self.pin_path], check=False)
 

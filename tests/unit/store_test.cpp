@@ -714,6 +714,35 @@ TEST_CASE("opening fails clearly on a newer schema, an unknown zone, a second op
     }
 }
 
+// An upgrade (or a downgrade) opens a store another release wrote: the
+// package test does it for real; these pin down the schema checks.
+TEST_CASE("a store from a newer release is refused and left as it was", "[store]")
+{
+    constexpr uint32_t kSchemaVersion = 1; // this release's (store_impl.h)
+    TempDir dir;
+    auto options = options_in(dir);
+    const int64_t t = utc(2026, 11, 1, 12);
+    {
+        Store store = open_store(options);
+        must_commit(store, big_cycle(t, 2, "old"));
+    }
+    put_raw(options.path, "meta", "schema_version", encoding::encode_u32(kSchemaVersion + 1));
+    const auto refused = Store::open(options);
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().message() ==
+          "initialise store at " + options.path + ": the store at " + options.path + " has schema version " +
+              std::to_string(kSchemaVersion + 1) + ", newer than this vpnmeter understands (" +
+              std::to_string(kSchemaVersion) + "): it was written by a newer release; upgrade vpnmeter");
+
+    // Nothing was stamped or migrated: with the version back, all is there.
+    put_raw(options.path, "meta", "schema_version", encoding::encode_u32(kSchemaVersion));
+    Store store = open_store(options);
+    CHECK(store.schema_version() == kSchemaVersion);
+    CHECK(must(store.sessions()).size() == 2);
+    CHECK(usage(store, "old-user-1", 0, t + kDay, Granularity::Day) ==
+          std::vector<UsageBucket>{{utc(2026, 11, 1), traffic(1, 100, 2, 200)}});
+}
+
 TEST_CASE("prune drops hour and day buckets past retention, keeps months", "[store]")
 {
     TempDir dir;

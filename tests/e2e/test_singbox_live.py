@@ -174,6 +174,8 @@ def test_quota_block_rewrites_the_users_list(agents, lab, tmp_path):
     lab.fetch("alice", "1m")  # now over 1.5 MB
     wait_for(lambda: actions.exists() and reloads.exists(), 15, "the block action and the reload")
     assert json.loads(actions.read_text().splitlines()[0]) == ["block", "alice", "sb1"]
+    # Thresholds as for any user: 75, 90 and 100 % fired once each.
+    assert re.search(r"^vpnmeter_alerts_total 3$", metrics(agent), re.M), metrics(agent)
     config = json.loads(open(lab.server_config_path).read())
     clients = config["inbounds"][1]["settings"]["clients"]
     assert [c["email"] for c in clients] == ["bob"]

@@ -134,6 +134,15 @@ void QuotaController::enforce(const std::map<std::string, Session>& active, cons
         for (const ClientKey& key : session_keys(session, interfaces)) keys_by_user[session.user].push_back(key);
     }
 
+    // Users with no session left give their slot back (its budget is
+    // zeroed; set again from the committed usage if they return): users come
+    // and go by the thousand, and slots held by departed ones would run out.
+    for (const std::string& user : slots_.users()) {
+        if (keys_by_user.count(user)) continue;
+        if (auto slot = slots_.release(user)) enforcer_->release_slot(*slot);
+        budget_basis_.erase(user);
+    }
+
     std::map<ClientKey, PolicyEntry> wanted;
     for (const auto& [user, keys] : keys_by_user) {
         const auto grant = grant_of(user);

@@ -22,12 +22,12 @@ Line commands on stdin, one JSON line answered for each:
   send CID COUNT SIZE       COUNT UDP packets of SIZE payload bytes from the
                             client's IPv4 into the tun; answers {"bytes"}
   wait_status [TIMEOUT]     until a `status 3` reply is sent after this moment
-  churn N BATCH PACKETS     N short sessions, BATCH at a time on BATCH reused
-                            addresses (10.70.0.2 ...): connect, wait until a
-                            status reply lists them, send PACKETS packets
-                            from each (if a tun), wait for a reply, disconnect,
-                            wait for a reply. Answers {"sessions": {cid:
-                            {"cn", "since", "upload_bytes"}}}
+  join_batch N PREFIX       N clients named PREFIX-<cid> on the addresses
+                            10.70.0.2 ... (reused by the next batch); answers
+                            {"clients": {cid: {"cn", "since"}}}
+  send_all PACKETS          PACKETS packets from each connected client
+                            (payload 50 + cid % 500); answers {"sent": {cid: bytes}}
+  leave_all                 every client leaves
   stats                     {"replies", "kills", "connected"}
   quit
 """
@@ -209,24 +209,25 @@ class Simulator:
         client.upload_bytes += sent
         return sent
 
-    def churn(self, total: int, batch: int, packets: int) -> dict:
-        sessions = {}
-        done = 0
-        while done < total:
-            size = min(batch, total - done)
-            joined = [self.join(f"churn-{done + i}", f"10.70.{(i + 2) // 250}.{(i + 2) % 250}") for i in range(size)]
-            self.wait_status()
-            for i, client in enumerate(joined):
-                if packets and self.fd is not None:
-                    self.send(client.cid, packets, 50 + (done + i) % 500)
-            if packets and self.fd is not None:
-                self.wait_status()
-            for client in joined:
-                sessions[client.cid] = {"cn": client.cn, "since": client.since, "upload_bytes": client.upload_bytes}
-                self.leave(client.cid)
-            self.wait_status()
-            done += size
-        return {"sessions": sessions}
+    def join_batch(self, count: int, prefix: str) -> dict:
+        """`count` clients on the addresses 10.70.0.2 ... (reused batch after batch)."""
+        joined = {}
+        for i in range(count):
+            client = self.join(f"{prefix}-{self.next_cid}", f"10.70.{(i + 2) // 250}.{(i + 2) % 250}")
+            joined[client.cid] = {"cn": client.cn, "since": client.since}
+        return {"clients": joined}
+
+    def send_all(self, packets: int) -> dict:
+        with self.lock:
+            cids = list(self.clients)
+        return {"sent": {cid: self.send(cid, packets, 50 + cid % 500) for cid in cids}}
+
+    def leave_all(self) -> dict:
+        with self.lock:
+            cids = list(self.clients)
+            for cid in cids:
+                self.leave(cid)
+        return {"left": len(cids)}
 
 
 def main():
@@ -256,8 +257,12 @@ def main():
                 answer = {"bytes": sim.send(int(words[1]), int(words[2]), int(words[3]))}
             elif words[0] == "wait_status":
                 answer = {"replies": sim.wait_status(float(words[1]) if len(words) > 1 else 30)}
-            elif words[0] == "churn":
-                answer = sim.churn(int(words[1]), int(words[2]), int(words[3]))
+            elif words[0] == "join_batch":
+                answer = sim.join_batch(int(words[1]), words[2])
+            elif words[0] == "send_all":
+                answer = sim.send_all(int(words[1]))
+            elif words[0] == "leave_all":
+                answer = sim.leave_all()
             elif words[0] == "stats":
                 with sim.lock:
                     answer = {"replies": sim.replies, "kills": sim.kills, "connected": len(sim.clients)}

@@ -21,11 +21,11 @@
 namespace vpnmeter {
 namespace {
 
-// How long a cycle waits for the identity sources to answer before it goes
-// ahead without the silent ones (their sessions are then left as they were).
 // How often a store that keeps failing is mentioned again.
 constexpr auto kCommitFailureReminder = std::chrono::minutes(5);
 
+// How long a cycle waits for the identity sources to answer before it goes
+// ahead without the silent ones (their sessions are then left as they were).
 std::chrono::milliseconds answer_timeout(const Config& config)
 {
     return std::min<std::chrono::milliseconds>(config.collect_interval / 2, std::chrono::milliseconds(500));

@@ -21,6 +21,7 @@ namespace {
 // Keys of later features: accepted (with a warning) so one config file can
 // serve several agent versions.
 constexpr std::array kFutureSections = {"api"};
+constexpr uint64_t kMinStoreMapSize = 64 << 10; // the empty store takes a few pages
 
 class Parser {
 public:
@@ -157,7 +158,12 @@ public:
 
     void storage(const YAML::Node& node, Config& config) const
     {
-        only_keys(node, "storage", {"path", "timezone", "hourly_retention_days", "daily_retention_days"});
+        only_keys(node, "storage", {"path", "timezone", "hourly_retention_days", "daily_retention_days", "map_size"});
+        if (auto map_size = node["map_size"]) {
+            config.storage_map_size = size(map_size, "storage.map_size");
+            if (config.storage_map_size < kMinStoreMapSize)
+                fail(map_size, "storage.map_size", "must be at least 64KiB");
+        }
         if (auto days = node["hourly_retention_days"])
             config.hourly_retention_days = static_cast<uint32_t>(integer(days, "storage.hourly_retention_days", 1, 36500));
         if (auto days = node["daily_retention_days"])

@@ -87,6 +87,10 @@ struct Config {
     std::string storage_timezone = "UTC";
     uint32_t hourly_retention_days = 90;
     uint32_t daily_retention_days = 1095;
+    // The most the store may grow to (LMDB's map size): it starts at
+    // min(64 MiB, this) and doubles when full. Past it, commits fail (the
+    // kernel keeps counting) until it is raised; SIGHUP applies a new value.
+    uint64_t storage_map_size = 16ull << 30;
     std::vector<OpenVpnInstance> openvpn;
     std::vector<SingboxInstance> singbox;
     std::string log_level = "info";

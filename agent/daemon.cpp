@@ -22,6 +22,9 @@
 namespace vpnmeter {
 namespace {
 
+// How often a store that keeps failing is mentioned again.
+constexpr auto kCommitFailureReminder = std::chrono::minutes(5);
+
 // How long a cycle waits for the identity sources to answer before it goes
 // ahead without the silent ones (their sessions are then left as they were).
 std::chrono::milliseconds answer_timeout(const Config& config)
@@ -73,6 +76,8 @@ Result<std::unique_ptr<Daemon>> Daemon::start(Config config)
     store_options.timezone = config.storage_timezone;
     store_options.hourly_retention_days = config.hourly_retention_days;
     store_options.daily_retention_days = config.daily_retention_days;
+    store_options.max_map_size = config.storage_map_size;
+    store_options.initial_map_size = std::min(store_options.initial_map_size, config.storage_map_size);
     auto store = Store::open(store_options);
     if (!store) return store.error();
 
@@ -327,18 +332,21 @@ void Daemon::finish_cycle()
     plan_singbox(commit, singbox_changes);
     quotas_->plan(commit, now);
 
-    if (auto status = store_.commit(commit); !status) {
+    StoreFailure failure = StoreFailure::none;
+    if (auto status = store_.commit(commit, &failure); !status) {
         // Nothing was written; the kernel keeps counting and the next cycle
         // reads these bytes again.
-        if (!commit_failing_) spdlog::error("store: {}; counting continues in the kernel, retrying every cycle",
-                                            status.error().message());
-        commit_failing_ = true;
-        metrics_->count_error("store_commit");
+        note_commit_failure(status.error(), failure);
+        metrics_->count_store_commit_error(to_string(failure));
         metrics_->publish_errors();
         return;
     }
-    if (commit_failing_) spdlog::info("store: commits succeed again; nothing was lost");
+    if (commit_failing_)
+        spdlog::info("store: commits succeed again after {} failed cycles; this one holds every byte since the last "
+                     "good one, nothing was lost",
+                     failed_commits_);
     commit_failing_ = false;
+    failed_commits_ = 0;
     identity_committed_ = true;
     reconciler_->accept(commit);
     for (const auto& change : singbox_changes)
@@ -365,14 +373,44 @@ void Daemon::finish_cycle()
     }
     spdlog::debug("cycle {}: {} client entries, {} sessions active, +{} up, +{} down", cycles_, entries,
                   reconciler_->active().size(), human_bytes(moved.upload.bytes), human_bytes(moved.download.bytes));
-    if (entries >= maps_.max_clients())
+    // Said when it fills and when it has room again, not every cycle.
+    const bool map_full = entries >= maps_.max_clients();
+    if (map_full && !client_map_full_)
         spdlog::warn("client map is full ({} entries): new clients are counted as unattributed; raise bpf.max_clients",
                      maps_.max_clients());
+    else if (!map_full && client_map_full_)
+        spdlog::info("client map has room again ({} of {} entries)", entries, maps_.max_clients());
+    client_map_full_ = map_full;
     if (cycles_ % 3600 == 1) {
         if (auto status = store_.prune(now); !status) {
             spdlog::warn("store prune: {}", status.error().message());
             metrics_->count_error("store_prune");
         }
+    }
+}
+
+// Said once when commits start failing, then every kCommitFailureReminder
+// while they go on, not every cycle.
+void Daemon::note_commit_failure(const Error& error, StoreFailure failure)
+{
+    const auto now = SteadyClock::now();
+    ++failed_commits_;
+    std::string advice;
+    if (failure == StoreFailure::map_full)
+        advice = " (raise storage.map_size, then SIGHUP)";
+    else if (failure == StoreFailure::disk_full)
+        advice = " (free space on the file system of " + config_.storage_path + ")";
+    if (!commit_failing_) {
+        spdlog::error("store: {}{}; counting continues in the kernel, retrying every cycle", error.message(), advice);
+        commit_failing_ = true;
+        commit_failing_since_ = now;
+        next_commit_reminder_ = now + kCommitFailureReminder;
+    } else if (now >= next_commit_reminder_) {
+        spdlog::error("store: commits still failing after {} s ({} cycles, {}): {}{}; nothing is lost while the kernel "
+                      "counts",
+                      std::chrono::duration_cast<std::chrono::seconds>(now - commit_failing_since_).count(),
+                      failed_commits_, to_string(failure), error.message(), advice);
+        next_commit_reminder_ = now + kCommitFailureReminder;
     }
 }
 
@@ -442,11 +480,18 @@ void Daemon::reload()
     if (fresh.pin_path != config_.pin_path || fresh.storage_path != config_.storage_path ||
         fresh.http_listen != config_.http_listen || fresh.openvpn.size() != config_.openvpn.size() ||
         fresh.singbox.size() != config_.singbox.size() || fresh.metrics != config_.metrics)
-        spdlog::warn("reload: bpf.pin_path, storage, http.listen, openvpn, singbox and metrics changes need a restart");
+        spdlog::warn("reload: bpf.pin_path, storage.path, http.listen, openvpn, singbox and metrics changes need a "
+                     "restart");
     config_.interfaces = fresh.interfaces;
     config_.collect_interval = fresh.collect_interval;
     config_.quotas = fresh.quotas;
     quotas_->reload(fresh.quotas);
+    if (fresh.storage_map_size != config_.storage_map_size) {
+        store_.set_max_map_size(fresh.storage_map_size);
+        spdlog::info("reload: storage.map_size is now {} (the map is {} now)", human_bytes(fresh.storage_map_size),
+                     human_bytes(store_.map_size()));
+        config_.storage_map_size = fresh.storage_map_size;
+    }
     config_.http_tokens = fresh.http_tokens;
     if (auth_) {
         auth_->replace_tokens(fresh.http_tokens); // a revoked token stops working now

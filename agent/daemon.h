@@ -46,6 +46,7 @@ private:
     void start_cycle(SteadyClock::time_point now);
     bool cycle_answered(SteadyClock::time_point now) const;
     void finish_cycle();
+    void note_commit_failure(const Error& error, StoreFailure failure);
     void reload();
     Status start_metrics();
     void publish_metrics(const Interfaces& devices, int64_t now);
@@ -69,6 +70,10 @@ private:
     bool identity_committed_ = false;
     std::optional<SteadyClock::time_point> answer_deadline_; // a cycle waits for its sources
     bool commit_failing_ = false;
+    uint64_t failed_commits_ = 0; // in a row
+    bool client_map_full_ = false;
+    SteadyClock::time_point commit_failing_since_{};
+    SteadyClock::time_point next_commit_reminder_{};
     std::atomic<bool> ready_{false}; // a cycle has been committed (for /readyz)
     uint64_t cycles_ = 0;
     std::unique_ptr<Enforcer> enforcer_;

@@ -142,6 +142,7 @@ class UserSlots {
     // by someone else.
     Status adopt(const std::string &user, uint32_t slot);
     size_t size() const { return by_user_.size(); }
+    std::vector<std::string> users() const;
 
   private:
     uint32_t capacity_;

@@ -134,12 +134,27 @@ void QuotaController::enforce(const std::map<std::string, Session>& active, cons
         for (const ClientKey& key : session_keys(session, interfaces)) keys_by_user[session.user].push_back(key);
     }
 
+    // Users with no session left give their slot back (its budget is
+    // zeroed; set again from the committed usage if they return): users come
+    // and go by the thousand, and slots held by departed ones would run out.
+    for (const std::string& user : slots_.users()) {
+        if (keys_by_user.count(user)) continue;
+        if (auto slot = slots_.release(user)) {
+            if (auto released = enforcer_->release_slot(*slot); !released)
+                spdlog::error("quota: releasing the slot of {}: {}", user, released.error().message());
+        }
+        budget_basis_.erase(user);
+    }
+
     std::map<ClientKey, PolicyEntry> wanted;
     for (const auto& [user, keys] : keys_by_user) {
         const auto grant = grant_of(user);
         const Plan* plan = plan_of(config_, user, grant);
         const QuotaState state = state_of(user, now);
-        const bool limited = state.remaining_bytes.has_value();
+        // `action: none` reports only: no budget in the kernel, which would
+        // block at zero.
+        const bool report_only = plan && plan->action == Plan::Action::none;
+        const bool limited = state.remaining_bytes.has_value() && !report_only;
         if (!plan && !state.block) {
             if (auto slot = slots_.release(user)) enforcer_->release_slot(*slot);
             budget_basis_.erase(user);

@@ -249,6 +249,12 @@ std::vector<MetricFamily> metric_families(const MetricsSnapshot& s)
     for (const auto& [op, count] : s.errors) errors.add({{"op", op}}, static_cast<double>(count));
     errors.into(out);
 
+    Family commit_errors("vpnmeter_store_commit_errors_total",
+                         "Cycles whose store commit failed, by reason; their bytes go into the next commit.", C);
+    for (const auto& [reason, count] : s.store_commit_errors)
+        commit_errors.add({{"reason", reason}}, static_cast<double>(count));
+    commit_errors.into(out);
+
     Family alerts("vpnmeter_alerts_total", "Quota threshold alerts fired since the agent started.", C);
     alerts.add({}, static_cast<double>(s.alerts));
     alerts.into(out);
@@ -336,6 +342,8 @@ MetricsRecorder::MetricsRecorder(MetricsConfig config, std::string version, std:
     // Present from the start, so that rate() sees the first failure.
     for (const char* op : {"collect", "source", "store_commit", "store_prune", "read_drops", "webhook"})
         errors_[op] = 0;
+    for (const char* reason : {"map_full", "disk_full", "other"})
+        store_commit_errors_[reason] = 0;
 }
 
 const std::string& MetricsRecorder::user_label(const std::string& user)
@@ -420,6 +428,12 @@ void MetricsRecorder::observe_cycle(std::chrono::duration<double> elapsed) { dur
 
 void MetricsRecorder::count_error(const std::string& op) { ++errors_[op]; }
 
+void MetricsRecorder::count_store_commit_error(const std::string& reason)
+{
+    ++errors_["store_commit"];
+    ++store_commit_errors_[reason];
+}
+
 std::map<std::string, uint64_t> MetricsRecorder::errors() const
 {
     auto out = errors_;
@@ -447,6 +461,7 @@ void MetricsRecorder::publish(LiveMetrics live)
     s->store_size_bytes = live.store_size_bytes;
     webhook_failures_ = live.webhook_failures;
     s->errors = errors();
+    s->store_commit_errors = store_commit_errors_;
     s->alerts = live.alerts;
     s->version = version_;
     last_ = s;
@@ -458,6 +473,7 @@ void MetricsRecorder::publish_errors()
     auto s = last_ ? std::make_shared<MetricsSnapshot>(*last_) : std::make_shared<MetricsSnapshot>();
     s->version = version_;
     s->errors = errors();
+    s->store_commit_errors = store_commit_errors_;
     last_ = s;
     exporter_->publish(std::move(s));
 }

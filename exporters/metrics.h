@@ -98,6 +98,7 @@ struct MetricsSnapshot {
     std::map<std::string, MapUsage> maps;             // by BPF map ("clients": vpnmeter_clients)
     std::optional<uint64_t> store_size_bytes;
     std::map<std::string, uint64_t> errors;           // by operation
+    std::map<std::string, uint64_t> store_commit_errors; // by reason: map_full, disk_full, other
     uint64_t alerts = 0;
     std::string version;
 };
@@ -167,6 +168,8 @@ public:
     void observe_cycle(std::chrono::duration<double> elapsed);
     // Counted at once; shown with the next publish() or publish_errors().
     void count_error(const std::string& op);
+    // A failed store commit (also counted as op="store_commit"), by reason.
+    void count_store_commit_error(const std::string& reason);
 
     // A new snapshot from the cumulative state and `live`, to the exporter.
     void publish(LiveMetrics live);
@@ -199,6 +202,7 @@ private:
     std::map<std::pair<std::string, std::string>, SourceBytes> source_bytes_;
     DurationHistogram duration_;
     std::map<std::string, uint64_t> errors_;
+    std::map<std::string, uint64_t> store_commit_errors_;
     uint64_t webhook_failures_ = 0;
     std::shared_ptr<const MetricsSnapshot> last_;
 };

@@ -73,7 +73,14 @@ struct Item {
     std::string body;
 };
 
-enum class Outcome { Delivered, Failed, Stopped };
+// Unreachable: no connection at all (refused, no route, name not found), so
+// the receiver has seen nothing; Failed: it answered badly or not in time.
+enum class Outcome { Delivered, Failed, Unreachable, Stopped };
+
+bool unreachable(CURLcode code)
+{
+    return code == CURLE_COULDNT_CONNECT || code == CURLE_COULDNT_RESOLVE_HOST || code == CURLE_COULDNT_RESOLVE_PROXY;
+}
 
 } // namespace
 
@@ -205,9 +212,13 @@ void WebhookSender::State::run()
     }
 }
 
-// Until delivered or out of retries (true), or stopping (false).
+// Until delivered or out of retries (true), or stopping (false). Only
+// attempts the receiver saw use up retries: while it cannot be reached at
+// all the alert stays at the head of the queue, retried at the backoff's
+// pace for as long as the agent runs.
 bool WebhookSender::State::send(const Item &item)
 {
+    int answered_badly = 0;
     for (int attempt = 1;; ++attempt) {
         std::string problem;
         const Outcome outcome = post(item.body, problem);
@@ -218,14 +229,19 @@ bool WebhookSender::State::send(const Item &item)
             return true;
         }
         ++failed_attempts;
-        if (attempt > options.retries) {
+        if (outcome == Outcome::Failed && ++answered_badly > options.retries) {
             ++failed;
             spdlog::error("webhook {}: giving up on {} after {} attempts: {}", url, item.id, attempt, problem);
             return true;
         }
         const auto wait = backoff(attempt);
-        spdlog::warn("webhook {}: {} not delivered ({}); attempt {} of {} in {} ms", url, item.id, problem, attempt + 1,
-                     options.retries + 1, wait.count());
+        if (outcome == Outcome::Unreachable)
+            spdlog::warn("webhook {}: {} not delivered ({}); kept queued while the receiver is unreachable, attempt "
+                         "{} in {} ms",
+                         url, item.id, problem, attempt + 1, wait.count());
+        else
+            spdlog::warn("webhook {}: {} not delivered ({}); attempt {} of {} in {} ms", url, item.id, problem,
+                         answered_badly + 1, options.retries + 1, wait.count());
         std::unique_lock lock(mutex);
         if (wake.wait_for(lock, wait, [&] { return stopping.load(); })) return false;
     }
@@ -267,7 +283,7 @@ Outcome WebhookSender::State::post(const std::string &body, std::string &problem
     if (!result) return stopping ? Outcome::Stopped : Outcome::Failed;
     if (*result != CURLE_OK) {
         problem = error_text[0] ? error_text : curl_easy_strerror(*result);
-        return Outcome::Failed;
+        return unreachable(*result) ? Outcome::Unreachable : Outcome::Failed;
     }
     long status = 0;
     curl_easy_getinfo(handle, CURLINFO_RESPONSE_CODE, &status);

@@ -3,7 +3,11 @@
 //
 // Delivery is at least once, within limits:
 // - An alert is retried until a 2xx answer or until its retries are used up
-//   (a receiver down for less than the retry window gets it once it is back).
+//   by attempts the receiver saw (an error status, no answer in time). While
+//   the receiver cannot be connected to at all (refused, unresolvable) no
+//   retry is used: the alert stays queued, retried at the backoff's pace,
+//   for as long as the agent runs, so a receiver that is down gets it once
+//   it is back.
 // - A receiver that got the POST but whose answer was lost (timeout, dropped
 //   connection) gets it again: receivers de-duplicate on the payload's "id",
 //   which is the same for every attempt and names the alert (node, user,
@@ -27,7 +31,7 @@ namespace vpnmeter {
 
 struct WebhookOptions {
     std::chrono::milliseconds timeout{10'000}; // one attempt, connecting included
-    int retries = 8;                           // after the first attempt
+    int retries = 8;                           // after the first attempt the receiver saw
     // Waits between attempts: first_backoff, doubling, at most max_backoff.
     // With the defaults a receiver may be down ~3 minutes (1+2+4+...+60+60 s).
     std::chrono::milliseconds first_backoff{1'000};
@@ -52,7 +56,7 @@ class WebhookSender {
     bool enqueue(nlohmann::json body);
 
     uint64_t delivered() const;       // answered 2xx
-    uint64_t failed() const;          // retries used up without a 2xx
+    uint64_t failed() const;          // retries used up without a 2xx (never for an unreachable receiver)
     uint64_t dropped() const;         // refused by enqueue(): the queue was full
     uint64_t failed_attempts() const; // attempts without a 2xx, retried or not
     size_t pending() const;           // queued or in flight

@@ -230,8 +230,12 @@ Status Store::Impl::resize_map(uint64_t size) const
     return ok();
 }
 
-Status Store::Impl::write(const std::string& what, const std::function<Status(lmdb::Txn&)>& apply)
+Status Store::Impl::write(const std::string& what, const std::function<Status(lmdb::Txn&)>& apply,
+                          StoreFailure* failure)
 {
+    StoreFailure ignored = StoreFailure::none;
+    StoreFailure& why = failure ? *failure : ignored;
+    why = StoreFailure::none;
     std::lock_guard writing(write_lock);
     for (int resized = 0;;) {
         int rc = 0;
@@ -242,7 +246,10 @@ Status Store::Impl::write(const std::string& what, const std::function<Status(lm
             if (txn) {
                 result = apply(*txn);
                 if (result) result = txn->commit();
-                if (result) return ok();
+                if (result) {
+                    why = StoreFailure::none;
+                    return ok();
+                }
                 rc = txn->failed_rc();
             } else {
                 result = txn.error();
@@ -250,16 +257,23 @@ Status Store::Impl::write(const std::string& what, const std::function<Status(lm
         } // an unfinished transaction is aborted here, before the lock goes
 
         if (rc == MDB_MAP_RESIZED && resized++ < kMaxResizedRetries) {
-            if (auto adopted = resize_map(0); !adopted) return prefixed(what, adopted.error());
+            if (auto adopted = resize_map(0); !adopted) {
+                why = StoreFailure::other;
+                return prefixed(what, adopted.error());
+            }
             continue;
         }
-        if (rc != MDB_MAP_FULL) return prefixed(what, result.error());
+        if (rc != MDB_MAP_FULL) {
+            why = rc == ENOSPC || rc == EDQUOT ? StoreFailure::disk_full : StoreFailure::other;
+            return prefixed(what, result.error());
+        }
 
+        why = StoreFailure::map_full;
         const uint64_t size = env.map_size();
-        const uint64_t limit = std::max(round_up_to_page(options.max_map_size), page_size());
+        const uint64_t limit = std::max(round_up_to_page(max_map_size.load()), page_size());
         if (size >= limit)
             return Error{what + ": the store at " + options.path + " is full: it needs more than its limit of " +
-                         std::to_string(limit) + " bytes (" + mib(limit) + ", max_map_size); nothing was written"};
+                         std::to_string(limit) + " bytes (" + mib(limit) + ", storage.map_size); nothing was written"};
         if (auto grown = resize_map(std::min(round_up_to_page(size * 2), limit)); !grown)
             return prefixed(what, grown.error());
     }
@@ -338,13 +352,35 @@ uint64_t Store::map_size() const
     return impl_->env.map_size();
 }
 
+void Store::set_max_map_size(uint64_t size)
+{
+    impl_->max_map_size = size;
+}
+
+uint64_t Store::max_map_size() const
+{
+    return impl_->max_map_size;
+}
+
+const char* to_string(StoreFailure failure)
+{
+    switch (failure) {
+    case StoreFailure::none: return "none";
+    case StoreFailure::map_full: return "map_full";
+    case StoreFailure::disk_full: return "disk_full";
+    case StoreFailure::other: break;
+    }
+    return "other";
+}
+
 int64_t Store::bucket_start(int64_t time, Granularity granularity) const
 {
     return impl_->calendar.start(time, granularity);
 }
 
-Status Store::commit(const CycleCommit& cycle)
+Status Store::commit(const CycleCommit& cycle, StoreFailure* failure)
 {
+    if (failure) *failure = StoreFailure::other;
     if (impl_->options.read_only) return Error{"commit: the store is open read-only"};
     const Databases& dbs = impl_->dbs;
     std::array<int64_t, kGranularities.size()> starts{};
@@ -413,7 +449,7 @@ Status Store::commit(const CycleCommit& cycle)
                 return prefixed("store Sing-Box checkpoint of " + instance, put.error());
         }
         return write_quota_records(txn, dbs, cycle);
-    });
+    }, failure);
 }
 
 Status Store::prune(int64_t now)

@@ -102,6 +102,15 @@ struct CycleCommit {
 
 enum class Granularity { Hour, Day, Month };
 
+// Why a write failed, for the caller's logs and metrics.
+enum class StoreFailure {
+    none,
+    map_full,  // the map reached max_map_size (storage.map_size)
+    disk_full, // the file system said ENOSPC or EDQUOT
+    other,
+};
+const char* to_string(StoreFailure failure); // "map_full", "disk_full", ...
+
 struct UsageBucket {
     int64_t start = 0; // unix seconds of the bucket's beginning in the store's timezone
     Traffic traffic;
@@ -166,8 +175,9 @@ public:
     // One write transaction. On MDB_MAP_FULL the map is grown (doubling, up
     // to max_map_size) and the commit retried; if it still does not fit,
     // nothing is written and the error says why (the caller retries the
-    // whole cycle later: the kernel keeps counting meanwhile).
-    Status commit(const CycleCommit& cycle);
+    // whole cycle later: the kernel keeps counting meanwhile). `failure`,
+    // if given, is set to the kind of failure (none on success).
+    Status commit(const CycleCommit& cycle, StoreFailure* failure = nullptr);
 
     // The reads below each use a snapshot of their own; take one with
     // snapshot() to read several things consistently.
@@ -205,6 +215,10 @@ public:
     // 0: opened read-only before the daemon ever initialised the store.
     uint32_t schema_version() const;
     uint64_t map_size() const;
+    // A new limit for the map's growth (a configuration reload). A map
+    // already larger keeps its size: it is never shrunk.
+    void set_max_map_size(uint64_t size);
+    uint64_t max_map_size() const;
 
     // Start of the bucket holding `time` in the store's timezone.
     int64_t bucket_start(int64_t time, Granularity granularity) const;

@@ -2,6 +2,7 @@
 // snapshot.cpp (reads). Not for use outside agent/store/.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -92,14 +93,17 @@ struct StoreSnapshotState {
 
 struct Store::Impl {
     Impl(StoreOptions options, BucketCalendar calendar, OpenStoreClaim claim, lmdb::Env env)
-        : options(std::move(options)), calendar(std::move(calendar)), claim(std::move(claim)), env(std::move(env))
+        : options(std::move(options)), calendar(std::move(calendar)), claim(std::move(claim)), env(std::move(env)),
+          max_map_size(this->options.max_map_size)
     {
     }
 
     // One write transaction around `apply`, retried with a bigger map while
-    // LMDB reports MDB_MAP_FULL (up to options.max_map_size). `apply` may
-    // run several times and must only touch the transaction.
-    Status write(const std::string& what, const std::function<Status(lmdb::Txn&)>& apply);
+    // LMDB reports MDB_MAP_FULL (up to max_map_size). `apply` may run
+    // several times and must only touch the transaction. `failure`, if
+    // given, says what kind of failure an error was.
+    Status write(const std::string& what, const std::function<Status(lmdb::Txn&)>& apply,
+                 StoreFailure* failure = nullptr);
     // The daemon's open: creates the databases, stamps or migrates the schema.
     Status initialise();
     // The CLI's open: finds what exists, changes nothing.
@@ -112,6 +116,7 @@ struct Store::Impl {
     lmdb::Env env;
     Databases dbs;
     uint32_t schema_version = 0;
+    std::atomic<uint64_t> max_map_size; // options.max_map_size, until set_max_map_size()
 
     // Shared by every transaction of this process, exclusive while the map
     // is resized (LMDB requires no transaction to be active then).

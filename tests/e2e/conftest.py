@@ -63,8 +63,10 @@ class Agent:
         assert not config, f"unknown agent settings {config}"
         self.config_path.write_text(text)
 
-    def start(self, wait_attached: str | None = None):
-        self.proc = self.ns.popen([*self.wrapper, self.vpnmeterd, "--config", self.config_path], log=str(self.log_path),
+    def start(self, wait_attached: str | None = None, wrapper=None):
+        """wrapper: a command the daemon runs under (valgrind ...); default self.wrapper."""
+        wrapper = self.wrapper if wrapper is None else wrapper
+        self.proc = self.ns.popen([*wrapper, self.vpnmeterd, "--config", self.config_path], log=str(self.log_path),
                                   keep_mounts=True)
         if wait_attached:
             wait_for(lambda: f"metering {wait_attached}" in self.log() or self.proc.poll() is not None,

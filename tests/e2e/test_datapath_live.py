@@ -21,10 +21,11 @@ TUN_PEER = pathlib.Path(__file__).with_name("tun_peer.py")
 class TunPeer:
     """tun_peer.py running in a namespace, spoken to line by line."""
 
-    def __init__(self, ns: netns.Namespace, name: str):
+    def __init__(self, ns: netns.Namespace, name: str, args=()):
+        """args: more tun_peer.py options (--addr4, --clients ...)."""
         self.ns = ns
         self.name = name
-        self.proc = ns.popen(["/usr/bin/python3", TUN_PEER, "--name", name], stdin=subprocess.PIPE,
+        self.proc = ns.popen(["/usr/bin/python3", TUN_PEER, "--name", name, *args], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, bufsize=1)
         assert "ready" in self._answer(), f"tun_peer did not create {name}"
 

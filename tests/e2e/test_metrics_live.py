@@ -121,7 +121,8 @@ def test_prometheus_sees_per_user_totals_equal_to_the_store(agents, tmp_path):
                            "vpnmeter_interface_bytes_total", "vpnmeter_unattributed_bytes_total",
                            "vpnmeter_source_bytes_total", "vpnmeter_sessions_active",
                            "vpnmeter_collection_duration_seconds", "vpnmeter_map_entries", "vpnmeter_map_capacity",
-                           "vpnmeter_store_size_bytes", "vpnmeter_errors_total", "vpnmeter_alerts_total",
+                           "vpnmeter_store_size_bytes", "vpnmeter_errors_total", "vpnmeter_store_commit_errors_total",
+                           "vpnmeter_alerts_total",
                            "vpnmeter_build_info"):
                 assert f"# TYPE {family} " in text, f"{family} missing:\n{text}"
 

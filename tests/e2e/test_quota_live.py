@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -151,6 +152,14 @@ def test_sighup_reloads_and_a_bad_file_changes_nothing(namespaces, agents):
     wait_for(lambda: "reload rejected" in agent.log(), 10, "the rejection")
     assert "ambiguous" in agent.log()
     assert quota(agent, "alice")["limit_bytes"] == 20 * MB  # the running configuration stays
+
+    # Not even YAML: the error names the file, line and column; nothing changes.
+    agent.config_path.write_text(base + "quotas:\n  plans: { small: [limit: 20MB\n")
+    agent.proc.send_signal(1)
+    wait_for(lambda: agent.log().count("reload rejected") == 2, 10, "the second rejection")
+    rejection = [line for line in agent.log().splitlines() if "reload rejected" in line][-1]
+    assert re.search(re.escape(str(agent.config_path)) + r":\d+:\d+: ", rejection), rejection
+    assert quota(agent, "alice")["limit_bytes"] == 20 * MB
 
     agent.config_path.write_text(base + "quotas:\n  plans:\n    big: { limit: 5GB, period: monthly }\n"
                                         "  users:\n    alice: big\n")

@@ -258,12 +258,18 @@ class OpenVpnLab:
         raise LabError(f"openvpn server not ready after {timeout}s:\n"
                        f"{log_tail(self.server_log)}")
 
-    def restart_server(self, timeout: float = 30, wait: bool = True) -> None:
-        """Stop the server by pid and start it again (tun0 is recreated).
+    def restart_server(self, timeout: float = 30, wait: bool = True, hard: bool = False) -> None:
+        """Stop the server by pid and start it again (tun0 is recreated,
+        unless it is persistent).
 
+        hard: SIGKILL, so OpenVPN cleans nothing up (a crash).
         With wait, also waits until the running clients have reconnected.
         """
-        self.server_ns.kill(self.server_proc, timeout=10)
+        if hard:
+            self.server_proc.kill()
+            self.server_proc.wait(10)
+        else:
+            self.server_ns.kill(self.server_proc, timeout=10)
         for c in self.clients.values():  # sessions after this point count
             c.mark, c.ipv4, c.ipv6 = _size(c.log), None, None
         self._start_server(timeout)

@@ -442,3 +442,16 @@ TEST_CASE("metrics: per_session, max_sessions and hash_users", "[config]")
     CHECK(error_of("interfaces: [tun0]\nmetrics: { max_session: 5 }\n") ==
           "test.yaml:2:12: metrics.max_session: unknown key (expected one of: per_session, max_sessions, hash_users)");
 }
+
+TEST_CASE("storage.map_size: a size, 16GiB by default, at least 64KiB", "[config]")
+{
+    CHECK(parse_config("interfaces: tun0\n", "test.yaml").storage_map_size == 16ull << 30);
+    CHECK(parse_config("interfaces: tun0\nstorage: { map_size: 64MB }\n", "test.yaml").storage_map_size ==
+          64'000'000);
+    CHECK(parse_config("interfaces: tun0\nstorage: { map_size: 64KiB }\n", "test.yaml").storage_map_size == 65536);
+    CHECK(error_of("interfaces: tun0\nstorage: { map_size: 4kB }\n") ==
+          "test.yaml:2:22: storage.map_size: must be at least 64KiB");
+    CHECK_THAT(error_of("interfaces: tun0\nstorage: { map_size: lots }\n"),
+               Catch::StartsWith("test.yaml:2:22: storage.map_size: "));
+    CHECK(load_config(VPNMETER_SOURCE_DIR "/config/vpnmeter.yaml").storage_map_size == 16ull << 30);
+}

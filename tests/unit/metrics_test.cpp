@@ -380,3 +380,21 @@ TEST_CASE("the histogram counts each observation in its bucket", "[metrics]")
     CHECK(h.buckets[2] == 1);
     CHECK(std::accumulate(h.buckets.begin(), h.buckets.end(), uint64_t{0}) == 2); // 10 s: only in +Inf
 }
+
+TEST_CASE("failed store commits are counted by reason and as store_commit errors", "[metrics]")
+{
+    Recorded r({});
+    r.recorder.publish({});
+    r.recorder.count_store_commit_error("map_full");
+    r.recorder.count_store_commit_error("map_full");
+    r.recorder.count_store_commit_error("disk_full");
+    r.recorder.publish_errors();
+    const std::string text = r.exporter->render();
+    CHECK(has_line(text, R"(vpnmeter_store_commit_errors_total{reason="map_full"} 2)"));
+    CHECK(has_line(text, R"(vpnmeter_store_commit_errors_total{reason="disk_full"} 1)"));
+    CHECK(has_line(text, R"(vpnmeter_store_commit_errors_total{reason="other"} 0)"));
+    CHECK(has_line(text, R"(vpnmeter_errors_total{op="store_commit"} 3)"));
+
+    r.recorder.publish({}); // a good cycle keeps the counts
+    CHECK(has_line(r.exporter->render(), R"(vpnmeter_store_commit_errors_total{reason="map_full"} 2)"));
+}

@@ -800,3 +800,32 @@ TEST_CASE("the usage key orders by user, granularity, then time", "[store]")
     CHECK(encoding::decode_client_key(encoding::encode(ClientKey::parse(7, "fd00::1"))) ==
           ClientKey::parse(7, "fd00::1"));
 }
+
+TEST_CASE("a full store says why, and a raised limit applies without reopening", "[store]")
+{
+    TempDir dir;
+    auto options = options_in(dir);
+    options.initial_map_size = 64 << 10;
+    options.max_map_size = 64 << 10;
+    const int64_t t = utc(2024, 5, 1, 12);
+    Store store = open_store(options);
+    StoreFailure failure = StoreFailure::other;
+    REQUIRE(store.commit(big_cycle(t, 1, "small"), &failure));
+    CHECK(failure == StoreFailure::none);
+
+    REQUIRE_FALSE(store.commit(big_cycle(t, 2000, "big"), &failure));
+    CHECK(failure == StoreFailure::map_full);
+    CHECK(std::string(to_string(failure)) == "map_full");
+    CHECK(must(store.sessions()).size() == 1);
+
+    store.set_max_map_size(64 << 20); // a SIGHUP with a larger storage.map_size
+    CHECK(store.max_map_size() == 64 << 20);
+    REQUIRE(store.commit(big_cycle(t, 2000, "big"), &failure));
+    CHECK(failure == StoreFailure::none);
+    CHECK(must(store.sessions()).size() == 2001);
+    CHECK(store.map_size() > (64 << 10));
+
+    store.set_max_map_size(64 << 10); // lowered below the map: never shrunk, commits that fit go on
+    must_commit(store, big_cycle(t, 1, "after"));
+    CHECK(store.map_size() > (64 << 10));
+}

@@ -270,6 +270,28 @@ TEST_CASE("a receiver that is down, then up, gets the alert once", "[webhook]")
     CHECK(sender.pending() == 0);
 }
 
+TEST_CASE("a receiver unreachable for longer than the retries still gets every alert, once, in order", "[webhook]")
+{
+    uint16_t port = 0;
+    {
+        Receiver reserve(always_ok);
+        port = reserve.port();
+    }
+    WebhookSender sender("http://127.0.0.1:" + std::to_string(port) + "/hooks/vpnmeter", quick(2s, 1));
+    REQUIRE(sender.enqueue(alert("alice")));
+    REQUIRE(sender.enqueue(alert("bob")));
+    REQUIRE(eventually([&] { return sender.failed_attempts() >= 6; })); // far past 1 retry
+    CHECK(sender.failed() == 0);
+    CHECK(sender.pending() == 2);
+
+    Receiver receiver(always_ok, port);
+    REQUIRE(eventually([&] { return sender.delivered() == 2; }));
+    std::this_thread::sleep_for(200ms);
+    CHECK(ids(receiver.requests()) == std::vector<std::string>{"vpn-1/alice/2024-05-01T00:00:00Z/80",
+                                                               "vpn-1/bob/2024-05-01T00:00:00Z/80"});
+    CHECK(sender.failed() == 0);
+}
+
 TEST_CASE("a 500 is retried and the alert delivered once", "[webhook]")
 {
     Receiver receiver([](size_t index) { return index < 2 ? Answer::ServerError : Answer::Ok; });

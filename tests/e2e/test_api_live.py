@@ -175,13 +175,13 @@ def test_tokens_scopes_and_tenants(agents, namespaces, tmp_path):
     # The CLI passes the token: --token, or VPNMETER_TOKEN.
     base = [VPNMETER, "quota", "get", "alice", "--json", "--api", f"http://{LISTEN}"]
     refused = agent.ns.run(base, check=False, keep_mounts=True)
-    assert refused.returncode == 1 and "401" in refused.stderr and "VPNMETER_TOKEN" in refused.stderr, refused
+    assert refused.returncode == 6 and "401" in refused.stderr and "VPNMETER_TOKEN" in refused.stderr, refused
     assert json.loads(agent.ns.run(base + ["--token", READER], keep_mounts=True).stdout)["user"] == "alice"
     env = agent.ns.run(["env", f"VPNMETER_TOKEN={ACME}", *base], keep_mounts=True)
     assert json.loads(env.stdout)["user"] == "alice"
     topup = agent.ns.run(["env", f"VPNMETER_TOKEN={READER}", VPNMETER, "quota", "topup", "alice", "5",
                           "--api", f"http://{LISTEN}"], check=False, keep_mounts=True)
-    assert topup.returncode == 1 and "403" in topup.stderr, topup
+    assert topup.returncode == 6 and "403" in topup.stderr, topup
 
     # SIGHUP with the reader's token removed: revoked at once.
     agent.config_path.write_text(agent.base_config + tokens_yaml(readers=()))

@@ -8,7 +8,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import pty
 import re
+import select
+import signal
+import subprocess
+import termios
 import threading
 import time
 
@@ -54,6 +60,41 @@ def export_totals(rows) -> dict:
         up, down = out.get(row["user"], (0, 0))
         out[row["user"]] = (up + int(row["upload_bytes"]), down + int(row["download_bytes"]))
     return out
+
+
+def live_top(agent, stop) -> bytes:
+    """Runs `top` on a pseudo-terminal for about a second, then stops it by
+    key or signal; returns what it drew. Its exit code must be 0 and its
+    terminal settings as they were."""
+    master, slave = pty.openpty()
+    saved = termios.tcgetattr(slave)
+    proc = subprocess.Popen(agent.ns.nsenter_argv() + [str(VPNMETER), "top", "--interval", "0.3", "--api", API],
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                            env={k: v for k, v in os.environ.items() if k != "NO_COLOR"})
+    screen = b""
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.1)[0]:
+                screen += os.read(master, 65536)
+        if stop == "SIGINT":
+            proc.send_signal(signal.SIGINT)
+        else:
+            os.write(master, stop)
+        assert proc.wait(5) == 0
+        while select.select([master], [], [], 0.2)[0]:
+            try:
+                screen += os.read(master, 65536)
+            except OSError:
+                break
+        assert termios.tcgetattr(slave) == saved, "top left the terminal changed"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+    return screen
 
 
 def test_status_top_export_and_exit_codes(agents, tmp_path):
@@ -117,6 +158,13 @@ def test_status_top_export_and_exit_codes(agents, tmp_path):
         assert re.search(r"\[#{0,14}-{6,20}\]$", lines["bob"]) and "ok" in lines["bob"].split(), frame
         assert "1 blocked" in frame
         assert cli_json(agent, "status", "--json", "--api", API)["quotas"]["users_blocked"] == 1
+
+        # The live view on a terminal: redrawn, q quits, Ctrl-C too; the terminal is put back.
+        for stop in (b"q", "SIGINT"):
+            screen = live_top(agent, stop)
+            assert screen.count(b"\x1b[H\x1b[2J") >= 2, screen[-2000:]  # at least two frames
+            assert b"\x1b[31m[####################]\x1b[0m" in screen  # alice's bar, red
+            assert screen.rstrip(b"\r\n").endswith(b"\x1b[?25h\x1b[?1049l"), screen[-200:]
 
         # export: the same totals as usage, by day (CSV) and by hour (JSON to a file, with progress).
         def exported():

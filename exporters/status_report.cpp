@@ -25,7 +25,8 @@ std::string human_duration(int64_t seconds)
 {
     if (seconds < 0) seconds = 0;
     char text[32];
-    if (seconds < 60) std::snprintf(text, sizeof text, "%llds", static_cast<long long>(seconds));
+    if (seconds < 60)
+        std::snprintf(text, sizeof text, "%llds", static_cast<long long>(seconds));
     else if (seconds < 3600)
         std::snprintf(text, sizeof text, "%lldm %02llds", static_cast<long long>(seconds / 60),
                       static_cast<long long>(seconds % 60));
@@ -53,25 +54,27 @@ nlohmann::json status_json(const AgentStatus& s, int64_t now)
     nlohmann::json quotas = nullptr;
     if (s.users_blocked && s.users_throttled)
         quotas = {{"users_blocked", *s.users_blocked}, {"users_throttled", *s.users_throttled}};
-    return {{"agent",
-             {{"version", s.version},
-              {"pid", s.pid},
-              {"started", s.started},
-              {"uptime_seconds", std::max<int64_t>(0, now - s.started)},
-              {"config_path", s.config_path},
-              {"pin_path", s.pin_path}}},
-            {"interfaces", interfaces},
-            {"sources", sources},
-            {"store", {{"path", s.store_path}, {"size_bytes", s.store_size_bytes}, {"last_commit", optional_json(s.last_commit)}}},
-            {"quotas", quotas}};
+    return {
+        {"agent",
+         {{"version", s.version},
+          {"pid", s.pid},
+          {"started", s.started},
+          {"uptime_seconds", std::max<int64_t>(0, now - s.started)},
+          {"config_path", s.config_path},
+          {"pin_path", s.pin_path}}},
+        {"interfaces", interfaces},
+        {"sources", sources},
+        {"store",
+         {{"path", s.store_path}, {"size_bytes", s.store_size_bytes}, {"last_commit", optional_json(s.last_commit)}}},
+        {"quotas", quotas}};
 }
 
 std::string status_text(const nlohmann::json& status, int64_t now, bool exact_bytes)
 {
     std::ostringstream out;
     const auto& agent = status.at("agent");
-    out << "agent    vpnmeterd " << agent.value("version", "?") << ", pid " << agent.value("pid", int64_t{0})
-        << ", up " << human_duration(agent.value("uptime_seconds", int64_t{0})) << "\n"
+    out << "agent    vpnmeterd " << agent.value("version", "?") << ", pid " << agent.value("pid", int64_t{0}) << ", up "
+        << human_duration(agent.value("uptime_seconds", int64_t{0})) << "\n"
         << "config   " << agent.value("config_path", "") << "\n"
         << "pins     " << agent.value("pin_path", "") << "\n";
     const auto& store = status.at("store");
@@ -85,14 +88,15 @@ std::string status_text(const nlohmann::json& status, int64_t now, bool exact_by
 
     Rows interfaces = {{"INTERFACE", "IFINDEX", "ATTACHED"}};
     for (const auto& i : status.at("interfaces"))
-        interfaces.push_back({i.value("name", ""), std::to_string(i.value("ifindex", 0u)),
-                              i.value("attached", false) ? "yes" : "NO"});
+        interfaces.push_back(
+            {i.value("name", ""), std::to_string(i.value("ifindex", 0u)), i.value("attached", false) ? "yes" : "NO"});
     out << "\n" << (interfaces.size() > 1 ? render_table(interfaces) : "no interface matches `interfaces` yet\n");
 
     Rows sources = {{"SOURCE", "KIND", "STATE", "LAST REFRESH", "ERROR"}};
     for (const auto& s : status.at("sources"))
         sources.push_back({s.value("instance", ""), s.value("kind", ""), s.value("state", ""),
-                           when(s.at("last_refresh"), now), s.at("error").is_string() ? s["error"].get<std::string>() : "-"});
+                           when(s.at("last_refresh"), now),
+                           s.at("error").is_string() ? s["error"].get<std::string>() : "-"});
     out << "\n" << (sources.size() > 1 ? render_table(sources) : "no identity sources configured\n");
     return out.str();
 }

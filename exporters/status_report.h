@@ -29,7 +29,7 @@ struct AgentStatus {
     std::vector<SourceStatus> sources;
     std::string store_path;
     uint64_t store_size_bytes = 0;
-    std::optional<int64_t> last_commit; // unix seconds; none before the first cycle
+    std::optional<int64_t> last_commit;                     // unix seconds; none before the first cycle
     std::optional<uint64_t> users_blocked, users_throttled; // none: quotas not evaluated yet
 };
 

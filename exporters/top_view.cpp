@@ -59,7 +59,8 @@ std::vector<TopUser> top_users(const nlohmann::json& now, const nlohmann::json& 
     std::map<std::string, std::pair<uint64_t, uint64_t>> previous; // user -> (upload, download)
     if (before.is_object() && before.contains("users"))
         for (const auto& u : before.at("users"))
-            previous[u.value("user", "")] = {u.value("upload_bytes", uint64_t{0}), u.value("download_bytes", uint64_t{0})};
+            previous[u.value("user", "")] = {u.value("upload_bytes", uint64_t{0}),
+                                             u.value("download_bytes", uint64_t{0})};
     std::vector<TopUser> out;
     for (const auto& u : now.at("users")) {
         TopUser row;
@@ -67,7 +68,8 @@ std::vector<TopUser> top_users(const nlohmann::json& now, const nlohmann::json& 
         row.plan = u.value("plan", "");
         row.state = u.value("state", "");
         row.used_bytes = u.value("used_bytes", uint64_t{0});
-        if (u.contains("limit_bytes") && u["limit_bytes"].is_number()) row.limit_bytes = u["limit_bytes"].get<uint64_t>();
+        if (u.contains("limit_bytes") && u["limit_bytes"].is_number())
+            row.limit_bytes = u["limit_bytes"].get<uint64_t>();
         row.upload_bytes = u.value("upload_bytes", uint64_t{0});
         row.download_bytes = u.value("download_bytes", uint64_t{0});
         if (auto it = previous.find(row.user); it != previous.end() && seconds > 0) {
@@ -91,8 +93,7 @@ std::vector<TopUser> top_users(const nlohmann::json& now, const nlohmann::json& 
 std::string quota_bar(uint64_t used, uint64_t limit, size_t width)
 {
     size_t filled = width;
-    if (limit > 0 && used < limit)
-        filled = static_cast<size_t>(static_cast<unsigned __int128>(used) * width / limit);
+    if (limit > 0 && used < limit) filled = static_cast<size_t>(static_cast<unsigned __int128>(used) * width / limit);
     return "[" + std::string(filled, '#') + std::string(width - filled, '-') + "]";
 }
 

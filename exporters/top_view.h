@@ -14,10 +14,10 @@ namespace vpnmeter {
 struct TopUser {
     std::string user;
     std::string plan;
-    std::string state;                  // the API's: ok, warning, exceeded, blocked, throttled, expired
-    uint64_t used_bytes = 0;            // what counts against the limit this period
+    std::string state;                   // the API's: ok, warning, exceeded, blocked, throttled, expired
+    uint64_t used_bytes = 0;             // what counts against the limit this period
     std::optional<uint64_t> limit_bytes; // none: unlimited
-    uint64_t upload_bytes = 0;          // this period
+    uint64_t upload_bytes = 0;           // this period
     uint64_t download_bytes = 0;
     double upload_bps = 0; // between the two readings
     double download_bps = 0;

@@ -20,7 +20,9 @@ Status export_usage(const Store& store, const std::vector<std::string>& users, c
                     ExportFormat format, std::ostream& out, const ExportProgress& progress)
 {
     // User names come from certificates: not necessarily UTF-8.
-    auto dump = [](const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); };
+    auto dump = [](const nlohmann::json& j) {
+        return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    };
     if (format == ExportFormat::csv) {
         out << render_csv({{"user", "start", "upload_bytes", "download_bytes", "upload_packets", "download_packets"}});
     } else {
@@ -37,9 +39,9 @@ Status export_usage(const Store& store, const std::vector<std::string>& users, c
             const Traffic& t = b.traffic;
             total += t;
             if (format == ExportFormat::csv) {
-                out << render_csv({{user, format_rfc3339(b.start), std::to_string(t.upload.bytes),
-                                    std::to_string(t.download.bytes), std::to_string(t.upload.packets),
-                                    std::to_string(t.download.packets)}});
+                out << render_csv(
+                    {{user, format_rfc3339(b.start), std::to_string(t.upload.bytes), std::to_string(t.download.bytes),
+                      std::to_string(t.upload.packets), std::to_string(t.download.packets)}});
             } else {
                 out << (first ? "\n" : ",\n")
                     << dump({{"user", user},
@@ -55,8 +57,7 @@ Status export_usage(const Store& store, const std::vector<std::string>& users, c
         if (progress) progress(i + 1, users.size());
     }
     if (format == ExportFormat::json)
-        out << "\n],\"upload_bytes\":" << total.upload.bytes << ",\"download_bytes\":" << total.download.bytes
-            << "}\n";
+        out << "\n],\"upload_bytes\":" << total.upload.bytes << ",\"download_bytes\":" << total.download.bytes << "}\n";
     out.flush();
     if (!out) return Error{"writing the export failed"};
     return ok();

@@ -5,12 +5,12 @@
 namespace vpnmeter::exit_code {
 
 constexpr int kOk = 0;
-constexpr int kError = 1;          // anything else: data unreadable, unexpected answer
-constexpr int kUsage = 2;          // bad arguments
-constexpr int kUnreachable = 3;    // the agent's API could not be reached
-constexpr int kNotFound = 4;       // unknown user or session
-constexpr int kConfigInvalid = 5;  // the configuration file is invalid (check-config, --config)
-constexpr int kDenied = 6;         // the API refused: no token, a wrong one, or too little scope
+constexpr int kError = 1;         // anything else: data unreadable, unexpected answer
+constexpr int kUsage = 2;         // bad arguments
+constexpr int kUnreachable = 3;   // the agent's API could not be reached
+constexpr int kNotFound = 4;      // unknown user or session
+constexpr int kConfigInvalid = 5; // the configuration file is invalid (check-config, --config)
+constexpr int kDenied = 6;        // the API refused: no token, a wrong one, or too little scope
 
 // For --help and the docs.
 constexpr const char* kHelp = "Exit codes: 0 ok, 1 error, 2 bad arguments, 3 agent unreachable, 4 not found "

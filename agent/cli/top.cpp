@@ -93,7 +93,8 @@ public:
     {
         const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
         while (!g_stop) {
-            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+            const auto left =
+                std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
             if (left.count() <= 0) return true;
             pollfd fd{STDIN_FILENO, POLLIN, 0};
             if (poll(&fd, keys_ ? 1 : 0, static_cast<int>(left.count())) > 0 && (fd.revents & POLLIN)) {
@@ -133,16 +134,18 @@ int run_top(const TopOptions& o)
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - last).count();
         const auto users = top_users(now.body, before.body, seconds);
         if (o.json)
-            std::cout << top_json(users, unix_now(), seconds).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
-                      << '\n';
+            std::cout
+                << top_json(users, unix_now(), seconds).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
+                << '\n';
         else
             std::cout << top_frame(users, unix_now(), style);
         return exit_code::kOk;
     }
 
-    struct sigaction action{};
+    struct sigaction action {};
     action.sa_handler = on_stop_signal; // no SA_RESTART: poll returns at once
-    for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &action, nullptr);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP})
+        sigaction(sig, &action, nullptr);
     Reading failed;
     {
         Screen screen;
@@ -154,8 +157,8 @@ int run_top(const TopOptions& o)
                 break;
             }
             const auto at = std::chrono::steady_clock::now();
-        const double seconds = std::chrono::duration<double>(at - last).count();
-        screen.draw(top_frame(top_users(now.body, before.body, seconds), unix_now(), style));
+            const double seconds = std::chrono::duration<double>(at - last).count();
+            screen.draw(top_frame(top_users(now.body, before.body, seconds), unix_now(), style));
             before = std::move(now);
             last = at;
         }

@@ -6,8 +6,8 @@
 namespace vpnmeter {
 
 struct TopOptions {
-    std::string api;   // base URL of the agent's API
-    std::string token; // bearer token, if the API needs one
+    std::string api;       // base URL of the agent's API
+    std::string token;     // bearer token, if the API needs one
     double interval = 1.0; // seconds between frames (and between the two readings of --once/--json)
     bool once = false;     // one frame, plain text
     bool json = false;     // one JSON snapshot

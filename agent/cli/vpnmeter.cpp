@@ -240,18 +240,20 @@ int status(const Options& o)
     } else {
         const auto& pins = local["pins"];
         const auto& store = local["store"];
+        std::string store_state;
+        if (!store["readable"].get<bool>()) {
+            store_state = "not readable: " + store["error"].get<std::string>();
+        } else {
+            store_state = "readable";
+            if (const auto& size = store["size_bytes"]; size.is_number())
+                store_state += ", " + (o.exact_bytes ? std::to_string(size.get<uint64_t>()) + " bytes"
+                                                     : human_bytes(size.get<uint64_t>()));
+        }
         std::cout << "agent    not answering at " << o.api << "\n"
                   << "pins     " << o.pin_path << ": "
                   << (pins["present"].get<bool>() ? "present (the datapath keeps counting)"
                                                   : "missing: " + pins["error"].get<std::string>())
-                  << "\nstore    " << o.store_path << ": "
-                  << (store["readable"].get<bool>()
-                          ? "readable" + (store["size_bytes"].is_number()
-                                              ? ", " + (o.exact_bytes ? std::to_string(store["size_bytes"].get<uint64_t>()) + " bytes"
-                                                                      : human_bytes(store["size_bytes"].get<uint64_t>()))
-                                              : std::string())
-                          : "not readable: " + store["error"].get<std::string>())
-                  << '\n';
+                  << "\nstore    " << o.store_path << ": " << store_state << '\n';
     }
     std::fprintf(stderr, "vpnmeter status: %s\n", why.c_str());
     return reached ? of_http_status(reply->status) : kUnreachable;

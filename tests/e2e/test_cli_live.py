@@ -212,6 +212,9 @@ def test_status_top_export_and_exit_codes(agents, tmp_path):
         assert down["agent"] is None and "cannot reach" in down["error"]
         assert down["local"]["pins"]["present"] is True  # the datapath keeps counting
         assert down["local"]["store"]["readable"] is True and down["local"]["store"]["size_bytes"] > 0
+        run = cli(agent, "status", "--config", str(agent.config_path), check=False)
+        assert run.returncode == 3 and "not answering" in run.stdout, run
+        assert "present" in run.stdout and "readable" in run.stdout and "not readable" not in run.stdout, run
         assert cli(agent, "top", "--once", "--api", API, check=False).returncode == 3
         assert cli(agent, "quota", "get", "alice", "--api", API, check=False).returncode == 3
         for server in servers:

@@ -13,7 +13,8 @@ TEST_CASE("status JSON has the documented shape, nulls where nothing is known ye
     s.config_path = "/etc/vpnmeter/vpnmeter.yaml";
     s.pin_path = "/sys/fs/bpf/vpnmeter";
     s.interfaces = {{"tun0", 7, true}, {"tun1", 8, false}};
-    s.sources = {{"openvpn", "udp1194", true, 1090, std::nullopt}, {"openvpn", "tcp443", false, std::nullopt, "refused"}};
+    s.sources = {{"openvpn", "udp1194", true, 1090, std::nullopt},
+                 {"openvpn", "tcp443", false, std::nullopt, "refused"}};
     s.store_path = "/var/lib/vpnmeter";
     s.store_size_bytes = 4096;
     const auto j = status_json(s, 1100);

@@ -22,7 +22,7 @@ nlohmann::json reading(std::initializer_list<nlohmann::json> users) { return {{"
 nlohmann::json quota(const std::string& name, uint64_t up, uint64_t down, nlohmann::json limit,
                      const std::string& state = "ok")
 {
-    return {{"user", name},  {"plan", "p"},           {"state", state},         {"used_bytes", up + down},
+    return {{"user", name},         {"plan", "p"},        {"state", state},        {"used_bytes", up + down},
             {"limit_bytes", limit}, {"upload_bytes", up}, {"download_bytes", down}};
 }
 

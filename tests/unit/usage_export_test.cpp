@@ -63,13 +63,13 @@ TEST_CASE("CSV export: a row per user and bucket, --to exclusive at a bucket edg
     TempDir dir;
     Store store = filled(dir);
     // May 1 only: the bucket starting at --to (May 2 00:00) is not in it.
-    const std::string day = exported(store, {"alice", "bob"}, {utc(2024, 5, 1), utc(2024, 5, 2), Granularity::Day},
-                                     ExportFormat::csv);
+    const std::string day =
+        exported(store, {"alice", "bob"}, {utc(2024, 5, 1), utc(2024, 5, 2), Granularity::Day}, ExportFormat::csv);
     CHECK(day == "user,start,upload_bytes,download_bytes,upload_packets,download_packets\r\n"
                  "alice,2024-05-01T00:00:00Z,101,1010,2,4\r\n");
     // By hour over both days; the last second of May 1 and the first of May 2 in their own buckets.
-    const std::string hours = exported(store, {"alice"}, {utc(2024, 5, 1), utc(2024, 5, 3), Granularity::Hour},
-                                       ExportFormat::csv);
+    const std::string hours =
+        exported(store, {"alice"}, {utc(2024, 5, 1), utc(2024, 5, 3), Granularity::Hour}, ExportFormat::csv);
     CHECK(hours == "user,start,upload_bytes,download_bytes,upload_packets,download_packets\r\n"
                    "alice,2024-05-01T10:00:00Z,100,1000,1,2\r\n"
                    "alice,2024-05-01T23:00:00Z,1,10,1,2\r\n"
@@ -82,8 +82,8 @@ TEST_CASE("JSON export is one document whose totals are the rows' sums", "[expor
 {
     TempDir dir;
     Store store = filled(dir);
-    const std::string text = exported(store, must(store.users()), {0, utc(2025, 1, 1), Granularity::Day},
-                                      ExportFormat::json);
+    const std::string text =
+        exported(store, must(store.users()), {0, utc(2025, 1, 1), Granularity::Day}, ExportFormat::json);
     const auto j = nlohmann::json::parse(text);
     CHECK(j["by"] == "day");
     CHECK(j["from"] == "1970-01-01T00:00:00Z");
@@ -98,8 +98,8 @@ TEST_CASE("JSON export is one document whose totals are the rows' sums", "[expor
     CHECK(j["upload_bytes"] == up);
     CHECK(j["download_bytes"] == down);
 
-    const auto empty = nlohmann::json::parse(
-        exported(store, {"nobody"}, {0, utc(2025, 1, 1), Granularity::Day}, ExportFormat::json));
+    const auto empty =
+        nlohmann::json::parse(exported(store, {"nobody"}, {0, utc(2025, 1, 1), Granularity::Day}, ExportFormat::json));
     CHECK(empty["rows"].empty());
     CHECK(empty["upload_bytes"] == 0);
 }
@@ -110,8 +110,8 @@ TEST_CASE("export reports progress after each user and fails on a broken output"
     Store store = filled(dir);
     std::vector<std::pair<size_t, size_t>> seen;
     std::ostringstream out;
-    REQUIRE(export_usage(store, {"alice", "bob", "c,d"}, {0, utc(2025, 1, 1), Granularity::Day}, ExportFormat::csv,
-                         out, [&](size_t done, size_t total) { seen.emplace_back(done, total); }));
+    REQUIRE(export_usage(store, {"alice", "bob", "c,d"}, {0, utc(2025, 1, 1), Granularity::Day}, ExportFormat::csv, out,
+                         [&](size_t done, size_t total) { seen.emplace_back(done, total); }));
     CHECK(seen == std::vector<std::pair<size_t, size_t>>{{1, 3}, {2, 3}, {3, 3}});
 
     std::ostringstream broken;

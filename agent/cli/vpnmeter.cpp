@@ -94,7 +94,7 @@ int clients(const Options& o)
     if (!snapshot) return fail("clients", snapshot.error().message());
     const InterfaceNames names = interface_names(maps.value(), snapshot.value());
     if (o.json) std::cout << clients_json(snapshot.value(), names).dump() << '\n';
-    else std::cout << clients_table(snapshot.value(), names);
+    else std::cout << clients_table(snapshot.value(), names, o.exact_bytes);
     return 0;
 }
 
@@ -117,7 +117,7 @@ int sessions(const Options& o)
     if (!spare) return fail("sessions", spare.error().message());
     if (o.json) std::cout << sessions_json(list.value(), spare.value()).dump() << '\n';
     else if (o.csv) std::cout << sessions_csv(list.value());
-    else std::cout << sessions_table(list.value(), spare.value());
+    else std::cout << sessions_table(list.value(), spare.value(), o.exact_bytes);
     return 0;
 }
 
@@ -141,7 +141,7 @@ int usage(const Options& o)
     if (!buckets) return fail("usage", buckets.error().message());
     if (o.json) std::cout << usage_json(o.user, buckets.value()).dump() << '\n';
     else if (o.csv) std::cout << usage_csv(o.user, buckets.value());
-    else std::cout << usage_table(o.user, buckets.value());
+    else std::cout << usage_table(o.user, buckets.value(), o.exact_bytes);
     return 0;
 }
 
@@ -447,7 +447,7 @@ int main(int argc, char** argv)
     for (auto* cmd : {sessions_cmd, usage_cmd, export_cmd})
         cmd->add_option("--store", o.store_path, "the store directory (default: storage.path of --config, else "
                                                  "/var/lib/vpnmeter)");
-    for (auto* cmd : {quota_get, quota_set, quota_topup, status_cmd, top_cmd})
+    for (auto* cmd : {clients_cmd, sessions_cmd, usage_cmd, quota_get, quota_set, quota_topup, status_cmd, top_cmd})
         cmd->add_flag("--bytes", o.exact_bytes, "exact byte counts instead of human units");
     for (auto* cmd : {clients_cmd, sessions_cmd, usage_cmd, status_cmd, top_cmd, export_cmd, check_cmd, quota_get,
                       quota_set, quota_topup})

@@ -4,13 +4,13 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
-
-#include <unistd.h>
 
 #include <spdlog/spdlog.h>
 

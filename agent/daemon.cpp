@@ -4,7 +4,9 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <filesystem>
@@ -104,6 +106,12 @@ Result<std::unique_ptr<Daemon>> Daemon::start(Config config)
                                                         daemon->enforcer_.get(), &daemon->maps_, std::move(webhook));
     if (auto status = daemon->quotas_->load(); !status) return status.error();
     if (auto status = daemon->start_metrics(); !status) return status.error();
+    daemon->status_.version = VPNMETER_VERSION;
+    daemon->status_.pid = getpid();
+    daemon->status_.started = static_cast<int64_t>(std::time(nullptr));
+    daemon->status_.config_path = daemon->config_.source;
+    daemon->status_.pin_path = daemon->config_.pin_path;
+    daemon->status_.store_path = daemon->config_.storage_path;
 
     if (!daemon->config_.http_listen.empty()) {
         Daemon* d = daemon.get();
@@ -118,6 +126,11 @@ Result<std::unique_ptr<Daemon>> Daemon::start(Config config)
         api.put_quota = [d](const std::string& user, const std::string& body) {
             return d->quotas_->put_quota(user, body, static_cast<int64_t>(std::time(nullptr)));
         };
+        api.status = [d] {
+            std::lock_guard lock(d->status_mutex_);
+            return status_json(d->status_, static_cast<int64_t>(std::time(nullptr)));
+        };
+        api.quotas = [d] { return d->quotas_->quotas(static_cast<int64_t>(std::time(nullptr))); };
         auto router = http::make_api(std::move(api));
         router->add("GET", "/metrics", [exporter = d->metrics_->exporter()](const http::Request&) {
             http::Response response;
@@ -144,6 +157,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(Config config)
     if (!watcher) return watcher.error();
     daemon->links_ = std::move(watcher.value());
     for (const Link& link : daemon->links_->links()) daemon->on_link(LinkWatcher::Change::Added, link);
+    daemon->update_status(std::nullopt);
     if (daemon->attached_.empty() && !daemon->config_.interfaces.empty())
         spdlog::warn("no device matches interfaces {} yet; waiting for one to appear",
                      fmt::join(daemon->config_.interfaces, ", "));
@@ -339,6 +353,7 @@ void Daemon::finish_cycle()
         note_commit_failure(status.error(), failure);
         metrics_->count_store_commit_error(to_string(failure));
         metrics_->publish_errors();
+        update_status(std::nullopt);
         return;
     }
     if (commit_failing_)
@@ -362,6 +377,7 @@ void Daemon::finish_cycle()
     metrics_->account(commit);
     metrics_->observe_cycle(SteadyClock::now() - began);
     publish_metrics(devices, now);
+    update_status(now);
 
     ++cycles_;
     Traffic moved;
@@ -454,6 +470,15 @@ void Daemon::publish_metrics(const Interfaces& devices, int64_t now)
         live.singbox[server->ledger.instance()] = {health.up, health.failures, server->restarts};
     }
     live.quotas = quotas_->planned_states(connected, now);
+    {
+        std::lock_guard lock(status_mutex_);
+        status_.users_blocked = std::count_if(live.quotas.begin(), live.quotas.end(), [](const QuotaState& q) {
+            return q.state == QuotaState::State::blocked || q.state == QuotaState::State::expired;
+        });
+        status_.users_throttled = std::count_if(live.quotas.begin(), live.quotas.end(), [](const QuotaState& q) {
+            return q.state == QuotaState::State::throttled;
+        });
+    }
     live.maps["clients"] = {collector_->last().clients.size(), maps_.max_clients()}; // vpnmeter_clients
     std::error_code error;
     const auto size = std::filesystem::file_size(config_.storage_path + "/data.mdb", error);
@@ -461,6 +486,33 @@ void Daemon::publish_metrics(const Interfaces& devices, int64_t now)
     live.alerts = quotas_->alerts_sent();
     live.webhook_failures = quotas_->webhook_failures();
     metrics_->publish(std::move(live));
+}
+
+// What GET /v1/status shows: the devices `interfaces` selects (attached or
+// not), each source's state, and the store.
+void Daemon::update_status(std::optional<int64_t> committed_at)
+{
+    std::vector<InterfaceStatus> devices;
+    for (const Link& link : links_->links()) {
+        if (!interface_selected(config_, link.name)) continue;
+        auto it = attached_.find(link.ifindex);
+        devices.push_back({link.name, link.ifindex, it != attached_.end() && it->second == link.name});
+    }
+    std::vector<SourceStatus> sources;
+    for (const auto& source : sources_) sources.push_back(source->status());
+    for (const auto& server : singbox_) {
+        const auto health = server->poller.health();
+        sources.push_back({"singbox", server->ledger.instance(), health.up, health.last_ok,
+                           health.up || health.error.empty() ? std::nullopt : std::optional(health.error)});
+    }
+    std::error_code error;
+    const auto size = std::filesystem::file_size(config_.storage_path + "/data.mdb", error);
+
+    std::lock_guard lock(status_mutex_);
+    status_.interfaces = std::move(devices);
+    status_.sources = std::move(sources);
+    if (!error) status_.store_size_bytes = size;
+    if (committed_at) status_.last_commit = committed_at;
 }
 
 // SIGHUP: the new file is checked whole first; a bad one changes nothing.

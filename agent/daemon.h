@@ -8,6 +8,7 @@
 #include <atomic>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -25,6 +26,7 @@
 #include "quota_controller.h"
 #include "reconciler.h"
 #include "singbox/server.h"
+#include "status_report.h"
 #include "store/store.h"
 
 namespace vpnmeter {
@@ -54,6 +56,7 @@ private:
     void plan_singbox(CycleCommit& commit, std::vector<singbox::LedgerChange>& changes) const;
     void enforce_singbox(int64_t now);
     Interfaces interfaces() const;
+    void update_status(std::optional<int64_t> committed_at);
 
     Config config_;
     Datapath datapath_;
@@ -80,6 +83,8 @@ private:
     std::unique_ptr<QuotaController> quotas_;
     std::unique_ptr<MetricsRecorder> metrics_; // the cycle's side; /metrics reads its exporter
     std::shared_ptr<http::Authenticator> auth_; // tokens replaced on SIGHUP
+    mutable std::mutex status_mutex_; // the cycle writes status_, GET /v1/status reads it
+    AgentStatus status_;
     // Last: its threads use the members above, so it stops first.
     std::unique_ptr<http::Server> http_;
 };

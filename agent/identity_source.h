@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -12,6 +13,15 @@
 namespace vpnmeter {
 
 using SteadyClock = std::chrono::steady_clock;
+
+// How a source is doing, for `GET /v1/status` and `vpnmeter status`.
+struct SourceStatus {
+    std::string kind;     // "openvpn", "singbox"
+    std::string instance; // its configured name
+    bool up = false;      // reachable, and its last answer was usable
+    std::optional<int64_t> last_refresh; // unix seconds of the last good session list
+    std::optional<std::string> error;    // the current trouble, if any
+};
 
 // Driven by the daemon's single-threaded poll loop: the source exposes a file
 // descriptor to watch and does non-blocking I/O when told it is ready.
@@ -45,6 +55,13 @@ public:
     // Ends every session of `user` this source knows (quota action
     // `disconnect`); sources that cannot do that ignore it.
     virtual void disconnect(const std::string& user) { (void)user; }
+
+    // Sources override this with what they know; the default says only
+    // whether the last refresh gave a session list.
+    virtual SourceStatus status() const
+    {
+        return SourceStatus{"", instance(), sessions().has_value(), std::nullopt, std::nullopt};
+    }
 };
 
 } // namespace vpnmeter

@@ -248,6 +248,24 @@ std::optional<nlohmann::json> QuotaController::quota(const std::string& user, in
     return quota_json(state_of(user, now));
 }
 
+std::map<std::string, nlohmann::json> QuotaController::quotas(int64_t now) const
+{
+    std::lock_guard lock(mutex_);
+    std::set<std::string> users;
+    for (const auto& [user, usage] : usage_) users.insert(user);
+    for (const auto& [user, grant] : grants_) users.insert(user);
+    std::map<std::string, nlohmann::json> out;
+    for (const auto& user : users) {
+        const QuotaState state = state_of(user, now);
+        const PeriodUsage used = usage_of(user, period_of(config_, user, grant_of(user), now));
+        nlohmann::json entry = quota_json(state);
+        entry["upload_bytes"] = used.upload;
+        entry["download_bytes"] = used.download;
+        out.emplace(user, std::move(entry));
+    }
+    return out;
+}
+
 // PUT /v1/users/{user}/quota: {"plan": "small"} | {"limit_bytes": N} |
 // {"topup_bytes": N} | {"expires": "2026-12-31T23:59:59Z"}, any combination.
 http::Response QuotaController::put_quota(const std::string& user, const std::string& body, int64_t now)

@@ -44,6 +44,9 @@ public:
 
     // For the API (any thread).
     std::optional<nlohmann::json> quota(const std::string& user, int64_t now) const;
+    // Every user with usage on record or a grant: quota_json plus this
+    // period's upload_bytes and download_bytes, by user (GET /v1/quotas).
+    std::map<std::string, nlohmann::json> quotas(int64_t now) const;
     http::Response put_quota(const std::string& user, const std::string& body, int64_t now);
 
     void reload(QuotaConfig config);

@@ -50,15 +50,17 @@ nlohmann::json clients_json(const CounterSnapshot& snapshot, const InterfaceName
     return {{"interfaces", interfaces}, {"clients", clients}};
 }
 
-std::string clients_table(const CounterSnapshot& snapshot, const InterfaceNames& names)
+std::string clients_table(const CounterSnapshot& snapshot, const InterfaceNames& names, bool exact)
 {
+    auto bytes = [&](uint64_t n) { return exact ? std::to_string(n) : human_bytes(n); };
+    auto count = [&](uint64_t n) { return exact ? std::to_string(n) : human_count(n); };
     std::vector<std::vector<std::string>> ifaces = {
         {"INTERFACE", "UPLOAD", "DOWNLOAD", "UP PKTS", "DOWN PKTS", "UNATTRIBUTED UP", "UNATTRIBUTED DOWN"}};
     for (const auto& [ifindex, t] : snapshot.interfaces)
-        ifaces.push_back({name_of(names, ifindex), human_bytes(t.total.upload.bytes),
-                          human_bytes(t.total.download.bytes), human_count(t.total.upload.packets),
-                          human_count(t.total.download.packets), human_bytes(t.unattributed.upload.bytes),
-                          human_bytes(t.unattributed.download.bytes)});
+        ifaces.push_back({name_of(names, ifindex), bytes(t.total.upload.bytes),
+                          bytes(t.total.download.bytes), count(t.total.upload.packets),
+                          count(t.total.download.packets), bytes(t.unattributed.upload.bytes),
+                          bytes(t.unattributed.download.bytes)});
 
     // Busiest clients first: that is what an operator looks for.
     std::vector<std::pair<ClientKey, Traffic>> sorted(snapshot.clients.begin(), snapshot.clients.end());
@@ -68,9 +70,9 @@ std::string clients_table(const CounterSnapshot& snapshot, const InterfaceNames&
     std::vector<std::vector<std::string>> clients = {
         {"CLIENT", "INTERFACE", "UPLOAD", "DOWNLOAD", "UP PKTS", "DOWN PKTS"}};
     for (const auto& [key, t] : sorted)
-        clients.push_back({key.address(), name_of(names, key.ifindex), human_bytes(t.upload.bytes),
-                           human_bytes(t.download.bytes), human_count(t.upload.packets),
-                           human_count(t.download.packets)});
+        clients.push_back({key.address(), name_of(names, key.ifindex), bytes(t.upload.bytes),
+                           bytes(t.download.bytes), count(t.upload.packets),
+                           count(t.download.packets)});
     std::string out = render_table(ifaces) + "\n";
     out += sorted.empty() ? "no clients seen yet\n" : render_table(clients);
     return out;

@@ -17,6 +17,7 @@ using InterfaceNames = std::map<uint32_t, std::string>;
 // {"interfaces":[{name, upload_bytes, ...}], "clients":[{interface, address, ...}]}
 nlohmann::json clients_json(const CounterSnapshot& snapshot, const InterfaceNames& names);
 // The same as aligned text tables with human units.
-std::string clients_table(const CounterSnapshot& snapshot, const InterfaceNames& names);
+// exact: integers instead of human units (--bytes).
+std::string clients_table(const CounterSnapshot& snapshot, const InterfaceNames& names, bool exact = false);
 
 } // namespace vpnmeter

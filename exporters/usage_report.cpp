@@ -51,21 +51,23 @@ nlohmann::json sessions_json(const std::vector<Session>& sessions, const std::ve
     return {{"sessions", list}, {"unattributed", spare}};
 }
 
-std::string sessions_table(const std::vector<Session>& sessions, const std::vector<UnattributedUsage>& unattributed)
+std::string sessions_table(const std::vector<Session>& sessions, const std::vector<UnattributedUsage>& unattributed,
+                           bool exact_bytes)
 {
+    auto bytes = [&](uint64_t n) { return exact_bytes ? std::to_string(n) : human_bytes(n); };
     Rows rows = {{"USER", "SESSION", "INTERFACE", "ADDRESSES", "START", "END", "UPLOAD", "DOWNLOAD"}};
     for (const auto& s : sessions) {
         std::string addresses;
         for (const auto& a : s.addresses) addresses += (addresses.empty() ? "" : " ") + a;
         rows.push_back({s.user, s.id, s.interface, addresses, format_rfc3339(s.start),
-                        s.end ? format_rfc3339(*s.end) : "active", human_bytes(s.usage.upload.bytes),
-                        human_bytes(s.usage.download.bytes)});
+                        s.end ? format_rfc3339(*s.end) : "active", bytes(s.usage.upload.bytes),
+                        bytes(s.usage.download.bytes)});
     }
     std::string out = sessions.empty() ? "no sessions\n" : render_table(rows);
     if (!unattributed.empty()) {
         Rows spare = {{"UNATTRIBUTED", "UPLOAD", "DOWNLOAD"}};
         for (const auto& u : unattributed)
-            spare.push_back({u.interface, human_bytes(u.traffic.upload.bytes), human_bytes(u.traffic.download.bytes)});
+            spare.push_back({u.interface, bytes(u.traffic.upload.bytes), bytes(u.traffic.download.bytes)});
         out += "\n" + render_table(spare);
     }
     return out;
@@ -101,16 +103,17 @@ nlohmann::json usage_json(const std::string& user, const std::vector<UsageBucket
             {"download_bytes", total.download.bytes}};
 }
 
-std::string usage_table(const std::string& user, const std::vector<UsageBucket>& buckets)
+std::string usage_table(const std::string& user, const std::vector<UsageBucket>& buckets, bool exact_bytes)
 {
+    auto bytes = [&](uint64_t n) { return exact_bytes ? std::to_string(n) : human_bytes(n); };
     Rows rows = {{"START", "UPLOAD", "DOWNLOAD", "TOTAL"}};
     for (const auto& b : buckets)
-        rows.push_back({format_rfc3339(b.start), human_bytes(b.traffic.upload.bytes),
-                        human_bytes(b.traffic.download.bytes),
-                        human_bytes(b.traffic.upload.bytes + b.traffic.download.bytes)});
+        rows.push_back({format_rfc3339(b.start), bytes(b.traffic.upload.bytes),
+                        bytes(b.traffic.download.bytes),
+                        bytes(b.traffic.upload.bytes + b.traffic.download.bytes)});
     const Traffic total = total_of(buckets);
-    rows.push_back({"total " + user, human_bytes(total.upload.bytes), human_bytes(total.download.bytes),
-                    human_bytes(total.upload.bytes + total.download.bytes)});
+    rows.push_back({"total " + user, bytes(total.upload.bytes), bytes(total.download.bytes),
+                    bytes(total.upload.bytes + total.download.bytes)});
     return render_table(rows);
 }
 

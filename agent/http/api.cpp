@@ -181,6 +181,23 @@ std::shared_ptr<Router> make_api(ApiContext ctx)
             return put(r.params.at("user"), r.body);
         }));
     }
+    if (ctx.status) {
+        router->add("GET", "/v1/status", [status = ctx.status](const Request& r) {
+            if (auto bad = unknown_parameter(r, {})) return *bad;
+            nlohmann::json body = status();
+            if (r.tenant) body["quotas"] = nullptr; // counts over every tenant's users
+            return json_body(body);
+        });
+    }
+    if (ctx.quotas) {
+        router->add("GET", "/v1/quotas", [quotas = ctx.quotas](const Request& r) {
+            if (auto bad = unknown_parameter(r, {})) return *bad;
+            auto users = nlohmann::json::array();
+            for (auto& [user, quota] : quotas())
+                if (r.sees(user)) users.push_back(std::move(quota));
+            return json_body(nlohmann::json{{"users", users}});
+        });
+    }
     return router;
 }
 

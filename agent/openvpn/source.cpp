@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -31,6 +32,15 @@ std::optional<std::vector<Session>> sessions_of(const OpenVpnInstance& instance,
     return out;
 }
 
+int64_t unix_now() { return static_cast<int64_t>(std::time(nullptr)); }
+
+SourceStatus status_of(const std::string& instance, bool up, std::optional<int64_t> last_refresh,
+                       const std::string& problem)
+{
+    return SourceStatus{"openvpn", instance, up, last_refresh,
+                        problem.empty() ? std::nullopt : std::optional<std::string>(problem)};
+}
+
 // Logs a source's trouble once per distinct message, and its recovery once:
 // a server that is down for an hour must not fill the journal.
 class Reporter {
@@ -49,6 +59,8 @@ public:
         last_.clear();
         said_fine_ = true;
     }
+    // The trouble last reported and not yet over; empty when fine.
+    const std::string& problem() const { return last_; }
 
 private:
     std::string name_;
@@ -91,6 +103,12 @@ public:
     bool refreshed() const override { return refreshed_; }
     std::optional<std::vector<Session>> sessions() const override { return sessions_; }
     bool take_client_event() override { return std::exchange(client_event_, false); }
+
+    SourceStatus status() const override
+    {
+        return status_of(instance_.name, state_ == State::ready && sessions_.has_value(), last_refresh_,
+                         report_.problem());
+    }
 
     // client-kill by client id (from the last `status 3`): works whether the
     // user is the common name or the username.
@@ -283,6 +301,7 @@ private:
             return;
         }
         sessions_ = sessions_of(instance_, status.value());
+        last_refresh_ = unix_now();
         cids_by_user_.clear();
         for (size_t i = 0; i < sessions_->size(); ++i)
             if (auto cid = status->clients[i].client_id) cids_by_user_[(*sessions_)[i].user].push_back(*cid);
@@ -305,6 +324,7 @@ private:
     bool refreshed_ = true;
     bool client_event_ = false;
     std::optional<std::vector<Session>> sessions_;
+    std::optional<int64_t> last_refresh_; // unix seconds
     std::map<std::string, std::vector<uint64_t>> cids_by_user_;
 };
 
@@ -327,6 +347,10 @@ public:
     bool refreshed() const override { return true; }
     std::optional<std::vector<Session>> sessions() const override { return sessions_; }
     bool take_client_event() override { return false; }
+    SourceStatus status() const override
+    {
+        return status_of(instance_.name, sessions_.has_value(), last_refresh_, report_.problem());
+    }
 
     void request_refresh(SteadyClock::time_point) override
     {
@@ -337,7 +361,10 @@ public:
             return;
         }
         const auto version = std::make_tuple(st.st_mtim.tv_sec, st.st_mtim.tv_nsec, st.st_size, st.st_ino);
-        if (sessions_ && version == seen_) return;
+        if (sessions_ && version == seen_) {
+            last_refresh_ = unix_now(); // read before and unchanged: still current
+            return;
+        }
         std::ifstream file(instance_.status_file);
         std::stringstream text;
         text << file.rdbuf();
@@ -349,6 +376,7 @@ public:
         }
         seen_ = version;
         sessions_ = sessions_of(instance_, status.value());
+        last_refresh_ = unix_now();
         report_.fine("reading sessions");
     }
 
@@ -357,6 +385,7 @@ private:
     Reporter report_;
     std::tuple<time_t, long, off_t, ino_t> seen_{};
     std::optional<std::vector<Session>> sessions_;
+    std::optional<int64_t> last_refresh_; // unix seconds
 };
 
 } // namespace

@@ -114,6 +114,26 @@ Result<std::vector<UsageBucket>> StoreSnapshot::usage(const std::string& user, i
     return buckets;
 }
 
+// One seek per user: past a user's last key (any granularity) is the key
+// of the same length and name followed by 0xff, above every granularity byte.
+Result<std::vector<std::string>> StoreSnapshot::users() const
+{
+    std::vector<std::string> users;
+    if (!state_->dbs->usage) return users;
+    auto cursor = lmdb::Cursor::open(state_->txn, *state_->dbs->usage);
+    if (!cursor) return cursor.error();
+    auto entry = cursor->move(MDB_FIRST);
+    while (entry && *entry) {
+        auto decoded = encoding::decode_usage_key((*entry)->key);
+        if (!decoded) return corrupt("usage key");
+        users.emplace_back(decoded->user);
+        const std::string past = std::string((*entry)->key.substr(0, 2 + decoded->user.size())) + '\xff';
+        entry = cursor->move(MDB_SET_RANGE, past);
+    }
+    if (!entry) return entry.error();
+    return users;
+}
+
 Result<std::vector<UnattributedUsage>> StoreSnapshot::unattributed() const
 {
     std::vector<UnattributedUsage> usage;
@@ -184,6 +204,13 @@ Result<std::map<std::string, StatsCheckpoint>> Store::stats_checkpoints() const
     auto snap = snapshot();
     if (!snap) return snap.error();
     return snap->stats_checkpoints();
+}
+
+Result<std::vector<std::string>> Store::users() const
+{
+    auto snap = snapshot();
+    if (!snap) return snap.error();
+    return snap->users();
 }
 
 } // namespace vpnmeter

@@ -142,6 +142,8 @@ public:
     Result<std::vector<UsageBucket>> usage(const std::string& user, int64_t from, int64_t to,
                                            Granularity granularity) const;
     Result<std::vector<UnattributedUsage>> unattributed() const;
+    // Every user with usage buckets, in byte order of their names.
+    Result<std::vector<std::string>> users() const;
 
     Result<std::map<std::string, QuotaUsageRecord>> quota_usage() const;
     Result<std::optional<QuotaUsageRecord>> quota_usage(const std::string& user) const;
@@ -193,6 +195,7 @@ public:
                                            Granularity granularity) const;
     Result<std::vector<UnattributedUsage>> unattributed() const;
     Result<std::map<std::string, StatsCheckpoint>> stats_checkpoints() const; // by instance
+    Result<std::vector<std::string>> users() const;
     // Drops hour and day buckets past their retention, and alert records of
     // past quota periods: older than the period of the user's quota usage
     // record or, for a user without one, older than daily_retention_days.

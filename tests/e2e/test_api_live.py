@@ -172,16 +172,25 @@ def test_tokens_scopes_and_tenants(agents, namespaces, tmp_path):
     assert call(agent, "GET", f"/v1/sessions/{ids['carol']}/usage", ACME)["status"] == 404
     assert call(agent, "GET", f"/v1/sessions/{ids['bob']}", ACME)["json"]["user"] == "bob"
 
+    # GET /v1/quotas lists a tenant's users only; GET /v1/status gives it no counts over every tenant.
+    assert call(agent, "PUT", "/v1/users/carol/quota", ADMIN, '{"topup_bytes": 1}')["status"] == 200
+    assert {"alice", "carol"} <= {u["user"] for u in call(agent, "GET", "/v1/quotas", READER)["json"]["users"]}
+    tenant_users = {u["user"] for u in call(agent, "GET", "/v1/quotas", ACME)["json"]["users"]}
+    assert "alice" in tenant_users and "carol" not in tenant_users, tenant_users
+    assert call(agent, "GET", "/v1/quotas")["status"] == 401
+    assert call(agent, "GET", "/v1/status", ACME)["json"]["quotas"] is None
+    assert call(agent, "GET", "/v1/status", READER)["json"]["quotas"] == {"users_blocked": 0, "users_throttled": 0}
+
     # The CLI passes the token: --token, or VPNMETER_TOKEN.
     base = [VPNMETER, "quota", "get", "alice", "--json", "--api", f"http://{LISTEN}"]
     refused = agent.ns.run(base, check=False, keep_mounts=True)
-    assert refused.returncode == 1 and "401" in refused.stderr and "VPNMETER_TOKEN" in refused.stderr, refused
+    assert refused.returncode == 6 and "401" in refused.stderr and "VPNMETER_TOKEN" in refused.stderr, refused
     assert json.loads(agent.ns.run(base + ["--token", READER], keep_mounts=True).stdout)["user"] == "alice"
     env = agent.ns.run(["env", f"VPNMETER_TOKEN={ACME}", *base], keep_mounts=True)
     assert json.loads(env.stdout)["user"] == "alice"
     topup = agent.ns.run(["env", f"VPNMETER_TOKEN={READER}", VPNMETER, "quota", "topup", "alice", "5",
                           "--api", f"http://{LISTEN}"], check=False, keep_mounts=True)
-    assert topup.returncode == 1 and "403" in topup.stderr, topup
+    assert topup.returncode == 6 and "403" in topup.stderr, topup
 
     # SIGHUP with the reader's token removed: revoked at once.
     agent.config_path.write_text(agent.base_config + tokens_yaml(readers=()))

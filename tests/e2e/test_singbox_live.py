@@ -114,6 +114,11 @@ def test_server_down_is_reported_and_nothing_is_lost(agents, lab):
     text = metrics(agent)
     assert metric(text, "vpnmeter_singbox_read_failures_total") >= 1
     assert "stats API" in agent.log()
+    status = json.loads(agent.ns.run([VPNMETER, "status", "--json", "--api", "http://127.0.0.1:9477"],
+                                     keep_mounts=True, check=False).stdout)
+    source = next(s for s in status["sources"] if s["instance"] == "sb1")
+    assert source["kind"] == "singbox" and source["state"] == "down", source
+    assert "UNAVAILABLE" in source["error"], source
 
     billed = {user: store_usage(agent, user) for user in lab.users}
     lab.start_server()

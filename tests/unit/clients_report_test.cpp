@@ -46,4 +46,7 @@ TEST_CASE("the table shows human units, busiest client first", "[report]")
     CHECK(table.find("if4") != std::string::npos); // unnamed interfaces still show
     CHECK(table.find("3.00 MiB") != std::string::npos);
     CHECK(table.find("10.8.0.3") < table.find("10.8.0.2"));
+    const std::string exact = clients_table(s, {}, /*exact=*/true); // --bytes
+    CHECK(exact.find("3145728") != std::string::npos);
+    CHECK(exact.find("MiB") == std::string::npos);
 }

@@ -23,6 +23,22 @@ VPNMETER = BUILD / "agent" / "vpnmeter"
 _pins = itertools.count(1)
 
 
+# A webhook receiver for alerts: appends each POSTed body as a line to argv[1].
+WEBHOOK_RECEIVER = """
+import http.server, sys
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open(sys.argv[1], "ab") as f:
+            f.write(body + b"\\n")
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", 8089), Hook).serve_forever()
+"""
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     """Polls until predicate() is truthy; fails the test naming `what`."""
     deadline = time.monotonic() + timeout

@@ -22,10 +22,9 @@ import time
 
 import pytest
 
-from conftest import assert_device_totals_exact, wait_for
+from conftest import WEBHOOK_RECEIVER, assert_device_totals_exact, wait_for
 from test_datapath_live import TunPeer
 from test_openvpn_live import sessions, store_totals, wait_store_matches_device
-from test_quota_live import WEBHOOK_RECEIVER
 
 OPENVPN_SIM = pathlib.Path(__file__).with_name("openvpn_sim.py")
 AGENT_HTTP = "127.0.0.1:9477"

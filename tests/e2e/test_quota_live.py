@@ -10,26 +10,11 @@ import re
 import subprocess
 import time
 
-from conftest import VPNMETER, wait_for
+from conftest import VPNMETER, WEBHOOK_RECEIVER, wait_for
 from tests.lab import traffic
 from tests.lab.openvpn import OpenVpnLab
 
 MB = 1_000_000
-WEBHOOK_RECEIVER = """
-import http.server, sys
-class Hook(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        with open(sys.argv[1], "ab") as f:
-            f.write(body + b"\\n")
-        self.send_response(200)
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-http.server.HTTPServer(("127.0.0.1", 8089), Hook).serve_forever()
-"""
-
-
 def quota_agent(agents, ns):
     agent = agents(ns, ["tun0"], interval="250ms",
                    openvpn=[{"name": "udp1194", "interface": "tun0", "management": "127.0.0.1:7505"}])

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import VPNMETER, wait_for
+from conftest import VPNMETER, WEBHOOK_RECEIVER, wait_for
 from tests.lab.v2ray import STATS_API, V2RayLab
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, BPF)")
@@ -133,19 +133,6 @@ def test_server_down_is_reported_and_nothing_is_lost(agents, lab):
     assert series and int(series.group(1)) == store_usage(agent, "bob")[1], text
 
 
-HOOK = """import http.server, sys
-class Hook(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        with open(sys.argv[1], "ab") as f:
-            f.write(body + b"\\n")
-        self.send_response(200)
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-http.server.HTTPServer(("127.0.0.1", 8099), Hook).serve_forever()
-"""
-
 RECORDER = """import json, sys
 with open(sys.argv[1], "a") as f:
     f.write(json.dumps(sys.argv[2:]) + "\\n")
@@ -159,13 +146,12 @@ def test_quota_block_rewrites_the_users_list(agents, lab, tmp_path):
     recorder = tmp_path / "recorder.py"
     recorder.write_text(RECORDER)
     actions, reloads, hooks = tmp_path / "actions.log", tmp_path / "reloads.log", tmp_path / "hooks.log"
-    (tmp_path / "hook.py").write_text(HOOK)
-    lab.server_ns.popen(["/usr/bin/python3", tmp_path / "hook.py", hooks])
+    lab.server_ns.popen(["/usr/bin/python3", "-c", WEBHOOK_RECEIVER, hooks])
     agent = make_agent(agents, lab, enforce={
         "config_file": lab.server_config_path,
         "reload_command": ["/usr/bin/python3", str(recorder), str(reloads), "reload"],
         "command": ["/usr/bin/python3", str(recorder), str(actions)],
-        "webhook": "http://127.0.0.1:8099/singbox",
+        "webhook": "http://127.0.0.1:8089/singbox",
     })
     with open(agent.config_path, "a") as f:
         f.write("quotas:\n  plans:\n    small: { limit: 1500kB, period: daily, action: block }\n"

@@ -28,16 +28,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <memory>
-#include <random>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 
+#include "bench_common.h"
 #include "bpf_maps.h"
 #include "counters.h"
 #include "datapath.h"
@@ -308,55 +306,9 @@ double median(std::vector<uint32_t> v)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
 }
 
-// Removes everything pinned under the benchmark's private pin path.
-class PinCleanup {
-public:
-    explicit PinCleanup(std::string path) : path_(std::move(path)) {}
-    PinCleanup(const PinCleanup&) = delete;
-    PinCleanup& operator=(const PinCleanup&) = delete;
-    ~PinCleanup()
-    {
-        std::error_code ec;
-        if (!std::filesystem::exists(path_, ec)) return;
-        if (std::filesystem::exists(path_ + "/" + vpnmeter::kClientsMap, ec)) {
-            auto done = vpnmeter::detach_all(path_);
-            if (!done) std::fprintf(stderr, "cleanup: %s\n", done.error().message().c_str());
-        }
-        // Leftovers of a half-done load; the directory is ours alone.
-        for (const char* name : {vpnmeter::kClientsMap, vpnmeter::kIfacesMap, vpnmeter::kLinksMap})
-            std::filesystem::remove(path_ + "/" + name, ec);
-        std::filesystem::remove(path_, ec);
-        if (std::filesystem::exists(path_, ec))
-            std::fprintf(stderr, "cleanup: could not remove %s\n", path_.c_str());
-    }
-
-private:
-    std::string path_;
-};
-
-std::string unique_pin_path()
-{
-    std::random_device rd;
-    for (;;) {
-        char name[96];
-        std::snprintf(name, sizeof name, "/sys/fs/bpf/vpnmeter-bench-%d-%08x", static_cast<int>(getpid()), rd());
-        std::error_code ec;
-        if (!std::filesystem::exists(name, ec)) return name;
-    }
-}
-
-std::string read_first_line(const char* path, const std::string& prefix = {})
-{
-    std::ifstream in(path);
-    for (std::string line; std::getline(in, line);) {
-        if (prefix.empty()) return line;
-        if (line.rfind(prefix, 0) == 0) {
-            auto colon = line.find(':');
-            return colon == std::string::npos ? line : line.substr(line.find_first_not_of(" \t", colon + 1));
-        }
-    }
-    return "?";
-}
+using vpnmeter::bench::PinCleanup;
+using vpnmeter::bench::read_first_line;
+using vpnmeter::bench::unique_pin_path;
 
 void print_machine(const Options& o, uint32_t capacity, int ncpus)
 {

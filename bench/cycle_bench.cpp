@@ -71,6 +71,8 @@ struct Options {
     uint32_t renders = 5;
     bool quick = false;
     int cpu = -1;
+    std::string fill_pinned; // only set the counters of the maps pinned there
+    uint64_t moves = 1;
 };
 
 // Client i's key: 100.64.0.1 + i on the benchmark's interface.
@@ -328,6 +330,24 @@ void print_table(const std::vector<SizeResult>& results)
                 "VmHWM only grows, so a size's value is the peak up to and including it.\n");
 }
 
+// --fill-pinned: the client map of a running vpnmeterd (its pin path) as
+// after `moves` busy cycles of N clients, for measuring the daemon itself.
+int fill_pinned(const Options& o)
+{
+    const int ncpus = libbpf_num_possible_cpus();
+    auto maps = vpnmeter::PinnedMaps::open(o.fill_pinned);
+    if (ncpus <= 0 || !maps) {
+        std::fprintf(stderr, "error: %s\n", maps ? "count possible CPUs" : maps.error().message().c_str());
+        return 1;
+    }
+    const uint32_t n = *std::max_element(o.clients.begin(), o.clients.end());
+    if (auto st = set_counters(maps->clients_fd(), n, o.moves, ncpus); !st) {
+        std::fprintf(stderr, "error: %s\n", st.error().message().c_str());
+        return 1;
+    }
+    return 0;
+}
+
 int run(const Options& o)
 {
     const int ncpus = libbpf_num_possible_cpus();
@@ -384,6 +404,10 @@ int main(int argc, char** argv)
     app.add_option("--renders", o.renders, "/metrics renders per size (default 5)")->check(CLI::PositiveNumber);
     app.add_flag("--quick", o.quick, "smoke run for CI: 1000 and 10000 clients, 2 cycles, 2 renders (unless given)");
     app.add_option("--cpu", o.cpu, "pin the benchmark to this CPU")->check(CLI::NonNegativeNumber);
+    app.add_option("--fill-pinned", o.fill_pinned,
+                   "only set the largest --clients count of clients in the map pinned at this path (a running "
+                   "vpnmeterd's) to --moves cycles' worth of traffic, and exit");
+    app.add_option("--moves", o.moves, "with --fill-pinned: the cycles' worth of traffic (default 1)");
     CLI11_PARSE(app, argc, argv);
     if (o.quick) {
         if (!app.count("--clients")) o.clients = {1'000, 10'000};
@@ -406,7 +430,7 @@ int main(int argc, char** argv)
     }
     vpnmeter::route_libbpf_logs(false);
     try {
-        return run(o);
+        return o.fill_pinned.empty() ? run(o) : fill_pinned(o);
     } catch (const std::exception& e) { // cleanup has run while unwinding
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;

@@ -96,8 +96,11 @@ class Vpnmeter(NoTool):
 
     def __init__(self, ns, tmp):
         super().__init__(ns, tmp)
+        # A directory per run: Agent.start() waits for "metering eth0" in its
+        # log, which must not be an earlier run's.
+        run_dir = pathlib.Path(tempfile.mkdtemp(prefix="vpnmeter-", dir=tmp))
         # The default production interval; the daemon's cycles cost CPU too.
-        self.agent = Agent(ns, tmp, [DEV], interval="1s")
+        self.agent = Agent(ns, run_dir, [DEV], interval="1s")
 
     def start(self):
         self.agent.start(wait_attached=DEV)

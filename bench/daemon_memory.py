@@ -2,7 +2,7 @@
 """The real vpnmeterd's memory and cycle time with N clients in its map.
 
 Starts the built vpnmeterd (tests/e2e's Agent) in a fresh namespace with a
-private pin path and bpf.max_clients = N, attached to a dummy device there.
+private pin path and bpf.max_clients = N, attached to a veth there.
 Then `vpnmeter_bench_cycle --fill-pinned` sets N clients in its map (on
 ifindex 1, the namespace's lo, which the daemon does not meter: unattributed
 traffic, no sessions) and moves all of them a few times; after each move the
@@ -42,7 +42,7 @@ def status(pid: int) -> dict:
     out = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
+            if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:")):
                 name, value = line.split(":", 1)
                 out[name] = int(value.split()[0]) / 1024  # MiB
     return out
@@ -54,6 +54,12 @@ def cycles(agent: Agent) -> tuple[int, float]:
     count = re.search(r"^vpnmeter_collection_duration_seconds_count (\S+)", text, re.M)
     total = re.search(r"^vpnmeter_collection_duration_seconds_sum (\S+)", text, re.M)
     return (int(float(count[1])), float(total[1])) if count and total else (0, 0.0)
+
+
+def entries(agent: Agent) -> str:
+    text = agent.ns.run(["curl", "-s", "http://127.0.0.1:9477/metrics"], check=False).stdout
+    m = re.search(r'^vpnmeter_map_entries\{map="clients"\} (\S+)', text, re.M)
+    return m[1] if m else "?"
 
 
 def main() -> int:
@@ -68,7 +74,7 @@ def main() -> int:
         ns = netns.Namespace("bench-mem")
         agent = None
         try:
-            ns.ip("link", "add", "vpn0", "type", "dummy")
+            ns.ip("link", "add", "vpn0", "type", "veth", "peer", "name", "vpn1")  # no dummy module here
             ns.ip("link", "set", "vpn0", "up")
             agent = Agent(ns, pathlib.Path(tmpdir), ["vpn0"], interval="1s", max_clients=args.clients)
             netns.track(agent)
@@ -79,14 +85,15 @@ def main() -> int:
                 t = time.monotonic()
                 subprocess.run([str(FILL), "--fill-pinned", agent.pin_path, "--clients", str(args.clients),
                                 "--moves", str(move)], check=True, timeout=300)
-                before = cycles(agent)[0]
+                n0, sum0 = cycles(agent)
                 # Two cycles later, the whole move is read and committed.
                 deadline = time.monotonic() + 600
-                while cycles(agent)[0] < before + 2 and time.monotonic() < deadline:
+                while cycles(agent)[0] < n0 + 2 and time.monotonic() < deadline:
                     time.sleep(0.5)
                 n, total = cycles(agent)
-                print(f"move {move}: filled and collected in {time.monotonic() - t:.1f} s; {n} cycles so far,"
-                      f" mean {total / n * 1000 if n else 0:.0f} ms; {status(pid)}", flush=True)
+                print(f"move {move}: filled and collected in {time.monotonic() - t:.1f} s; its {n - n0} cycles took"
+                      f" {(total - sum0) * 1000:.0f} ms together; map entries {entries(agent)}; {status(pid)}",
+                      flush=True)
             text = agent.ns.run(["curl", "-s", "http://127.0.0.1:9477/metrics"]).stdout
             print("\n".join(l for l in text.splitlines() if l.startswith("vpnmeter_collection_duration_seconds")))
             print(f"vpnmeterd at the end: {status(pid)}")

@@ -91,6 +91,10 @@ def main() -> int:
                 while cycles(agent)[0] < n0 + 2 and time.monotonic() < deadline:
                     time.sleep(0.5)
                 n, total = cycles(agent)
+                if n < n0 + 2 or entries(agent) != str(args.clients):
+                    print(f"error: after move {move} the daemon shows {entries(agent)} map entries and ran"
+                          f" {n - n0} cycles; expected {args.clients} entries and 2 cycles", file=sys.stderr)
+                    return 1
                 print(f"move {move}: filled and collected in {time.monotonic() - t:.1f} s; its {n - n0} cycles took"
                       f" {(total - sum0) * 1000:.0f} ms together; map entries {entries(agent)}; {status(pid)}",
                       flush=True)

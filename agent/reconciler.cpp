@@ -96,15 +96,21 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     std::set<std::pair<std::string_view, std::string_view>> reported; // (instance, session id)
     for (const auto& [instance, list] : connected)
         for (const auto& s : list) reported.emplace(instance, s.id);
+    std::set<std::string> ended;
     for (auto& [id, session] : sessions) {
         if (!connected.count(session.instance)) continue; // source did not answer: unknown, not ended
         if (reported.count({session.instance, id})) continue;
         session.end = now;
         touched.insert(id);
+        ended.insert(id);
+    }
+    // Their addresses become nobody's: one pass for all of them, not one
+    // per ended session (a VPN restart ends them all at once).
+    if (!ended.empty()) {
         for (const auto& [key, checkpoint] : addresses_)
-            if (checkpoint.owner == id) set_owner(key, "");
+            if (ended.count(checkpoint.owner)) set_owner(key, "");
         for (auto& [key, checkpoint] : out.address_updates)
-            if (checkpoint.owner == id) checkpoint.owner.clear();
+            if (ended.count(checkpoint.owner)) checkpoint.owner.clear();
     }
 
     // 3. New sessions start from the values just read; known ones get the

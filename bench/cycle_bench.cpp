@@ -184,7 +184,7 @@ struct Phases {
 
 struct SizeResult {
     uint32_t clients = 0;
-    double fill_s = 0, first_cycle_ms = 0;
+    double fill_s = 0, first_cycle_ms = 0, all_end_ms = 0;
     Phases phases;
     double render_ms = 0;
     size_t render_bytes = 0;
@@ -294,6 +294,25 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, uint32_t n, const Option
     out.render_ms = median(render_ms);
     std::tie(out.rss_mib, out.hwm_mib) = memory_mib();
     out.store_bytes = std::filesystem::file_size(dir.path() + "/data.mdb", ec);
+
+    // The VPN restarts: every session ends in one cycle (nothing moved).
+    {
+        const vpnmeter::ConnectedSessions none{{kInstance, {}}};
+        auto counters = collector.collect();
+        if (!counters) return counters.error();
+        const auto t = Clock::now();
+        vpnmeter::CycleCommit commit =
+            reconciler.plan(counters.value(), none, devices, static_cast<int64_t>(std::time(nullptr)));
+        if (auto st = store->commit(commit); !st) return st.error();
+        reconciler.accept(commit);
+        out.all_end_ms = ms_since(t);
+        if (commit.sessions.size() != n || !reconciler.active().empty())
+            return Error{"consistency check failed: " + std::to_string(commit.sessions.size()) + " of " +
+                         std::to_string(n) + " sessions ended when all left"};
+        for (const auto& [key, checkpoint] : reconciler.addresses())
+            if (!checkpoint.owner.empty())
+                return Error{"consistency check failed: " + key.address() + " still owned by " + checkpoint.owner};
+    }
     return out;
 }
 
@@ -312,12 +331,12 @@ void print_machine(const Options& o, uint32_t capacity)
 void print_table(const std::vector<SizeResult>& results)
 {
     std::printf("\ncollection cycle, median ms over the timed cycles:\n");
-    std::printf("%9s %8s %10s %8s %8s %8s %13s\n", "clients", "read", "reconcile", "commit", "publish", "total",
-                "first cycle");
+    std::printf("%9s %8s %10s %8s %8s %8s %13s %9s\n", "clients", "read", "reconcile", "commit", "publish", "total",
+                "first cycle", "all end");
     for (const auto& r : results)
-        std::printf("%9u %8.1f %10.1f %8.1f %8.1f %8.1f %13.1f\n", r.clients, median(r.phases.read),
+        std::printf("%9u %8.1f %10.1f %8.1f %8.1f %8.1f %13.1f %9.1f\n", r.clients, median(r.phases.read),
                     median(r.phases.reconcile), median(r.phases.commit), median(r.phases.publish),
-                    median(r.phases.total), r.first_cycle_ms);
+                    median(r.phases.total), r.first_cycle_ms, r.all_end_ms);
     std::printf("\n/metrics (one series pair per user) and memory after the size's cycles:\n");
     std::printf("%9s %10s %13s %10s %10s %12s\n", "users", "render ms", "render bytes", "VmRSS MiB", "VmHWM MiB",
                 "store MiB");
@@ -325,7 +344,8 @@ void print_table(const std::vector<SizeResult>& results)
         std::printf("%9u %10.1f %13zu %10.1f %10.1f %12.1f\n", r.clients, r.render_ms, r.render_bytes, r.rss_mib,
                     r.hwm_mib, r.store_bytes / 1048576.0);
     std::printf("\nread: Collector::collect (batch read of the map, deltas); reconcile: Reconciler::plan;\n"
-                "commit: Store::commit (one LMDB write transaction, fsync); publish: accept + metrics snapshot.\n"
+                "commit: Store::commit (one LMDB write transaction, fsync); publish: accept + metrics snapshot;\n"
+                "first cycle: N new sessions; all end: every session ends at once (reconcile + commit).\n"
                 "VmRSS/VmHWM are this process's: they include the benchmark's own copy of the sessions;\n"
                 "VmHWM only grows, so a size's value is the peak up to and including it.\n");
 }

@@ -337,7 +337,7 @@ void print_table(const std::vector<SizeResult>& results)
         std::printf("%9u %8.1f %10.1f %8.1f %8.1f %8.1f %13.1f %9.1f\n", r.clients, median(r.phases.read),
                     median(r.phases.reconcile), median(r.phases.commit), median(r.phases.publish),
                     median(r.phases.total), r.first_cycle_ms, r.all_end_ms);
-    std::printf("\n/metrics (one series pair per user) and memory after the size's cycles:\n");
+    std::printf("\n/metrics (six series per user) and memory after the size's cycles:\n");
     std::printf("%9s %10s %13s %10s %10s %12s\n", "users", "render ms", "render bytes", "VmRSS MiB", "VmHWM MiB",
                 "store MiB");
     for (const auto& r : results)

@@ -3,7 +3,10 @@
 // Runs the real tc programs (meter_egress, meter_ingress) and an empty tc
 // program (the floor) with BPF_PROG_TEST_RUN on IPv4 UDP Ethernet frames,
 // with the client map pre-filled with 1 .. 1M clients and the measured
-// packet's address one of them (steady state: every lookup hits). Floor and
+// packet's address one of them (steady state: every lookup hits): with no
+// policy on the node, with a policy on another client only (the policy
+// lookup misses), and with a budget, a class and a policer on the measured
+// client (the whole enforcement path). Floor and
 // meter runs alternate round by round so that machine noise hits both alike;
 // the table shows the median of each. See docs/benchmarks.md.
 //
@@ -25,15 +28,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <memory>
-#include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 
+#include "bench_common.h"
 #include "bpf_maps.h"
 #include "counters.h"
 #include "datapath.h"
@@ -64,6 +66,7 @@ struct Options {
     bool quick = false;
     std::vector<uint32_t> clients{1, 10'000, 100'000, 1'000'000};
     std::vector<uint32_t> frames{64, 1400};
+    std::vector<std::string> policies{"off", "others", "own"};
     std::string direction = "both";
     int cpu = -1;
     bool verbose = false;
@@ -79,6 +82,7 @@ constexpr Direction kUpload{"upload", VPNMETER_UPLOAD, "meter_ingress"};
 
 struct Row {
     const char* direction;
+    std::string policy;
     uint32_t clients;
     uint32_t frame;
     std::vector<uint32_t> floor_ns, meter_ns; // one per round
@@ -198,6 +202,103 @@ Result<vpnmeter::InterfaceTraffic> iface_count(int fd, int ncpus)
     return vpnmeter::sum_per_cpu(per_cpu);
 }
 
+// The enforcement maps, for the rows with quotas in force:
+//   off:    no policy anywhere (vpnmeter_policy_state inactive): one array load.
+//   others: policies active, one on a client no round measures: the measured
+//           packet pays the policy hash lookup, which misses.
+//   own:    the measured client has a budget (both directions), a download
+//           class and an upload policer: enforce_policy() runs in full. The
+//           budget and rate are far above what a row uses, so every packet
+//           passes and is counted.
+constexpr uint32_t kUserSlot = 1;
+constexpr int64_t kBudgetBytes = int64_t{1} << 62;
+
+class Policies {
+public:
+    static Result<Policies> open(const std::string& pin_path)
+    {
+        Policies p;
+        for (auto [fd, name] : {std::pair{&p.policy_, vpnmeter::kPolicyMap}, {&p.budgets_, vpnmeter::kBudgetsMap},
+                                {&p.policers_, vpnmeter::kPolicersMap}, {&p.state_, vpnmeter::kPolicyStateMap}}) {
+            auto map = vpnmeter::open_pinned_map(pin_path, name);
+            if (!map) return map.error();
+            *fd = std::move(map.value());
+        }
+        return p;
+    }
+
+    // Removes the policies this added, then sets up `mode`; `unmeasured` is a
+    // key no round measures (for "others").
+    Status set_mode(const std::string& mode, const vpnmeter_client_key& unmeasured)
+    {
+        for (const auto& key : added_) bpf_map_delete_elem(policy_.get(), &key); // gone already: fine
+        added_.clear();
+        mode_ = mode;
+        const vpnmeter_policy_state state{.active = mode == "off" ? 0U : 1U, .reserved = 0};
+        const uint32_t zero = 0;
+        if (bpf_map_update_elem(state_.get(), &zero, &state, BPF_ANY))
+            return os_error(std::string("update ") + vpnmeter::kPolicyStateMap);
+        if (mode == "others") return put(unmeasured, VPNMETER_POLICY_BUDGET);
+        return vpnmeter::ok();
+    }
+
+    // Before a round: in "own" mode, the measured client's policy, a full
+    // budget and a full bucket.
+    Status prepare(const vpnmeter_client_key& measured)
+    {
+        if (mode_ != "own") return vpnmeter::ok();
+        if (auto st = put(measured, VPNMETER_POLICY_BUDGET | VPNMETER_POLICY_SHAPED | VPNMETER_POLICY_POLICED); !st)
+            return st;
+        const vpnmeter_budget budget{.remaining_bytes = kBudgetBytes,
+                                     .exhausted_action = VPNMETER_EXHAUSTED_BLOCK,
+                                     .exhausted_classid = 0,
+                                     .exhausted_rate_bps = 0,
+                                     .exhausted_burst_bytes = 0};
+        if (bpf_map_update_elem(budgets_.get(), &kUserSlot, &budget, BPF_ANY))
+            return os_error(std::string("update ") + vpnmeter::kBudgetsMap);
+        const vpnmeter_policer bucket{}; // last_ns 0: a full bucket
+        if (bpf_map_update_elem(policers_.get(), &kUserSlot, &bucket, BPF_ANY))
+            return os_error(std::string("update ") + vpnmeter::kPolicersMap);
+        return vpnmeter::ok();
+    }
+
+    // After a round: in "own" mode the budget went down by exactly the bytes
+    // the meter passed (the floor never touches it), so the policy path ran.
+    Status check(uint64_t bytes) const
+    {
+        if (mode_ != "own") return vpnmeter::ok();
+        vpnmeter_budget budget{};
+        if (bpf_map_lookup_elem(budgets_.get(), &kUserSlot, &budget))
+            return os_error(std::string("look up ") + vpnmeter::kBudgetsMap);
+        if (kBudgetBytes - budget.remaining_bytes != static_cast<int64_t>(bytes))
+            return Error{"consistency check failed: the budget went down by " +
+                         std::to_string(kBudgetBytes - budget.remaining_bytes) + " bytes, expected " +
+                         std::to_string(bytes) + ": the policy path did not run"};
+        return vpnmeter::ok();
+    }
+
+private:
+    Status put(const vpnmeter_client_key& key, uint32_t flags)
+    {
+        // 10 Tbit/s with a 1 MiB bucket: a packet costs about 1 ns of credit,
+        // so none is over the rate, yet police() does its arithmetic and lock.
+        const vpnmeter_policy policy{.flags = flags,
+                                     .user_slot = kUserSlot,
+                                     .classid = (VPNMETER_HTB_MAJOR << 16) | 0x10,
+                                     .reserved = 0,
+                                     .rate_bps = 10'000'000'000'000ULL,
+                                     .burst_bytes = 1 << 20};
+        if (bpf_map_update_elem(policy_.get(), &key, &policy, BPF_ANY))
+            return os_error(std::string("update ") + vpnmeter::kPolicyMap);
+        added_.push_back(key);
+        return vpnmeter::ok();
+    }
+
+    vpnmeter::UniqueFd policy_, budgets_, policers_, state_;
+    std::vector<vpnmeter_client_key> added_;
+    std::string mode_ = "off";
+};
+
 double median(std::vector<uint32_t> v)
 {
     std::sort(v.begin(), v.end());
@@ -205,55 +306,9 @@ double median(std::vector<uint32_t> v)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
 }
 
-// Removes everything pinned under the benchmark's private pin path.
-class PinCleanup {
-public:
-    explicit PinCleanup(std::string path) : path_(std::move(path)) {}
-    PinCleanup(const PinCleanup&) = delete;
-    PinCleanup& operator=(const PinCleanup&) = delete;
-    ~PinCleanup()
-    {
-        std::error_code ec;
-        if (!std::filesystem::exists(path_, ec)) return;
-        if (std::filesystem::exists(path_ + "/" + vpnmeter::kClientsMap, ec)) {
-            auto done = vpnmeter::detach_all(path_);
-            if (!done) std::fprintf(stderr, "cleanup: %s\n", done.error().message().c_str());
-        }
-        // Leftovers of a half-done load; the directory is ours alone.
-        for (const char* name : {vpnmeter::kClientsMap, vpnmeter::kIfacesMap, vpnmeter::kLinksMap})
-            std::filesystem::remove(path_ + "/" + name, ec);
-        std::filesystem::remove(path_, ec);
-        if (std::filesystem::exists(path_, ec))
-            std::fprintf(stderr, "cleanup: could not remove %s\n", path_.c_str());
-    }
-
-private:
-    std::string path_;
-};
-
-std::string unique_pin_path()
-{
-    std::random_device rd;
-    for (;;) {
-        char name[96];
-        std::snprintf(name, sizeof name, "/sys/fs/bpf/vpnmeter-bench-%d-%08x", static_cast<int>(getpid()), rd());
-        std::error_code ec;
-        if (!std::filesystem::exists(name, ec)) return name;
-    }
-}
-
-std::string read_first_line(const char* path, const std::string& prefix = {})
-{
-    std::ifstream in(path);
-    for (std::string line; std::getline(in, line);) {
-        if (prefix.empty()) return line;
-        if (line.rfind(prefix, 0) == 0) {
-            auto colon = line.find(':');
-            return colon == std::string::npos ? line : line.substr(line.find_first_not_of(" \t", colon + 1));
-        }
-    }
-    return "?";
-}
+using vpnmeter::bench::PinCleanup;
+using vpnmeter::bench::read_first_line;
+using vpnmeter::bench::unique_pin_path;
 
 void print_machine(const Options& o, uint32_t capacity, int ncpus)
 {
@@ -270,15 +325,17 @@ void print_machine(const Options& o, uint32_t capacity, int ncpus)
 
 void print_table(const std::vector<Row>& rows)
 {
-    std::printf("\n%-9s %9s %12s %9s %9s %17s %6s\n", "direction", "clients", "frame bytes", "floor ns", "meter ns",
-                "meter - floor ns", "ratio");
+    std::printf("\n%-9s %-6s %9s %12s %9s %9s %17s %6s\n", "direction", "policy", "clients", "frame bytes",
+                "floor ns", "meter ns", "meter - floor ns", "ratio");
     for (const Row& r : rows) {
         const double floor = median(r.floor_ns), meter = median(r.meter_ns);
-        std::printf("%-9s %9u %12u %9.1f %9.1f %17.1f %6.2f\n", r.direction, r.clients, r.frame, floor, meter,
-                    meter - floor, floor > 0 ? meter / floor : 0.0);
+        std::printf("%-9s %-6s %9u %12u %9.1f %9.1f %17.1f %6.2f\n", r.direction, r.policy.c_str(), r.clients,
+                    r.frame, floor, meter, meter - floor, floor > 0 ? meter / floor : 0.0);
     }
     std::printf("\nns are the medians over the rounds of the kernel's average per run (opts.duration);\n"
-                "meter - floor is what counting adds per packet.\n");
+                "meter - floor is what counting (and enforcing) adds per packet. policy: off = none on\n"
+                "the node; others = one on another client (the lookup misses); own = a budget, a class\n"
+                "and a policer on the measured client.\n");
 }
 
 int run(const Options& o)
@@ -311,6 +368,11 @@ int run(const Options& o)
         return 1;
     }
     const int clients_fd = maps->clients_fd(), ifaces_fd = maps->ifaces_fd();
+    auto policies = Policies::open(pin_path);
+    if (!policies) {
+        std::fprintf(stderr, "error: %s\n", policies.error().message().c_str());
+        return 1;
+    }
     const int floor_fd = bpf_program__fd(empty->progs.empty_tc);
 
     std::vector<Direction> directions;
@@ -338,63 +400,74 @@ int run(const Options& o)
         std::printf("client map holds %u clients (filled in %.2f s)\n", n, fill_s);
         std::fflush(stdout);
 
-        for (uint32_t size : o.frames) {
-            for (const Direction& d : directions) {
-                const int meter_fd = d.dir == VPNMETER_UPLOAD ? dp->ingress_prog_fd() : dp->egress_prog_fd();
-                Row row{d.name, n, size, {}, {}};
-                // Round r measures another existing client, so the position of
-                // one entry in its hash chain does not decide the row.
-                auto client_of = [&](uint32_t r) { return static_cast<uint32_t>((n / 2 + uint64_t(r) * 7919) % n); };
-                auto frame_for = [&](uint32_t r) {
-                    const uint32_t addr = kFirstClient + client_of(r);
-                    return d.dir == VPNMETER_UPLOAD ? make_frame(size, addr, kServer) : make_frame(size, kServer, addr);
-                };
+        for (const std::string& policy : o.policies) {
+            // client_key(n) is outside the filled range: no round measures it.
+            if (auto st = policies->set_mode(policy, client_key(n)); !st) return fail(st.error());
+            for (uint32_t size : o.frames) {
+                for (const Direction& d : directions) {
+                    const int meter_fd = d.dir == VPNMETER_UPLOAD ? dp->ingress_prog_fd() : dp->egress_prog_fd();
+                    Row row{d.name, policy, n, size, {}, {}};
+                    // Round r measures another existing client, so the position of
+                    // one entry in its hash chain does not decide the row.
+                    auto client_of = [&](uint32_t r) {
+                        return static_cast<uint32_t>((n / 2 + uint64_t(r) * 7919) % n);
+                    };
+                    auto frame_for = [&](uint32_t r) {
+                        const uint32_t addr = kFirstClient + client_of(r);
+                        return d.dir == VPNMETER_UPLOAD ? make_frame(size, addr, kServer)
+                                                        : make_frame(size, kServer, addr);
+                    };
 
-                // Warm-up: JIT image, map entries and the skb path into cache.
-                {
-                    auto frame = frame_for(0);
-                    const uint32_t warm = std::min<uint32_t>(o.repeat, 10'000);
-                    if (auto t = test_run(floor_fd, frame, warm); !t) return fail(t.error());
-                    if (auto t = test_run(meter_fd, frame, warm); !t) return fail(t.error());
-                }
-                for (uint32_t r = 0; r < o.rounds; ++r) {
-                    auto frame = frame_for(r);
-                    const vpnmeter_client_key key = client_key(client_of(r));
-                    auto before = client_count(clients_fd, key, d.dir, ncpus);
-                    if (!before) return fail(before.error());
-                    auto iface_before = iface_count(ifaces_fd, ncpus);
-                    if (!iface_before) return fail(iface_before.error());
-
-                    // Alternate which goes first so neither always follows the other.
-                    for (int k = 0; k < 2; ++k) {
-                        const bool floor_turn = (k == 0) == (r % 2 == 0);
-                        auto t = test_run(floor_turn ? floor_fd : meter_fd, frame, o.repeat);
-                        if (!t) return fail(t.error());
-                        (floor_turn ? row.floor_ns : row.meter_ns).push_back(t.value());
+                    // Warm-up: JIT image, map entries and the skb path into cache.
+                    {
+                        auto frame = frame_for(0);
+                        if (auto st = policies->prepare(client_key(client_of(0))); !st) return fail(st.error());
+                        const uint32_t warm = std::min<uint32_t>(o.repeat, 10'000);
+                        if (auto t = test_run(floor_fd, frame, warm); !t) return fail(t.error());
+                        if (auto t = test_run(meter_fd, frame, warm); !t) return fail(t.error());
                     }
+                    for (uint32_t r = 0; r < o.rounds; ++r) {
+                        auto frame = frame_for(r);
+                        const vpnmeter_client_key key = client_key(client_of(r));
+                        if (auto st = policies->prepare(key); !st) return fail(st.error());
+                        auto before = client_count(clients_fd, key, d.dir, ncpus);
+                        if (!before) return fail(before.error());
+                        auto iface_before = iface_count(ifaces_fd, ncpus);
+                        if (!iface_before) return fail(iface_before.error());
 
-                    // The meter counted every run, on the existing entry: a lookup hit.
-                    auto after = client_count(clients_fd, key, d.dir, ncpus);
-                    if (!after) return fail(after.error());
-                    auto iface_after = iface_count(ifaces_fd, ncpus);
-                    if (!iface_after) return fail(iface_after.error());
-                    const vpnmeter::InterfaceTraffic di = vpnmeter::delta(iface_after.value(), iface_before.value());
-                    const vpnmeter::Count& total = d.dir == VPNMETER_UPLOAD ? di.total.upload : di.total.download;
-                    if (after->packets - before->packets != o.repeat ||
-                        after->bytes - before->bytes != uint64_t(o.repeat) * size || total.packets != o.repeat ||
-                        !di.unattributed.empty())
-                        return fail(Error{"consistency check failed: " + std::string(d.prog) + " did not count " +
-                                          std::to_string(o.repeat) + " packets on the existing client entry"});
+                        // Alternate which goes first so neither always follows the other.
+                        for (int k = 0; k < 2; ++k) {
+                            const bool floor_turn = (k == 0) == (r % 2 == 0);
+                            auto t = test_run(floor_turn ? floor_fd : meter_fd, frame, o.repeat);
+                            if (!t) return fail(t.error());
+                            (floor_turn ? row.floor_ns : row.meter_ns).push_back(t.value());
+                        }
+
+                        // The meter counted every run, on the existing entry: a lookup hit.
+                        auto after = client_count(clients_fd, key, d.dir, ncpus);
+                        if (!after) return fail(after.error());
+                        auto iface_after = iface_count(ifaces_fd, ncpus);
+                        if (!iface_after) return fail(iface_after.error());
+                        const vpnmeter::InterfaceTraffic di =
+                            vpnmeter::delta(iface_after.value(), iface_before.value());
+                        const vpnmeter::Count& total = d.dir == VPNMETER_UPLOAD ? di.total.upload : di.total.download;
+                        if (after->packets - before->packets != o.repeat ||
+                            after->bytes - before->bytes != uint64_t(o.repeat) * size || total.packets != o.repeat ||
+                            !di.unattributed.empty())
+                            return fail(Error{"consistency check failed: " + std::string(d.prog) + " did not count " +
+                                              std::to_string(o.repeat) + " packets on the existing client entry"});
+                        if (auto st = policies->check(uint64_t(o.repeat) * size); !st) return fail(st.error());
+                    }
+                    if (o.verbose) {
+                        std::printf("  %s policy %s %u clients %u B: floor", d.name, policy.c_str(), n, size);
+                        for (uint32_t v : row.floor_ns) std::printf(" %u", v);
+                        std::printf(" | meter");
+                        for (uint32_t v : row.meter_ns) std::printf(" %u", v);
+                        std::printf("\n");
+                        std::fflush(stdout);
+                    }
+                    rows.push_back(std::move(row));
                 }
-                if (o.verbose) {
-                    std::printf("  %s %u clients %u B: floor", d.name, n, size);
-                    for (uint32_t v : row.floor_ns) std::printf(" %u", v);
-                    std::printf(" | meter");
-                    for (uint32_t v : row.meter_ns) std::printf(" %u", v);
-                    std::printf("\n");
-                    std::fflush(stdout);
-                }
-                rows.push_back(std::move(row));
             }
         }
     }
@@ -421,6 +494,9 @@ int main(int argc, char** argv)
     app.add_option("--frames", o.frames, "Ethernet frame sizes in bytes (default 64,1400)")
         ->delimiter(',')
         ->check(CLI::Range(static_cast<uint32_t>(kMinFrame), static_cast<uint32_t>(kMaxFrame)));
+    app.add_option("--policy", o.policies, "policy states, one row each: off, others, own (default all three)")
+        ->delimiter(',')
+        ->check(CLI::IsMember({"off", "others", "own"}));
     app.add_option("--direction", o.direction, "download (meter_egress), upload (meter_ingress) or both")
         ->check(CLI::IsMember({"download", "upload", "both"}));
     app.add_option("--cpu", o.cpu, "pin the benchmark to this CPU")->check(CLI::NonNegativeNumber);

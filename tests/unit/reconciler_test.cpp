@@ -206,3 +206,31 @@ TEST_CASE("resuming from a checkpoint keeps ownership and counts nothing twice",
     CHECK(h.sessions.at(alice.id).usage == Traffic{{2, 101}, {2, 101}});
     h.check_invariant();
 }
+
+TEST_CASE("sessions ending together are all closed and their addresses freed; others keep theirs", "[reconciler]")
+{
+    Harness h;
+    const Session alice = connected("alice", 1, "10.8.0.2");
+    const Session bob = connected("bob", 2, "10.8.0.3");
+    const Session carol = connected("carol", 3, "10.8.0.4");
+    h.cycle({{"udp", {alice, bob, carol}}});
+    h.traffic("10.8.0.2", 10, 100);
+    h.traffic("10.8.0.4", 30, 300);
+    // Alice and Carol leave in the same cycle (one with bytes in it, one without: Bob).
+    h.cycle({{"udp", {bob}}});
+    CHECK(h.sessions.at(alice.id).end.has_value());
+    CHECK(h.sessions.at(carol.id).end.has_value());
+    CHECK_FALSE(h.sessions.at(bob.id).end.has_value());
+    CHECK(h.sessions.at(carol.id).usage == Traffic{{1, 30}, {1, 300}});
+    for (const auto& [key, checkpoint] : h.reconciler.addresses())
+        CHECK(checkpoint.owner == (key.address() == "10.8.0.3" ? bob.id : ""));
+
+    // Their addresses' later bytes are nobody's; Bob's are still his.
+    h.traffic("10.8.0.2", 1, 1);
+    h.traffic("10.8.0.3", 2, 2);
+    h.cycle({{"udp", {bob}}});
+    CHECK(h.sessions.at(alice.id).usage == Traffic{{1, 10}, {1, 100}});
+    CHECK(h.sessions.at(bob.id).usage == Traffic{{1, 2}, {1, 2}});
+    CHECK(h.unattributed.at("tun0") == Traffic{{1, 1}, {1, 1}});
+    h.check_invariant();
+}

@@ -1,0 +1,458 @@
+// vpnmeter_bench_cycle: what one collection cycle of the agent costs.
+//
+// Fills the real pinned client map with N synthetic clients (100.64.0.1 and
+// up on one interface), gives each its own connected session and user, and
+// runs the daemon's cycle on them with the daemon's own classes: read every
+// counter (Collector over PinnedMaps), reconcile (Reconciler::plan), commit
+// to a fresh LMDB store (Store::commit), then accept and publish the metrics
+// snapshot (MetricsRecorder). Before every timed cycle, every client's
+// counters move (the worst case: all N active), outside the timing. Then it
+// renders /metrics from that state and reports the process's memory.
+// See docs/benchmarks.md.
+//
+// Needs root (BPF, bpffs). The pin path and the store are private and
+// removed at exit, on errors and on SIGINT/SIGTERM/SIGHUP. Exits non-zero on
+// errors and failed checks only, never because the numbers are slow.
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "bench_common.h"
+#include "bpf_maps.h"
+#include "collector.h"
+#include "counters.h"
+#include "datapath.h"
+#include "metrics.h"
+#include "reconciler.h"
+#include "result.h"
+#include "store/store.h"
+
+namespace {
+
+using vpnmeter::Error;
+using vpnmeter::os_error;
+using vpnmeter::Result;
+using vpnmeter::Status;
+using Clock = std::chrono::steady_clock;
+
+volatile sig_atomic_t g_signal = 0;
+void on_signal(int sig) { g_signal = sig; }
+
+constexpr uint32_t kIfindex = 1; // any: the reconciler is told its name
+constexpr const char* kInterface = "bench0";
+constexpr const char* kInstance = "bench";
+constexpr uint32_t kFirstClient = 0x64400001; // 100.64.0.1
+constexpr uint32_t kMaxClients = (1U << 22) - 2;
+// What every client gains per cycle, per direction.
+constexpr uint64_t kUpBytes = 1000, kDownBytes = 1500;
+
+struct Options {
+    std::vector<uint32_t> clients{10'000, 100'000, 1'000'000};
+    uint32_t cycles = 5;
+    uint32_t renders = 5;
+    bool quick = false;
+    int cpu = -1;
+    std::string fill_pinned; // only set the counters of the maps pinned there
+    uint64_t moves = 1;
+};
+
+// Client i's key: 100.64.0.1 + i on the benchmark's interface.
+vpnmeter_client_key client_key(uint32_t i)
+{
+    vpnmeter_client_key key{};
+    key.ifindex = kIfindex;
+    key.family = AF_INET;
+    const uint32_t addr = htonl(kFirstClient + i);
+    std::memcpy(key.addr, &addr, sizeof addr);
+    return key;
+}
+
+std::string client_address(uint32_t i)
+{
+    const uint32_t addr = htonl(kFirstClient + i);
+    char text[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &addr, text, sizeof text);
+    return text;
+}
+
+// Sets clients [0, n) to `moves` cycles' worth of traffic, counted on CPU 0
+// (the other CPUs' copies zero): the map as after `moves` busy cycles.
+Status set_counters(int fd, uint32_t n, uint64_t moves, int ncpus)
+{
+    constexpr uint32_t kChunk = 8192;
+    std::vector<vpnmeter_client_key> keys;
+    keys.reserve(kChunk);
+    std::vector<vpnmeter_client_counters> values(static_cast<size_t>(kChunk) * ncpus);
+    for (uint32_t j = 0; j < kChunk; ++j) {
+        auto& v = values[static_cast<size_t>(j) * ncpus];
+        v.dir[VPNMETER_UPLOAD] = {moves, moves * kUpBytes};
+        v.dir[VPNMETER_DOWNLOAD] = {moves, moves * kDownBytes};
+    }
+    for (uint32_t i = 0; i < n;) {
+        if (g_signal) return Error{"interrupted by signal " + std::to_string(g_signal)};
+        const uint32_t count_in = std::min(kChunk, n - i);
+        keys.clear();
+        for (uint32_t j = 0; j < count_in; ++j) keys.push_back(client_key(i + j));
+        uint32_t count = count_in;
+        LIBBPF_OPTS(bpf_map_batch_opts, opts);
+        if (int err = bpf_map_update_batch(fd, keys.data(), values.data(), &count, &opts); err)
+            return os_error("set the client counters (batch update at client " + std::to_string(i) + ")", err);
+        if (count != count_in)
+            return Error{"set the client counters: batch update stored " + std::to_string(count) + " of " +
+                         std::to_string(count_in)};
+        i += count_in;
+    }
+    return vpnmeter::ok();
+}
+
+// The identity source's answer: one session per client, each its own user.
+std::vector<vpnmeter::Session> make_sessions(uint32_t n, int64_t since)
+{
+    std::vector<vpnmeter::Session> sessions(n);
+    for (uint32_t i = 0; i < n; ++i) {
+        auto& s = sessions[i];
+        s.user = "user" + std::to_string(i);
+        s.id = vpnmeter::session_id(kInstance, s.user, since);
+        s.instance = kInstance;
+        s.interface = kInterface;
+        s.addresses = {client_address(i)};
+        s.real_address = "192.0.2.1:" + std::to_string(1024 + i % 60000);
+        s.start = since;
+    }
+    return sessions;
+}
+
+// A private store directory, removed with everything in it.
+class TempDir {
+public:
+    explicit TempDir(std::string path) : path_(std::move(path)) {}
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    ~TempDir()
+    {
+        std::error_code ec;
+        std::filesystem::remove_all(path_, ec);
+        if (ec) std::fprintf(stderr, "cleanup: remove %s: %s\n", path_.c_str(), ec.message().c_str());
+    }
+    const std::string& path() const { return path_; }
+
+private:
+    std::string path_;
+};
+
+double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+double median(std::vector<double> v)
+{
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
+}
+
+// VmRSS and VmHWM of this process, in MiB.
+std::pair<double, double> memory_mib()
+{
+    auto kib = [](const char* field) {
+        const std::string v = vpnmeter::bench::read_first_line("/proc/self/status", field);
+        return std::strtod(v.c_str(), nullptr) / 1024.0;
+    };
+    return {kib("VmRSS:"), kib("VmHWM:")};
+}
+
+struct Phases {
+    std::vector<double> read, reconcile, commit, publish, total;
+};
+
+struct SizeResult {
+    uint32_t clients = 0;
+    double fill_s = 0, first_cycle_ms = 0, all_end_ms = 0;
+    Phases phases;
+    double render_ms = 0;
+    size_t render_bytes = 0;
+    double rss_mib = 0, hwm_mib = 0;
+    uint64_t store_bytes = 0;
+};
+
+Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, uint32_t n, const Options& o, int ncpus)
+{
+    SizeResult out;
+    out.clients = n;
+    const auto fill_start = Clock::now();
+    // Sizes run in increasing order, so the map holds clients [0, n) once
+    // these are set: all zero, as new entries are.
+    if (auto st = set_counters(maps.clients_fd(), n, 0, ncpus); !st) return st.error();
+    out.fill_s = ms_since(fill_start) / 1000.0;
+
+    TempDir dir("/tmp/vpnmeter-bench-cycle-" + std::to_string(getpid()) + "-" + std::to_string(n));
+    std::error_code ec;
+    std::filesystem::remove_all(dir.path(), ec);
+    auto store = vpnmeter::Store::open({.path = dir.path()});
+    if (!store) return store.error();
+
+    const int64_t since = static_cast<int64_t>(std::time(nullptr)) - 3600;
+    const vpnmeter::ConnectedSessions connected{{kInstance, make_sessions(n, since)}};
+    const vpnmeter::Interfaces devices{{{kInterface, kIfindex}}, {{kIfindex, kInterface}}};
+    vpnmeter::Collector collector(maps);
+    vpnmeter::Reconciler reconciler(std::nullopt, {});
+    vpnmeter::MetricsRecorder metrics({}, "bench", std::make_shared<vpnmeter::MetricsExporter>());
+    metrics.load({}, {});
+
+    // One cycle as Daemon::finish_cycle() runs it (without the quota engine).
+    auto cycle = [&](uint64_t moves, Phases* phases) -> Status {
+        const auto t0 = Clock::now();
+        auto counters = collector.collect();
+        if (!counters) return counters.error();
+        const auto t1 = Clock::now();
+        const int64_t now = static_cast<int64_t>(std::time(nullptr));
+        vpnmeter::CycleCommit commit = reconciler.plan(counters.value(), connected, devices, now);
+        const auto t2 = Clock::now();
+        if (auto st = store->commit(commit); !st) return st.error();
+        const auto t3 = Clock::now();
+        reconciler.accept(commit);
+        collector.accept(std::move(counters.value()));
+        metrics.account(commit);
+        metrics.observe_cycle(Clock::now() - t0);
+        vpnmeter::LiveMetrics live;
+        live.interfaces = vpnmeter::interface_totals(collector.last(), devices);
+        live.drops.emplace();
+        live.sessions_active = vpnmeter::sessions_by_instance(reconciler.active(), {kInstance});
+        live.maps["clients"] = {collector.last().clients.size(), maps.max_clients()};
+        metrics.publish(std::move(live));
+        const auto t4 = Clock::now();
+
+        // Every client moved by one step, all of it attributed to its user.
+        vpnmeter::Traffic moved;
+        for (const auto& [user, traffic] : commit.user_usage) moved += traffic;
+        const uint64_t step = moves ? 1 : 0;
+        if (commit.user_usage.size() != (step ? n : 0) || moved.upload.bytes != n * step * kUpBytes ||
+            moved.download.bytes != n * step * kDownBytes || !commit.unattributed.empty() ||
+            reconciler.active().size() != n)
+            return Error{"consistency check failed at cycle " + std::to_string(moves) + ": " +
+                         std::to_string(commit.user_usage.size()) + " users gained " +
+                         std::to_string(moved.upload.bytes) + " B up, expected " + std::to_string(n) + " users and " +
+                         std::to_string(n * step * kUpBytes) + " B; " + std::to_string(reconciler.active().size()) +
+                         " sessions active"};
+        if (phases) {
+            auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+            phases->read.push_back(ms(t0, t1));
+            phases->reconcile.push_back(ms(t1, t2));
+            phases->commit.push_back(ms(t2, t3));
+            phases->publish.push_back(ms(t3, t4));
+            phases->total.push_back(ms(t0, t4));
+        }
+        return vpnmeter::ok();
+    };
+
+    // The first cycle finds N new sessions and writes them all.
+    const auto first = Clock::now();
+    if (auto st = cycle(0, nullptr); !st) return st.error();
+    out.first_cycle_ms = ms_since(first);
+    for (uint32_t c = 1; c <= o.cycles; ++c) {
+        if (auto st = set_counters(maps.clients_fd(), n, c, ncpus); !st) return st.error();
+        if (auto st = cycle(c, &out.phases); !st) return st.error();
+    }
+
+    // The store holds every session's total.
+    const auto sessions = connected.at(kInstance);
+    for (uint32_t i : {0U, n / 2, n - 1}) {
+        auto s = store->session(sessions[i].id);
+        if (!s) return s.error();
+        if (!*s || (*s)->usage.upload.bytes != o.cycles * kUpBytes ||
+            (*s)->usage.download.bytes != o.cycles * kDownBytes)
+            return Error{"consistency check failed: session " + sessions[i].id + " in the store has not " +
+                         std::to_string(o.cycles * kUpBytes) + " B up"};
+    }
+
+    std::vector<double> render_ms;
+    for (uint32_t r = 0; r < o.renders; ++r) {
+        const auto t = Clock::now();
+        const std::string text = metrics.exporter()->render();
+        render_ms.push_back(ms_since(t));
+        out.render_bytes = text.size();
+        if (text.find("user=\"user" + std::to_string(n - 1) + "\"") == std::string::npos)
+            return Error{"/metrics lacks the series of user" + std::to_string(n - 1)};
+    }
+    out.render_ms = median(render_ms);
+    std::tie(out.rss_mib, out.hwm_mib) = memory_mib();
+    out.store_bytes = std::filesystem::file_size(dir.path() + "/data.mdb", ec);
+
+    // The VPN restarts: every session ends in one cycle (nothing moved).
+    {
+        const vpnmeter::ConnectedSessions none{{kInstance, {}}};
+        auto counters = collector.collect();
+        if (!counters) return counters.error();
+        const auto t = Clock::now();
+        vpnmeter::CycleCommit commit =
+            reconciler.plan(counters.value(), none, devices, static_cast<int64_t>(std::time(nullptr)));
+        if (auto st = store->commit(commit); !st) return st.error();
+        reconciler.accept(commit);
+        out.all_end_ms = ms_since(t);
+        if (commit.sessions.size() != n || !reconciler.active().empty())
+            return Error{"consistency check failed: " + std::to_string(commit.sessions.size()) + " of " +
+                         std::to_string(n) + " sessions ended when all left"};
+        for (const auto& [key, checkpoint] : reconciler.addresses())
+            if (!checkpoint.owner.empty())
+                return Error{"consistency check failed: " + key.address() + " still owned by " + checkpoint.owner};
+    }
+    return out;
+}
+
+void print_machine(const Options& o, uint32_t capacity)
+{
+    utsname u{};
+    uname(&u);
+    std::printf("machine: %ld online CPUs, kernel %s, %s\n", sysconf(_SC_NPROCESSORS_ONLN), u.release,
+                vpnmeter::bench::read_first_line("/proc/cpuinfo", "model name").c_str());
+    std::printf("%u timed cycles per size (every client moves before each), %u /metrics renders, client map "
+                "capacity %u, cpu %s\n",
+                o.cycles, o.renders, capacity, o.cpu < 0 ? "not pinned" : std::to_string(o.cpu).c_str());
+    std::fflush(stdout);
+}
+
+void print_table(const std::vector<SizeResult>& results)
+{
+    std::printf("\ncollection cycle, median ms over the timed cycles:\n");
+    std::printf("%9s %8s %10s %8s %8s %8s %13s %9s\n", "clients", "read", "reconcile", "commit", "publish", "total",
+                "first cycle", "all end");
+    for (const auto& r : results)
+        std::printf("%9u %8.1f %10.1f %8.1f %8.1f %8.1f %13.1f %9.1f\n", r.clients, median(r.phases.read),
+                    median(r.phases.reconcile), median(r.phases.commit), median(r.phases.publish),
+                    median(r.phases.total), r.first_cycle_ms, r.all_end_ms);
+    std::printf("\n/metrics (six series per user) and memory after the size's cycles:\n");
+    std::printf("%9s %10s %13s %10s %10s %12s\n", "users", "render ms", "render bytes", "VmRSS MiB", "VmHWM MiB",
+                "store MiB");
+    for (const auto& r : results)
+        std::printf("%9u %10.1f %13zu %10.1f %10.1f %12.1f\n", r.clients, r.render_ms, r.render_bytes, r.rss_mib,
+                    r.hwm_mib, r.store_bytes / 1048576.0);
+    std::printf("\nread: Collector::collect (batch read of the map, deltas); reconcile: Reconciler::plan;\n"
+                "commit: Store::commit (one LMDB write transaction, fsync); publish: accept + metrics snapshot;\n"
+                "first cycle: N new sessions; all end: every session ends at once (reconcile + commit).\n"
+                "VmRSS/VmHWM are this process's: they include the benchmark's own copy of the sessions;\n"
+                "VmHWM only grows, so a size's value is the peak up to and including it.\n");
+}
+
+// --fill-pinned: the client map of a running vpnmeterd (its pin path) as
+// after `moves` busy cycles of N clients, for measuring the daemon itself.
+int fill_pinned(const Options& o)
+{
+    const int ncpus = libbpf_num_possible_cpus();
+    auto maps = vpnmeter::PinnedMaps::open(o.fill_pinned);
+    if (ncpus <= 0 || !maps) {
+        std::fprintf(stderr, "error: %s\n", maps ? "count possible CPUs" : maps.error().message().c_str());
+        return 1;
+    }
+    const uint32_t n = *std::max_element(o.clients.begin(), o.clients.end());
+    if (auto st = set_counters(maps->clients_fd(), n, o.moves, ncpus); !st) {
+        std::fprintf(stderr, "error: %s\n", st.error().message().c_str());
+        return 1;
+    }
+    return 0;
+}
+
+int run(const Options& o)
+{
+    const int ncpus = libbpf_num_possible_cpus();
+    if (ncpus <= 0) {
+        std::fprintf(stderr, "error: count possible CPUs: %s\n", std::strerror(-ncpus));
+        return 1;
+    }
+    const uint32_t largest = *std::max_element(o.clients.begin(), o.clients.end());
+    const uint32_t capacity = std::max<uint32_t>(VPNMETER_DEFAULT_MAX_CLIENTS, largest);
+    print_machine(o, capacity);
+
+    const std::string pin_path = vpnmeter::bench::unique_pin_path();
+    vpnmeter::bench::PinCleanup cleanup(pin_path); // declared first: runs last
+    auto fail = [](const Error& e) {
+        std::fprintf(stderr, "error: %s\n", e.message().c_str());
+        return g_signal ? 128 + g_signal : 1;
+    };
+    auto dp = vpnmeter::Datapath::load({.pin_path = pin_path, .max_clients = capacity});
+    if (!dp) return fail(dp.error());
+    auto maps = vpnmeter::PinnedMaps::open(pin_path);
+    if (!maps) return fail(maps.error());
+
+    std::vector<uint32_t> sizes = o.clients;
+    std::sort(sizes.begin(), sizes.end());
+    sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
+    std::vector<SizeResult> results;
+    for (uint32_t n : sizes) {
+        auto r = run_size(maps.value(), n, o, ncpus);
+        if (!r) return fail(r.error());
+        std::printf("%u clients: map filled in %.2f s, first cycle (creates %u sessions) %.0f ms, total per cycle",
+                    n, r->fill_s, n, r->first_cycle_ms);
+        for (double v : r->phases.total) std::printf(" %.1f", v);
+        std::printf(" ms\n");
+        std::fflush(stdout);
+        results.push_back(std::move(r.value()));
+    }
+    print_table(results);
+    return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    Options o;
+    CLI::App app{"vpnmeter collection cycle benchmark: read, reconcile and commit N synthetic clients through the "
+                 "daemon's own classes; /metrics render time and size; memory. Needs root."};
+    app.add_option("--clients", o.clients, "clients (each a session and a user), one size each "
+                                           "(default 10000,100000,1000000)")
+        ->delimiter(',')
+        ->check(CLI::Range(1U, kMaxClients));
+    app.add_option("--cycles", o.cycles, "timed cycles per size; the table shows medians (default 5)")
+        ->check(CLI::PositiveNumber);
+    app.add_option("--renders", o.renders, "/metrics renders per size (default 5)")->check(CLI::PositiveNumber);
+    app.add_flag("--quick", o.quick, "smoke run for CI: 1000 and 10000 clients, 2 cycles, 2 renders (unless given)");
+    app.add_option("--cpu", o.cpu, "pin the benchmark to this CPU")->check(CLI::NonNegativeNumber);
+    app.add_option("--fill-pinned", o.fill_pinned,
+                   "only set the largest --clients count of clients in the map pinned at this path (a running "
+                   "vpnmeterd's) to --moves cycles' worth of traffic, and exit");
+    app.add_option("--moves", o.moves, "with --fill-pinned: the cycles' worth of traffic (default 1)");
+    CLI11_PARSE(app, argc, argv);
+    if (o.quick) {
+        if (!app.count("--clients")) o.clients = {1'000, 10'000};
+        if (!app.count("--cycles")) o.cycles = 2;
+        if (!app.count("--renders")) o.renders = 2;
+    }
+
+    struct sigaction sa{};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &sa, nullptr);
+    if (o.cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(o.cpu, &set);
+        if (sched_setaffinity(0, sizeof set, &set)) {
+            std::fprintf(stderr, "error: pin to CPU %d: %s\n", o.cpu, std::strerror(errno));
+            return 1;
+        }
+    }
+    vpnmeter::route_libbpf_logs(false);
+    try {
+        return o.fill_pinned.empty() ? run(o) : fill_pinned(o);
+    } catch (const std::exception& e) { // cleanup has run while unwinding
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+}

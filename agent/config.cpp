@@ -1,13 +1,16 @@
 #include "config.h"
 
+#include <fcntl.h>
 #include <fnmatch.h>
 #include <net/if.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <sstream>
 
 #include <yaml-cpp/yaml.h>
@@ -513,13 +516,48 @@ Config parse_config(const std::string& text, const std::string& source)
     return Parser(source).parse(text);
 }
 
+void check_config_file_owner(const std::string& path, uint32_t mode, uint32_t owner, uint32_t euid)
+{
+    char octal[8];
+    std::snprintf(octal, sizeof octal, "%04o", mode & 07777);
+    if (mode & S_IWOTH)
+        throw ConfigError(path + ": refusing a world-writable configuration (mode " + octal +
+                          "): any user could change what vpnmeterd does; chmod o-w " + path);
+    if (euid == 0 && owner != 0)
+        throw ConfigError(path + ": refusing a configuration owned by uid " + std::to_string(owner) +
+                          " while running as root (mode " + octal + "): its owner could change what vpnmeterd does; "
+                          "chown root " + path);
+}
+
 Config load_config(const std::string& path)
 {
-    std::ifstream in(path);
-    if (!in) throw ConfigError(path + ": cannot read: " + std::strerror(errno));
-    std::stringstream text;
-    text << in.rdbuf();
-    return parse_config(text.str(), path);
+    // One open file for the check and the read: the file checked is the file read.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw ConfigError(path + ": cannot read: " + std::strerror(errno));
+    std::string text;
+    struct stat st {};
+    int failed = fstat(fd, &st) != 0 ? errno : 0;
+    if (!failed) {
+        try {
+            check_config_file_owner(path, st.st_mode, st.st_uid, geteuid());
+        } catch (...) {
+            close(fd);
+            throw;
+        }
+        char buffer[65536];
+        for (;;) {
+            const ssize_t got = ::read(fd, buffer, sizeof buffer);
+            if (got > 0) text.append(buffer, static_cast<size_t>(got));
+            if (got == 0) break;
+            if (got < 0 && errno != EINTR) {
+                failed = errno;
+                break;
+            }
+        }
+    }
+    close(fd);
+    if (failed) throw ConfigError(path + ": cannot read: " + std::strerror(failed));
+    return parse_config(text, path);
 }
 
 bool interface_selected(const Config& config, const std::string& ifname)

@@ -1,6 +1,12 @@
 #include <catch2/catch.hpp>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+
 #include "config.h"
+#include "test_support.h"
 
 using namespace vpnmeter;
 using namespace std::chrono_literals;
@@ -388,4 +394,52 @@ TEST_CASE("metrics: per_session, max_sessions and hash_users", "[config]")
           "test.yaml:2:25: metrics.per_session: expected false or true, got 'yes'");
     CHECK(error_of("interfaces: [tun0]\nmetrics: { max_session: 5 }\n") ==
           "test.yaml:2:12: metrics.max_session: unknown key (expected one of: per_session, max_sessions, hash_users)");
+}
+
+TEST_CASE("a world-writable config file is refused, naming the file and its mode", "[config][security]")
+{
+    vpnmeter::testing::TempDir dir;
+    const std::string path = dir.path() + "/vpnmeter.yaml";
+    std::ofstream(path) << "interfaces: [tun0]\n";
+
+    REQUIRE(chmod(path.c_str(), 0666) == 0);
+    try {
+        load_config(path);
+        FAIL("a world-writable file was loaded");
+    } catch (const ConfigError& e) {
+        CHECK(std::string(e.what()) == path + ": refusing a world-writable configuration (mode 0666): any user could "
+                                              "change what vpnmeterd does; chmod o-w " + path);
+    }
+    REQUIRE(chmod(path.c_str(), 0602) == 0); // not readable by others, still writable: refused
+    CHECK_THROWS_AS(load_config(path), ConfigError);
+
+    for (mode_t mode : {0644, 0600, 0640, 0664}) { // group-writable is the operator's choice
+        INFO(std::oct << mode);
+        REQUIRE(chmod(path.c_str(), mode) == 0);
+        CHECK(load_config(path).interfaces == std::vector<std::string>{"tun0"});
+    }
+}
+
+TEST_CASE("as root, a config file owned by another user is refused", "[config][security]")
+{
+    CHECK_NOTHROW(check_config_file_owner("a.yaml", S_IFREG | 0644, 0, 0));
+    CHECK_NOTHROW(check_config_file_owner("a.yaml", S_IFREG | 0644, 1000, 1000)); // not root: its own file
+    CHECK_NOTHROW(check_config_file_owner("a.yaml", S_IFREG | 0644, 0, 1000));
+    CHECK_THROWS_WITH(check_config_file_owner("a.yaml", S_IFREG | 0600, 1000, 0),
+                      "a.yaml: refusing a configuration owned by uid 1000 while running as root (mode 0600): its "
+                      "owner could change what vpnmeterd does; chown root a.yaml");
+    CHECK_THROWS_WITH(check_config_file_owner("a.yaml", S_IFREG | 0666, 0, 1000),
+                      Catch::Contains("world-writable") && Catch::Contains("0666"));
+
+    if (geteuid() != 0) {
+        WARN("not root: the chown half of this test is skipped");
+        return;
+    }
+    vpnmeter::testing::TempDir dir;
+    const std::string path = dir.path() + "/vpnmeter.yaml";
+    std::ofstream(path) << "interfaces: [tun0]\n";
+    REQUIRE(chown(path.c_str(), 65534, 65534) == 0); // nobody
+    CHECK_THROWS_WITH(load_config(path), Catch::Contains("owned by uid 65534") && Catch::Contains(path));
+    REQUIRE(chown(path.c_str(), 0, 0) == 0);
+    CHECK(load_config(path).interfaces == std::vector<std::string>{"tun0"});
 }

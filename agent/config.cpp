@@ -495,6 +495,10 @@ private:
 
 } // namespace
 
+namespace {
+constexpr double kMaxDurationMs = 1000.0 * 365.25 * 86'400'000;
+} // namespace
+
 std::chrono::milliseconds parse_duration(const std::string& text)
 {
     double number = 0;
@@ -508,7 +512,12 @@ std::chrono::milliseconds parse_duration(const std::string& text)
     else if (unit == "m") ms_per_unit = 60'000;
     else if (unit == "h") ms_per_unit = 3'600'000;
     else throw std::invalid_argument("expected a duration like 1s or 500ms (units ms, s, m, h), got '" + text + "'");
-    return std::chrono::milliseconds(static_cast<int64_t>(number * ms_per_unit));
+    // from_chars reads "nan", "inf" and "1e300" too: out of int64's range the
+    // cast below would be undefined (found by the config fuzz target).
+    const double ms = number * ms_per_unit;
+    if (!(ms <= kMaxDurationMs))
+        throw std::invalid_argument("expected a duration up to 1000 years, got '" + text + "'");
+    return std::chrono::milliseconds(static_cast<int64_t>(ms));
 }
 
 Config parse_config(const std::string& text, const std::string& source)

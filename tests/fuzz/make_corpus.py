@@ -97,6 +97,8 @@ http:
 metrics: { per_session: true, max_sessions: 500, hash_users: true }
 singbox: { future: section }
 """)
+    # Findings, kept as seeds so every run tries them again.
+    write("config", "regression-duration-1e300.yaml", "interfaces: [tun0]\ncollect: { interval: 1e300s }\n")
 
 
 # The tokens api_fuzz.cpp configures.

@@ -113,6 +113,19 @@ TEST_CASE("durations", "[config]")
     CHECK_THROWS_AS(parse_duration(""), std::invalid_argument);
 }
 
+// Found by tests/fuzz/config_fuzz.cpp: out of int64's range the cast to
+// milliseconds was undefined behaviour.
+TEST_CASE("durations too long to hold, and nan and inf, are errors", "[config][fuzz]")
+{
+    for (const char* text : {"1e300s", "1e17", "inf", "nan", "infms", "1e300h"}) {
+        INFO(text);
+        CHECK_THROWS_WITH(parse_duration(text), "expected a duration up to 1000 years, got '" + std::string(text) + "'");
+    }
+    CHECK(parse_duration("1e10s") == std::chrono::seconds(10'000'000'000));
+    CHECK_THROWS_WITH(error_of("interfaces: [tun0]\ncollect: { interval: 1e300s }\n"),
+                      Catch::Contains("test.yaml:2:22: collect.interval: expected a duration up to 1000 years"));
+}
+
 TEST_CASE("interface globs", "[config]")
 {
     Config c;

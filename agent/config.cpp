@@ -513,7 +513,7 @@ std::chrono::milliseconds parse_duration(const std::string& text)
     else if (unit == "h") ms_per_unit = 3'600'000;
     else throw std::invalid_argument("expected a duration like 1s or 500ms (units ms, s, m, h), got '" + text + "'");
     // from_chars reads "nan", "inf" and "1e300" too: out of int64's range the
-    // cast below would be undefined (found by the config fuzz target).
+    // cast below would be undefined (UBSan in the config fuzz target says so).
     const double ms = number * ms_per_unit;
     if (!(ms <= kMaxDurationMs))
         throw std::invalid_argument("expected a duration up to 1000 years, got '" + text + "'");

@@ -46,7 +46,7 @@ constexpr const char* kAdmin = "adm1n-7f3a9c2e4b6d8f01";
 constexpr const char* kReader = "read3r-5e7c9a1b3d5f7e92";
 constexpr const char* kTenant = "tenant-acme-2b4d6f8a0c1e3579";
 constexpr const char* kTenantReader = "tenant-ro-8a6c4e2f0b9d7153";
-constexpr int64_t kNow = 1795414983; // 2026-11-23T07:23:03Z
+constexpr int64_t kNow = 1795414983; // 2026-11-23T06:23:03Z
 
 // What only carol's data and the unattributed traffic hold.
 constexpr const char* kMarkers[] = {"198.51.100.99:4999", "987654321987", "555444333222"};

@@ -122,8 +122,8 @@ TEST_CASE("durations too long to hold, and nan and inf, are errors", "[config][f
         CHECK_THROWS_WITH(parse_duration(text), "expected a duration up to 1000 years, got '" + std::string(text) + "'");
     }
     CHECK(parse_duration("1e10s") == std::chrono::seconds(10'000'000'000));
-    CHECK_THROWS_WITH(error_of("interfaces: [tun0]\ncollect: { interval: 1e300s }\n"),
-                      Catch::Contains("test.yaml:2:22: collect.interval: expected a duration up to 1000 years"));
+    CHECK_THAT(error_of("interfaces: [tun0]\ncollect: { interval: 1e300s }\n"),
+               Catch::Contains("test.yaml:2:22: collect.interval: expected a duration up to 1000 years"));
 }
 
 TEST_CASE("interface globs", "[config]")

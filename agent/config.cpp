@@ -1,13 +1,16 @@
 #include "config.h"
 
+#include <fcntl.h>
 #include <fnmatch.h>
 #include <net/if.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <sstream>
 
 #include <yaml-cpp/yaml.h>
@@ -569,6 +572,10 @@ private:
 
 } // namespace
 
+namespace {
+constexpr double kMaxDurationMs = 1000.0 * 365.25 * 86'400'000;
+} // namespace
+
 std::chrono::milliseconds parse_duration(const std::string& text)
 {
     double number = 0;
@@ -582,7 +589,12 @@ std::chrono::milliseconds parse_duration(const std::string& text)
     else if (unit == "m") ms_per_unit = 60'000;
     else if (unit == "h") ms_per_unit = 3'600'000;
     else throw std::invalid_argument("expected a duration like 1s or 500ms (units ms, s, m, h), got '" + text + "'");
-    return std::chrono::milliseconds(static_cast<int64_t>(number * ms_per_unit));
+    // from_chars reads "nan", "inf" and "1e300" too: out of int64's range the
+    // cast below would be undefined (UBSan in the config fuzz target says so).
+    const double ms = number * ms_per_unit;
+    if (!(ms <= kMaxDurationMs))
+        throw std::invalid_argument("expected a duration up to 1000 years, got '" + text + "'");
+    return std::chrono::milliseconds(static_cast<int64_t>(ms));
 }
 
 Config parse_config(const std::string& text, const std::string& source)
@@ -590,13 +602,48 @@ Config parse_config(const std::string& text, const std::string& source)
     return Parser(source).parse(text);
 }
 
+void check_config_file_owner(const std::string& path, uint32_t mode, uint32_t owner, uint32_t euid)
+{
+    char octal[8];
+    std::snprintf(octal, sizeof octal, "%04o", mode & 07777);
+    if (mode & S_IWOTH)
+        throw ConfigError(path + ": refusing a world-writable configuration (mode " + octal +
+                          "): any user could change what vpnmeterd does; chmod o-w " + path);
+    if (euid == 0 && owner != 0)
+        throw ConfigError(path + ": refusing a configuration owned by uid " + std::to_string(owner) +
+                          " while running as root (mode " + octal + "): its owner could change what vpnmeterd does; "
+                          "chown root " + path);
+}
+
 Config load_config(const std::string& path)
 {
-    std::ifstream in(path);
-    if (!in) throw ConfigError(path + ": cannot read: " + std::strerror(errno));
-    std::stringstream text;
-    text << in.rdbuf();
-    return parse_config(text.str(), path);
+    // One open file for the check and the read: the file checked is the file read.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw ConfigError(path + ": cannot read: " + std::strerror(errno));
+    std::string text;
+    struct stat st {};
+    int failed = fstat(fd, &st) != 0 ? errno : 0;
+    if (!failed) {
+        try {
+            check_config_file_owner(path, st.st_mode, st.st_uid, geteuid());
+        } catch (...) {
+            close(fd);
+            throw;
+        }
+        char buffer[65536];
+        for (;;) {
+            const ssize_t got = ::read(fd, buffer, sizeof buffer);
+            if (got > 0) text.append(buffer, static_cast<size_t>(got));
+            if (got == 0) break;
+            if (got < 0 && errno != EINTR) {
+                failed = errno;
+                break;
+            }
+        }
+    }
+    close(fd);
+    if (failed) throw ConfigError(path + ": cannot read: " + std::strerror(failed));
+    return parse_config(text, path);
 }
 
 bool interface_selected(const Config& config, const std::string& ifname)

@@ -108,8 +108,16 @@ struct Config {
 
 // Parses `text`, naming `source` in errors. Throws ConfigError.
 Config parse_config(const std::string& text, const std::string& source);
-// Reads and parses a file. Throws ConfigError (also when it can't be read).
+// Reads and parses a file. Throws ConfigError (also when it can't be read,
+// and when check_config_file_owner refuses it).
 Config load_config(const std::string& path);
+
+// vpnmeterd runs as root and does what its configuration says (files it
+// reads, where it writes, who may call the API), so the file must not be
+// anyone else's to change: a world-writable one is refused, and when
+// running as root (`euid` 0) also one owned by another user. Throws
+// ConfigError naming the file, its mode and the fix.
+void check_config_file_owner(const std::string& path, uint32_t mode, uint32_t owner, uint32_t euid);
 
 // "1s", "500ms", "2m", "1h"; a bare number means seconds. Throws std::invalid_argument.
 std::chrono::milliseconds parse_duration(const std::string& text);

@@ -3,7 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "format.h"
-#include "time_format.h"
+#include "quota/grant_request.h"
 
 namespace vpnmeter {
 namespace {
@@ -270,59 +270,10 @@ std::map<std::string, nlohmann::json> QuotaController::quotas(int64_t now) const
 // {"topup_bytes": N} | {"expires": "2026-12-31T23:59:59Z"}, any combination.
 http::Response QuotaController::put_quota(const std::string& user, const std::string& body, int64_t now)
 {
-    nlohmann::json request;
-    try {
-        request = nlohmann::json::parse(body);
-    } catch (const nlohmann::json::exception& e) { // parse_error, or out_of_range for 1e400
-        // Without nlohmann's "[json.exception.parse_error.101] " prefix.
-        const std::string what = e.what();
-        const size_t tag = what.find("] ");
-        return http::error(400, "body is not JSON: " + (tag == std::string::npos ? what : what.substr(tag + 2)));
-    }
-    if (!request.is_object())
-        return http::error(400, std::string("body: expected a JSON object, got ") + request.type_name());
     std::lock_guard lock(mutex_);
-    Grant grant = grant_of(user).value_or(Grant{});
-    auto wrong_type = [](const std::string& key, const nlohmann::json& value, const char* expected) {
-        std::string shown = value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-        if (shown.size() > 40) shown = shown.substr(0, 40) + "...";
-        return http::error(400, key + ": expected " + expected + ", got " + value.type_name() + " " + shown);
-    };
-    // Checked whole before anything is applied: a bad field changes nothing.
-    for (const auto& [key, value] : request.items()) {
-        if (key == "plan") {
-            if (!value.is_string()) return wrong_type(key, value, "a plan name");
-            const std::string name = value.get<std::string>();
-            if (name != kUnlimitedPlan && !config_.find_plan(name))
-                return http::error(400, "plan: no plan named '" + name + "' in the configuration");
-            grant.plan = name;
-        } else if (key == "limit_bytes") {
-            if (value.is_null()) grant.limit_bytes.reset();
-            else if (!value.is_number_unsigned())
-                return wrong_type(key, value, "a number of bytes (0 to 2^64-1) or null");
-            else grant.limit_bytes = value.get<uint64_t>();
-        } else if (key == "topup_bytes") {
-            if (!value.is_number_unsigned()) return wrong_type(key, value, "a number of bytes (0 to 2^64-1)");
-            grant = add_topup(grant, value.get<uint64_t>(), period_of(config_, user, grant, now));
-        } else if (key == "expires") {
-            if (value.is_null()) {
-                grant.expires.reset();
-            } else if (value.is_number_integer() &&
-                       !(value.is_number_unsigned() && value.get<uint64_t>() > INT64_MAX)) {
-                grant.expires = value.get<int64_t>();
-            } else if (value.is_string()) {
-                try {
-                    grant.expires = parse_time(value.get<std::string>());
-                } catch (const std::exception& e) {
-                    return http::error(400, std::string("expires: ") + e.what());
-                }
-            } else {
-                return wrong_type(key, value, "an RFC 3339 time, a date, unix seconds or null");
-            }
-        } else {
-            return http::error(400, "unknown field '" + key + "' (expected plan, limit_bytes, topup_bytes, expires)");
-        }
-    }
+    auto applied = apply_grant_request(config_, user, grant_of(user).value_or(Grant{}), body, now);
+    if (!applied) return http::error(400, applied.error().message());
+    const Grant& grant = applied.value();
     // User names come from certificates: not necessarily UTF-8.
     const std::string text = nlohmann::json(grant).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     if (auto status = store_.put_grant(user, text); !status)

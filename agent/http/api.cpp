@@ -22,7 +22,8 @@ Response json_body(const nlohmann::json& body)
 // A misspelt parameter must not silently fall back to a default.
 std::optional<Response> unknown_parameter(const Request& r, std::initializer_list<const char*> known)
 {
-    for (const auto& [name, value] : r.query) {
+    for (const auto& parameter : r.query) {
+        const std::string& name = parameter.first; // not a structured binding: clang 14 can't capture one
         if (std::any_of(known.begin(), known.end(), [&](const char* k) { return name == k; })) continue;
         std::string list;
         for (const char* k : known) list += std::string(list.empty() ? "" : ", ") + k;

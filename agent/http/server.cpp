@@ -167,6 +167,19 @@ Response Router::dispatch(Request request) const
                       : error(404, "no such resource: " + request.path);
 }
 
+Response serve(const Handler& handler, Request request, const std::string& query_string)
+{
+    auto query = parse_query(query_string);
+    if (!query) return error(400, query.error().message());
+    request.query = std::move(query.value());
+    try {
+        return handler(request);
+    } catch (const std::exception& e) { // never through civetweb's C frames
+        spdlog::error("http {} {}: {}", request.method, request.path, e.what());
+        return error(500, "internal error");
+    }
+}
+
 Result<std::unique_ptr<Server>> Server::start(const std::string& listen, std::shared_ptr<const Router> router)
 {
     return start(listen, [router = std::move(router)](const Request& request) { return router->dispatch(request); });
@@ -224,20 +237,10 @@ int Server::handle(mg_connection* connection, void* self)
     if (const char* auth = mg_get_header(connection, "Authorization")) request.authorization = auth;
 
     Response response;
-    auto query = parse_query(info->query_string ? info->query_string : "");
-    if (!query) {
-        response = error(400, query.error().message());
-    } else if (info->content_length > kMaxBody || !read_body(connection, request.body)) {
+    if (info->content_length > kMaxBody || !read_body(connection, request.body))
         response = error(413, "request body over 1 MiB");
-    } else {
-        request.query = std::move(query.value());
-        try {
-            response = server->handler_(request);
-        } catch (const std::exception& e) { // never through civetweb's C frames
-            spdlog::error("http {} {}: {}", request.method, request.path, e.what());
-            response = error(500, "internal error");
-        }
-    }
+    else
+        response = serve(server->handler_, std::move(request), info->query_string ? info->query_string : "");
     std::string head = "HTTP/1.1 " + std::to_string(response.status) + " " + reason(response.status) +
                        "\r\nContent-Type: " + response.content_type +
                        "\r\nContent-Length: " + std::to_string(response.body.size()) +

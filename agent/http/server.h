@@ -80,6 +80,11 @@ private:
     Handler handler_;
 };
 
+// What the server does with a request civetweb has read (method, path,
+// Authorization and body filled in): its query string parsed into
+// request.query (a 400 if bad), then `handler`; an exception is a 500.
+Response serve(const Handler& handler, Request request, const std::string& query_string);
+
 // Splits "a=1&b=x%20y" into a map, percent-decoded ('+' is a space). An
 // Error (for a 400) on bad percent-encoding, an encoded control character or
 // a name given twice.

@@ -326,6 +326,16 @@ Result<Store> Store::open(const StoreOptions& options)
         if (options.read_only && rc == ENOENT) return no_store(options.path); // emptied since the check
         return lmdb::error("open store at " + options.path, rc);
     }
+    // Usage per user is nobody else's business: a new store's files are
+    // 0600 (the mode above), and an existing one's are brought back to it
+    // (say a copy restored with another umask).
+    if (!options.read_only) {
+        for (const char* file : {"/data.mdb", "/lock.mdb"}) {
+            const std::string name = options.path + file;
+            if (stat(name.c_str(), &st) == 0 && (st.st_mode & 077) && chmod(name.c_str(), 0600) != 0)
+                return os_error("make " + name + " private (mode 0600)");
+        }
+    }
     if (!options.read_only && env->map_size() < options.initial_map_size) {
         if (int rc = mdb_env_set_mapsize(env->get(), round_up_to_page(options.initial_map_size)); rc != 0)
             return lmdb::error("set map size", rc);

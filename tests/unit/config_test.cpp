@@ -1,6 +1,12 @@
 #include <catch2/catch.hpp>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+
 #include "config.h"
+#include "test_support.h"
 
 using namespace vpnmeter;
 using namespace std::chrono_literals;
@@ -158,6 +164,19 @@ TEST_CASE("durations", "[config]")
     CHECK_THROWS_AS(parse_duration("1d"), std::invalid_argument);
     CHECK_THROWS_AS(parse_duration("-1s"), std::invalid_argument);
     CHECK_THROWS_AS(parse_duration(""), std::invalid_argument);
+}
+
+// Out of int64's range the cast to milliseconds was undefined behaviour;
+// tests/fuzz/config_fuzz.cpp (UBSan) stopped on it.
+TEST_CASE("durations too long to hold, and nan and inf, are errors", "[config][fuzz]")
+{
+    for (const char* text : {"1e300s", "1e17", "inf", "nan", "infms", "1e300h"}) {
+        INFO(text);
+        CHECK_THROWS_WITH(parse_duration(text), "expected a duration up to 1000 years, got '" + std::string(text) + "'");
+    }
+    CHECK(parse_duration("1e10s") == std::chrono::seconds(10'000'000'000));
+    CHECK_THAT(error_of("interfaces: [tun0]\ncollect: { interval: 1e300s }\n"),
+               Catch::Contains("test.yaml:2:22: collect.interval: expected a duration up to 1000 years"));
 }
 
 TEST_CASE("interface globs", "[config]")
@@ -454,4 +473,52 @@ TEST_CASE("storage.map_size: a size, 16GiB by default, at least 64KiB", "[config
     CHECK_THAT(error_of("interfaces: tun0\nstorage: { map_size: lots }\n"),
                Catch::StartsWith("test.yaml:2:22: storage.map_size: "));
     CHECK(load_config(VPNMETER_SOURCE_DIR "/config/vpnmeter.yaml").storage_map_size == 16ull << 30);
+}
+
+TEST_CASE("a world-writable config file is refused, naming the file and its mode", "[config][security]")
+{
+    vpnmeter::testing::TempDir dir;
+    const std::string path = dir.path() + "/vpnmeter.yaml";
+    std::ofstream(path) << "interfaces: [tun0]\n";
+
+    REQUIRE(chmod(path.c_str(), 0666) == 0);
+    try {
+        load_config(path);
+        FAIL("a world-writable file was loaded");
+    } catch (const ConfigError& e) {
+        CHECK(std::string(e.what()) == path + ": refusing a world-writable configuration (mode 0666): any user could "
+                                              "change what vpnmeterd does; chmod o-w " + path);
+    }
+    REQUIRE(chmod(path.c_str(), 0602) == 0); // not readable by others, still writable: refused
+    CHECK_THROWS_AS(load_config(path), ConfigError);
+
+    for (mode_t mode : {0644, 0600, 0640, 0664}) { // group-writable is the operator's choice
+        INFO(std::oct << mode);
+        REQUIRE(chmod(path.c_str(), mode) == 0);
+        CHECK(load_config(path).interfaces == std::vector<std::string>{"tun0"});
+    }
+}
+
+TEST_CASE("as root, a config file owned by another user is refused", "[config][security]")
+{
+    CHECK_NOTHROW(check_config_file_owner("a.yaml", S_IFREG | 0644, 0, 0));
+    CHECK_NOTHROW(check_config_file_owner("a.yaml", S_IFREG | 0644, 1000, 1000)); // not root: its own file
+    CHECK_NOTHROW(check_config_file_owner("a.yaml", S_IFREG | 0644, 0, 1000));
+    CHECK_THROWS_WITH(check_config_file_owner("a.yaml", S_IFREG | 0600, 1000, 0),
+                      "a.yaml: refusing a configuration owned by uid 1000 while running as root (mode 0600): its "
+                      "owner could change what vpnmeterd does; chown root a.yaml");
+    CHECK_THROWS_WITH(check_config_file_owner("a.yaml", S_IFREG | 0666, 0, 1000),
+                      Catch::Contains("world-writable") && Catch::Contains("0666"));
+
+    if (geteuid() != 0) {
+        WARN("not root: the chown half of this test is skipped");
+        return;
+    }
+    vpnmeter::testing::TempDir dir;
+    const std::string path = dir.path() + "/vpnmeter.yaml";
+    std::ofstream(path) << "interfaces: [tun0]\n";
+    REQUIRE(chown(path.c_str(), 65534, 65534) == 0); // nobody
+    CHECK_THROWS_WITH(load_config(path), Catch::Contains("owned by uid 65534") && Catch::Contains(path));
+    REQUIRE(chown(path.c_str(), 0, 0) == 0);
+    CHECK(load_config(path).interfaces == std::vector<std::string>{"tun0"});
 }

@@ -139,6 +139,39 @@ TEST_CASE("a new store has schema version 1 and private files", "[store]")
     CHECK(must(store.unattributed()).empty());
 }
 
+TEST_CASE("store files are private whatever the umask, also ones made looser since", "[store][security]")
+{
+    TempDir dir;
+    const auto options = options_in(dir);
+    {
+        const mode_t saved = umask(0); // a umask never adds protection: the modes come from the store itself
+        auto store = Store::open(options);
+        umask(saved);
+        REQUIRE(store);
+    }
+    CHECK(mode_of(options.path) == 0700);
+    CHECK(mode_of(options.path + "/data.mdb") == 0600);
+    CHECK(mode_of(options.path + "/lock.mdb") == 0600);
+
+    // A copy restored with a careless umask: the daemon's next open tightens it.
+    REQUIRE(chmod((options.path + "/data.mdb").c_str(), 0644) == 0);
+    REQUIRE(chmod((options.path + "/lock.mdb").c_str(), 0666) == 0);
+    {
+        Store store = open_store(options);
+    }
+    CHECK(mode_of(options.path + "/data.mdb") == 0600);
+    CHECK(mode_of(options.path + "/lock.mdb") == 0600);
+
+    // The CLI's read-only open changes nothing (it need not own the files).
+    REQUIRE(chmod((options.path + "/data.mdb").c_str(), 0640) == 0);
+    {
+        auto read_only = options;
+        read_only.read_only = true;
+        Store store = open_store(read_only);
+    }
+    CHECK(mode_of(options.path + "/data.mdb") == 0640);
+}
+
 TEST_CASE("a commit reads back field by field", "[store]")
 {
     TempDir dir;

@@ -26,13 +26,35 @@ Ledger::Ledger(std::string instance, std::optional<StatsCheckpoint> checkpoint, 
         if (session.active() && session.instance == instance_) open_[session.user] = std::move(session);
 }
 
+// A server that kept running since the checkpoint has an uptime of at least
+// the checkpoint's plus the time that passed (2 s of slack for whole
+// seconds on both clocks). Any user counter below its checkpoint also means
+// a restart: a reader that resets counters resets them all at once, and
+// then every value counts from zero too.
+bool Ledger::restarted_since_checkpoint(const StatsReading& reading) const
+{
+    if (!checkpoint_) return false;
+    if (reading.uptime && checkpoint_->uptime && checkpoint_->time) {
+        const auto elapsed = static_cast<uint64_t>(std::max<int64_t>(0, reading.time - checkpoint_->time));
+        if (*reading.uptime + 2 < *checkpoint_->uptime + elapsed) return true;
+    }
+    for (const auto& [name, value] : reading.counters) {
+        const auto before = checkpoint_->counters.find(name);
+        if (before != checkpoint_->counters.end() && parse_counter(name) &&
+            (value < 0 || static_cast<uint64_t>(value) < before->second))
+            return true;
+    }
+    return false;
+}
+
 LedgerChange Ledger::plan(const StatsReading& reading) const
 {
     LedgerChange change;
     change.instance = instance_;
     change.baseline = !checkpoint_;
-    change.checkpoint.uptime = reading.uptime.value_or(0);
-    change.restarted = checkpoint_ && reading.uptime && checkpoint_->uptime && *reading.uptime < checkpoint_->uptime;
+    change.checkpoint.uptime = reading.uptime;
+    change.checkpoint.time = reading.time;
+    change.restarted = restarted_since_checkpoint(reading);
 
     // Per user: this reading's raw values and what they add.
     struct Seen {
@@ -48,8 +70,7 @@ LedgerChange Ledger::plan(const StatsReading& reading) const
         uint64_t delta = 0;
         if (checkpoint_) {
             const auto before = checkpoint_->counters.find(name);
-            // Restarted, new, or went down (restart without uptime, or a
-            // reader that resets): all of it counted since zero.
+            // Restarted, or new: all of it counted since zero.
             if (change.restarted || before == checkpoint_->counters.end() || raw < before->second)
                 delta = raw;
             else

@@ -49,8 +49,9 @@ struct LedgerChange {
 // One Sing-Box instance's accounting. Rules (docs/architecture.md):
 // - the agent never resets the server's counters; it keeps the last value it
 //   accounted for (the checkpoint) and bills the difference;
-// - a counter below its checkpoint, or an uptime below the last one, is a
-//   server restart: the new value counts from zero, never negative;
+// - a user counter below its checkpoint, or an uptime shorter than the time
+//   since the checkpoint, is a server restart: every value counts from zero,
+//   never negative, and the sessions of the old run end;
 // - a counter the checkpoint lacks is new traffic (V2Ray creates counters on
 //   first use), except in the very first reading of an instance, which is
 //   the baseline: bytes counted before vpnmeter watched are not billed;
@@ -67,6 +68,8 @@ public:
     const std::map<std::string, Session>& open() const { return open_; } // by user
 
 private:
+    bool restarted_since_checkpoint(const StatsReading& reading) const;
+
     std::string instance_;
     std::optional<StatsCheckpoint> checkpoint_;
     std::map<std::string, Session> open_;

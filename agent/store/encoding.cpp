@@ -346,7 +346,8 @@ Result<Session> decode_session(std::string_view bytes)
 
 std::string encode(const StatsCheckpoint& checkpoint)
 {
-    const nlohmann::json j = {{"v", 1}, {"uptime", checkpoint.uptime}, {"counters", checkpoint.counters}};
+    nlohmann::json j = {{"v", 1}, {"time", checkpoint.time}, {"counters", checkpoint.counters}};
+    if (checkpoint.uptime) j["uptime"] = *checkpoint.uptime;
     const auto cbor = nlohmann::json::to_cbor(j);
     return std::string(cbor.begin(), cbor.end());
 }
@@ -359,7 +360,8 @@ Result<StatsCheckpoint> decode_stats_checkpoint(std::string_view bytes)
         if (const auto version = j.value("v", 0); version != 1)
             return Error{"Sing-Box checkpoint version " + std::to_string(version) + " is not 1"};
         StatsCheckpoint checkpoint;
-        checkpoint.uptime = j.value("uptime", uint64_t{0});
+        if (j.contains("uptime")) checkpoint.uptime = j["uptime"].get<uint64_t>();
+        checkpoint.time = j.value("time", int64_t{0});
         checkpoint.counters = j.value("counters", std::map<std::string, uint64_t>());
         return checkpoint;
     } catch (const nlohmann::json::exception& e) {

@@ -20,7 +20,8 @@
 //   alerts_fired           alert key (below)      -> i64 fired at (8 bytes)
 //   grants                 user (bytes)           -> JSON text, as given (the quota engine's
 //                                                    format: opaque to the store)
-//   stats_checkpoints      Sing-Box instance name -> CBOR map {"v": 1, "uptime": u64,
+//   stats_checkpoints      Sing-Box instance name -> CBOR map {"v": 1, "time": i64,
+//                                                    "uptime": u64 (optional),
 //                                                    "counters": {counter name: u64}}
 //
 // The last four were added after schema version 1 without a bump: they are

@@ -55,7 +55,8 @@ struct Checkpoint {
 // Sing-Box: the raw stats-API counters of one instance last accounted for.
 struct StatsCheckpoint {
     std::map<std::string, uint64_t> counters; // counter name -> value
-    uint64_t uptime = 0;                       // the server's, seconds (0: not reported)
+    std::optional<uint64_t> uptime;            // the server's, seconds, when it reports one
+    int64_t time = 0;                          // unix seconds of the reading
     bool operator==(const StatsCheckpoint&) const = default;
 };
 

@@ -353,3 +353,14 @@ TEST_CASE("bad query values and parameters are 400 with the reason", "[http][api
     CHECK(error_of(get("/v1/users/bob/quota", {{"x", "1"}})) ==
           "unknown query parameter 'x' (this resource takes none)");
 }
+
+TEST_CASE("a tenant never sees a name with a NUL in it (fuzz finding)", "[http][auth][security]")
+{
+    http::Request request;
+    request.tenant = std::vector<std::string>{"bob"};
+    CHECK(request.sees("bob"));
+    CHECK_FALSE(request.sees(std::string("bob\0\0x", 6)));
+    CHECK_FALSE(request.sees("alice"));
+    request.tenant.reset();
+    CHECK(request.sees(std::string("bob\0x", 5))); // no tenant: every user, as before
+}

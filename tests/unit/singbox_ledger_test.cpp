@@ -110,14 +110,31 @@ TEST_CASE("Ledger: a restart (uptime went down) counts from zero and ends the se
     CHECK(now.usage.upload.bytes == 4000);
 }
 
-TEST_CASE("Ledger: without uptime, a counter that went down counts from zero, never negative")
+TEST_CASE("Ledger: a counter that went down is a restart: everything counts from zero, never negative")
 {
     Harness h;
     h.feed(reading({{"alice", 1000}, {"bob", 50}}, std::nullopt, 100));
-    h.feed(reading({{"alice", 300}, {"bob", 80}}, std::nullopt, 110));
+    auto change = h.feed(reading({{"alice", 300}, {"bob", 80}}, std::nullopt, 110));
+    CHECK(change.restarted);
     CHECK(h.up("alice") == 300);
-    CHECK(h.up("bob") == 30);
+    CHECK(h.up("bob") == 80); // bob's 80 are all of the new run
+    CHECK(h.ledger.open().at("alice").usage.upload.bytes == 300);
     for (const auto& [user, traffic] : h.billed) CHECK(traffic.upload.bytes < (1ull << 62));
+}
+
+TEST_CASE("Ledger: an uptime shorter than the time since the checkpoint is a restart")
+{
+    Harness h;
+    h.feed(reading({{"alice", 1000}}, 100, 1000));
+    // An hour later (the agent was down), the server has been up 10 minutes:
+    // alice's counter is higher than before, but all of it is the new run's.
+    auto change = h.feed(reading({{"alice", 5000}}, 600, 4600));
+    CHECK(change.restarted);
+    CHECK(h.up("alice") == 5000);
+    // Up the whole time (within 2 s of slack for whole seconds): no restart.
+    auto steady = h.feed(reading({{"alice", 6000}}, 608, 4610));
+    CHECK_FALSE(steady.restarted);
+    CHECK(h.up("alice") == 6000);
 }
 
 TEST_CASE("Ledger: a user whose counters vanished has their session ended")
@@ -185,13 +202,14 @@ TEST_CASE("Sing-Box checkpoints commit with the usage and read back per instance
         cycle.user_usage = change.usage;
         cycle.sessions = change.sessions;
         cycle.stats_checkpoints["sb1"] = change.checkpoint;
-        cycle.stats_checkpoints["sb2"] = StatsCheckpoint{{{"user>>>x>>>traffic>>>uplink", 1}}, 0};
+        cycle.stats_checkpoints["sb2"] = StatsCheckpoint{{{"user>>>x>>>traffic>>>uplink", 1}}, std::nullopt, 5};
         must_commit(store, cycle);
     }
     Store store = open_store(options); // reopened: what a restarted agent resumes from
     const auto checkpoints = must(store.stats_checkpoints());
     REQUIRE(checkpoints.size() == 2);
-    CHECK(checkpoints.at("sb1").uptime == 9);
+    CHECK(checkpoints.at("sb1").uptime == 9u);
+    CHECK(checkpoints.at("sb1").time == utc(2026, 11, 23, 10, 0, 10));
     CHECK(checkpoints.at("sb1").counters.at("user>>>alice>>>traffic>>>uplink") == 350);
     CHECK(checkpoints.at("sb1").counters.at("user>>>bob>>>traffic>>>downlink") == 14);
     const auto alice = must(store.usage("alice", 0, utc(2027, 1, 1), Granularity::Month));

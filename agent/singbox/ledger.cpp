@@ -28,7 +28,8 @@ Ledger::Ledger(std::string instance, std::optional<StatsCheckpoint> checkpoint, 
 
 // A server that kept running since the checkpoint has an uptime of at least
 // the checkpoint's plus the time that passed (2 s of slack for whole
-// seconds on both clocks). Any user counter below its checkpoint also means
+// seconds on both clocks). Two runs that both end within their first
+// seconds cannot be told apart this way. Any user counter below its checkpoint also means
 // a restart: a reader that resets counters resets them all at once, and
 // then every value counts from zero too.
 bool Ledger::restarted_since_checkpoint(const StatsReading& reading) const
@@ -36,7 +37,8 @@ bool Ledger::restarted_since_checkpoint(const StatsReading& reading) const
     if (!checkpoint_) return false;
     if (reading.uptime && checkpoint_->uptime && checkpoint_->time) {
         const auto elapsed = static_cast<uint64_t>(std::max<int64_t>(0, reading.time - checkpoint_->time));
-        if (*reading.uptime + 2 < *checkpoint_->uptime + elapsed) return true;
+        if (*reading.uptime < *checkpoint_->uptime || *reading.uptime + 2 < *checkpoint_->uptime + elapsed)
+            return true;
     }
     for (const auto& [name, value] : reading.counters) {
         const auto before = checkpoint_->counters.find(name);

@@ -196,7 +196,7 @@ TEST_CASE("Sing-Box checkpoints commit with the usage and read back per instance
         CHECK(must(store.stats_checkpoints()).empty());
         Harness h;
         h.feed(reading({{"alice", 100}}, 5, utc(2026, 11, 23, 10)));
-        auto change = h.ledger.plan(reading({{"alice", 350}, {"bob", 7}}, 9, utc(2026, 11, 23, 10, 0, 10)));
+        auto change = h.ledger.plan(reading({{"alice", 350}, {"bob", 7}}, 15, utc(2026, 11, 23, 10, 0, 10)));
         CycleCommit cycle;
         cycle.time = utc(2026, 11, 23, 10, 0, 10);
         cycle.user_usage = change.usage;
@@ -208,7 +208,7 @@ TEST_CASE("Sing-Box checkpoints commit with the usage and read back per instance
     Store store = open_store(options); // reopened: what a restarted agent resumes from
     const auto checkpoints = must(store.stats_checkpoints());
     REQUIRE(checkpoints.size() == 2);
-    CHECK(checkpoints.at("sb1").uptime == 9u);
+    CHECK(checkpoints.at("sb1").uptime == 15u);
     CHECK(checkpoints.at("sb1").time == utc(2026, 11, 23, 10, 0, 10));
     CHECK(checkpoints.at("sb1").counters.at("user>>>alice>>>traffic>>>uplink") == 350);
     CHECK(checkpoints.at("sb1").counters.at("user>>>bob>>>traffic>>>downlink") == 14);

@@ -2,7 +2,12 @@
 // and reading the machine's description for the report.
 #pragma once
 
+#include <sched.h>
+#include <signal.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <cstdio>
 #include <filesystem>
@@ -41,6 +46,24 @@ public:
 private:
     std::string path_;
 };
+
+// SIGINT, SIGTERM and SIGHUP to `handler` (no SA_RESTART: a test run stops
+// with EINTR, and the pins are cleaned up on the way out), and the process
+// pinned to `cpu` unless it is negative. False (said on stderr) if pinning failed.
+inline bool prepare_process(void (*handler)(int), int cpu)
+{
+    struct sigaction sa {};
+    sa.sa_handler = handler;
+    sigemptyset(&sa.sa_mask);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &sa, nullptr);
+    if (cpu < 0) return true;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set) == 0) return true;
+    std::fprintf(stderr, "error: pin to CPU %d: %s\n", cpu, std::strerror(errno));
+    return false;
+}
 
 // A fresh /sys/fs/bpf/vpnmeter-bench-<pid>-<random>.
 inline std::string unique_pin_path()

@@ -507,20 +507,7 @@ int main(int argc, char** argv)
         if (!app.count("--rounds")) o.rounds = 3;
     }
 
-    struct sigaction sa{};
-    sa.sa_handler = on_signal; // no SA_RESTART: the test run stops with EINTR
-    sigemptyset(&sa.sa_mask);
-    for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &sa, nullptr);
-
-    if (o.cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(o.cpu, &set);
-        if (sched_setaffinity(0, sizeof set, &set)) {
-            std::fprintf(stderr, "error: pin to CPU %d: %s\n", o.cpu, std::strerror(errno));
-            return 1;
-        }
-    }
+    if (!vpnmeter::bench::prepare_process(on_signal, o.cpu)) return 1;
     vpnmeter::route_libbpf_logs(false);
     try {
         return run(o);

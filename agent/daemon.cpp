@@ -223,8 +223,9 @@ Status Daemon::start_singbox(const std::vector<Session>& open_sessions)
     return ok();
 }
 
-void Daemon::plan_singbox(CycleCommit& commit, std::vector<singbox::LedgerChange>& changes) const
+std::vector<std::pair<singbox::Server*, singbox::LedgerChange>> Daemon::plan_singbox(CycleCommit& commit)
 {
+    std::vector<std::pair<singbox::Server*, singbox::LedgerChange>> changes;
     for (const auto& server : singbox_) {
         auto change = server->plan();
         if (!change) continue;
@@ -236,8 +237,9 @@ void Daemon::plan_singbox(CycleCommit& commit, std::vector<singbox::LedgerChange
         for (const auto& [user, traffic] : change->usage) commit.user_usage[user] += traffic;
         commit.sessions.insert(commit.sessions.end(), change->sessions.begin(), change->sessions.end());
         commit.stats_checkpoints[change->instance] = change->checkpoint;
-        changes.push_back(std::move(*change));
+        changes.emplace_back(server.get(), std::move(*change));
     }
+    return changes;
 }
 
 // Quota states to each server's configured actions: its users with an open
@@ -342,8 +344,7 @@ void Daemon::finish_cycle()
     const Interfaces devices = interfaces();
     CycleCommit commit = reconciler_->plan(counters.value(), connected, devices, now);
     if (!identity_committed_) commit.identity = identity_;
-    std::vector<singbox::LedgerChange> singbox_changes;
-    plan_singbox(commit, singbox_changes);
+    const auto singbox_changes = plan_singbox(commit);
     quotas_->plan(commit, now);
 
     StoreFailure failure = StoreFailure::none;
@@ -364,9 +365,7 @@ void Daemon::finish_cycle()
     failed_commits_ = 0;
     identity_committed_ = true;
     reconciler_->accept(commit);
-    for (const auto& change : singbox_changes)
-        for (auto& server : singbox_)
-            if (server->ledger.instance() == change.instance) server->accept(change);
+    for (const auto& [server, change] : singbox_changes) server->accept(change);
     quotas_->accept(commit, reconciler_->active(), devices, now);
     enforce_singbox(now);
     for (const auto& user : quotas_->take_disconnects())

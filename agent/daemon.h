@@ -53,7 +53,8 @@ private:
     Status start_metrics();
     void publish_metrics(const Interfaces& devices, int64_t now);
     Status start_singbox(const std::vector<Session>& open_sessions);
-    void plan_singbox(CycleCommit& commit, std::vector<singbox::LedgerChange>& changes) const;
+    // Each server's change goes into `commit`; accept each once it is committed.
+    std::vector<std::pair<singbox::Server*, singbox::LedgerChange>> plan_singbox(CycleCommit& commit);
     void enforce_singbox(int64_t now);
     Interfaces interfaces() const;
     void update_status(std::optional<int64_t> committed_at);

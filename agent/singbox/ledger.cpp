@@ -72,8 +72,9 @@ LedgerChange Ledger::plan(const StatsReading& reading) const
         uint64_t delta = 0;
         if (checkpoint_) {
             const auto before = checkpoint_->counters.find(name);
-            // Restarted, or new: all of it counted since zero.
-            if (change.restarted || before == checkpoint_->counters.end() || raw < before->second)
+            // Restarted (which any counter below its checkpoint means), or
+            // new: all of it counted since zero.
+            if (change.restarted || before == checkpoint_->counters.end())
                 delta = raw;
             else
                 delta = raw - before->second;

@@ -19,18 +19,18 @@ struct Server {
     }
 
     // What the newest reading not yet committed changes, if there is one.
-    std::optional<LedgerChange> plan() const
+    std::optional<LedgerChange> plan()
     {
         auto latest = poller.latest();
-        if (!latest || latest->sequence == accounted) return std::nullopt;
-        planned = latest->sequence;
+        if (!latest || latest->sequence == accounted_) return std::nullopt;
+        planned_ = latest->sequence;
         return ledger.plan(latest->reading);
     }
-    // The change from plan() was committed.
+    // The change from the last plan() was committed.
     void accept(const LedgerChange& change)
     {
         ledger.accept(change);
-        accounted = planned;
+        accounted_ = planned_;
         if (change.restarted) ++restarts;
     }
 
@@ -40,8 +40,8 @@ struct Server {
     uint64_t restarts = 0; // server restarts seen
 
 private:
-    uint64_t accounted = 0;       // the poller's sequence last committed
-    mutable uint64_t planned = 0; // the one plan() last used
+    uint64_t accounted_ = 0; // the poller's sequence last committed
+    uint64_t planned_ = 0;   // the one plan() last used
 };
 
 } // namespace vpnmeter::singbox

@@ -10,22 +10,7 @@
 
 using namespace vpnmeter;
 using namespace std::chrono_literals;
-
-namespace {
-
-// The message of the ConfigError `text` raises.
-std::string error_of(const std::string& text)
-{
-    try {
-        parse_config(text, "test.yaml");
-    } catch (const ConfigError& e) {
-        return e.what();
-    }
-    FAIL("expected a ConfigError for:\n" << text);
-    return {};
-}
-
-} // namespace
+using vpnmeter::testing::config_error;
 
 TEST_CASE("a full config parses", "[config]")
 {
@@ -60,30 +45,30 @@ TEST_CASE("defaults fill what is not given", "[config]")
 
 TEST_CASE("errors name the file, the line, the key and what was expected", "[config]")
 {
-    CHECK(error_of("interfaces: [tun0]\ncollect:\n  interval: fast\n") ==
+    CHECK(config_error("interfaces: [tun0]\ncollect:\n  interval: fast\n") ==
           "test.yaml:3:13: collect.interval: expected a duration like 1s or 500ms, got 'fast'");
-    CHECK(error_of("interfaces: [tun0]\nbpf: { max_clients: 0 }\n") ==
+    CHECK(config_error("interfaces: [tun0]\nbpf: { max_clients: 0 }\n") ==
           "test.yaml:2:21: bpf.max_clients: expected an integer from 1 to 16777216, got '0'");
-    CHECK(error_of("interfaces: [tun0]\nbpf: { max_clients: lots }\n") ==
+    CHECK(config_error("interfaces: [tun0]\nbpf: { max_clients: lots }\n") ==
           "test.yaml:2:21: bpf.max_clients: expected an integer from 1 to 16777216, got 'lots'");
-    CHECK(error_of("interfaces: [tun0]\nbpf: { pin_path: relative/dir }\n") ==
+    CHECK(config_error("interfaces: [tun0]\nbpf: { pin_path: relative/dir }\n") ==
           "test.yaml:2:18: bpf.pin_path: expected an absolute path like /sys/fs/bpf/vpnmeter");
-    CHECK(error_of("interfaces: [tun0]\ncollect: { intervall: 1s }\n") ==
+    CHECK(config_error("interfaces: [tun0]\ncollect: { intervall: 1s }\n") ==
           "test.yaml:2:12: collect.intervall: unknown key (expected one of: interval)");
-    CHECK(error_of("interface: [tun0]\n") ==
+    CHECK(config_error("interface: [tun0]\n") ==
           "test.yaml:1:1: interface: unknown key (expected one of: interfaces, collect, bpf, storage, log, openvpn, singbox, "
           "quotas, alerts, http, metrics)");
-    CHECK(error_of("collect: { interval: 1s }\n").find("interfaces: missing") != std::string::npos);
-    CHECK(error_of("interfaces: []\n") == "test.yaml:1:13: interfaces: expected at least one interface");
-    CHECK(error_of("interfaces: [averyveryverylongname]\n").find("1 to 15 characters") != std::string::npos);
-    CHECK(error_of("interfaces: {a: b}\n").find("expected a list of interface names") != std::string::npos);
-    CHECK(error_of("interfaces: [tun0]\ncollect: { interval: 10ms }\n").find("at least 100ms") != std::string::npos);
-    CHECK(error_of("interfaces: [tun0]\nlog: { level: loud }\n").find("expected trace, debug") != std::string::npos);
+    CHECK(config_error("collect: { interval: 1s }\n").find("interfaces: missing") != std::string::npos);
+    CHECK(config_error("interfaces: []\n") == "test.yaml:1:13: interfaces: expected at least one interface");
+    CHECK(config_error("interfaces: [averyveryverylongname]\n").find("1 to 15 characters") != std::string::npos);
+    CHECK(config_error("interfaces: {a: b}\n").find("expected a list of interface names") != std::string::npos);
+    CHECK(config_error("interfaces: [tun0]\ncollect: { interval: 10ms }\n").find("at least 100ms") != std::string::npos);
+    CHECK(config_error("interfaces: [tun0]\nlog: { level: loud }\n").find("expected trace, debug") != std::string::npos);
 }
 
 TEST_CASE("invalid YAML is reported with its position", "[config]")
 {
-    const std::string message = error_of("interfaces: [tun0\ncollect: {\n");
+    const std::string message = config_error("interfaces: [tun0\ncollect: {\n");
     CHECK(message.rfind("test.yaml:", 0) == 0);
     CHECK(message.find("invalid YAML") != std::string::npos);
 }
@@ -123,28 +108,20 @@ TEST_CASE("singbox: servers, defaults, enforcement, and a node without interface
 
 TEST_CASE("singbox errors are located and say what was expected", "[config][singbox]")
 {
-    auto error_of = [](const std::string& text) {
-        try {
-            parse_config(text, "test.yaml");
-        } catch (const ConfigError& e) {
-            return std::string(e.what());
-        }
-        return std::string("(no error)");
-    };
-    CHECK_THAT(error_of("singbox: [{ name: sb1 }]\n"), Catch::Contains("singbox[0].stats_api: missing"));
-    CHECK_THAT(error_of("singbox: [{ name: sb1, stats_api: localhost }]\n"),
+    CHECK_THAT(config_error("singbox: [{ name: sb1 }]\n"), Catch::Contains("singbox[0].stats_api: missing"));
+    CHECK_THAT(config_error("singbox: [{ name: sb1, stats_api: localhost }]\n"),
                Catch::Contains("expected host:port like 127.0.0.1:10085, got 'localhost'"));
-    CHECK_THAT(error_of("singbox: [{ name: sb1, stats_api: \"h:1\" }, { name: sb1, stats_api: \"h:2\" }]\n"),
+    CHECK_THAT(config_error("singbox: [{ name: sb1, stats_api: \"h:1\" }, { name: sb1, stats_api: \"h:2\" }]\n"),
                Catch::Contains("'sb1' is used twice"));
-    CHECK_THAT(error_of("singbox:\n  - name: sb1\n    stats_api: \"h:1\"\n    enforce: { command: \"kill.sh $USER\" }\n"),
+    CHECK_THAT(config_error("singbox:\n  - name: sb1\n    stats_api: \"h:1\"\n    enforce: { command: \"kill.sh $USER\" }\n"),
                Catch::Contains("test.yaml:4:") && Catch::Contains("as a list of arguments"));
-    CHECK_THAT(error_of("singbox: [{ name: sb1, stats_api: \"h:1\", enforce: { command: [sh, -c, x] } }]\n"),
+    CHECK_THAT(config_error("singbox: [{ name: sb1, stats_api: \"h:1\", enforce: { command: [sh, -c, x] } }]\n"),
                Catch::Contains("expected the program as an absolute path"));
-    CHECK_THAT(error_of("singbox: [{ name: sb1, stats_api: \"h:1\", enforce: { reload_command: [/bin/true] } }]\n"),
+    CHECK_THAT(config_error("singbox: [{ name: sb1, stats_api: \"h:1\", enforce: { reload_command: [/bin/true] } }]\n"),
                Catch::Contains("needs config_file"));
-    CHECK_THAT(error_of("singbox: [{ name: sb1, stats_api: \"h:1\", interval: 1ms }]\n"),
+    CHECK_THAT(config_error("singbox: [{ name: sb1, stats_api: \"h:1\", interval: 1ms }]\n"),
                Catch::Contains("singbox[0].interval: must be at least 100ms"));
-    CHECK_THAT(error_of("collect: { interval: 1s }\n"), Catch::Contains("interfaces: missing"));
+    CHECK_THAT(config_error("collect: { interval: 1s }\n"), Catch::Contains("interfaces: missing"));
 }
 
 TEST_CASE("a missing file is a ConfigError naming it", "[config]")
@@ -175,7 +152,7 @@ TEST_CASE("durations too long to hold, and nan and inf, are errors", "[config][f
         CHECK_THROWS_WITH(parse_duration(text), "expected a duration up to 1000 years, got '" + std::string(text) + "'");
     }
     CHECK(parse_duration("1e10s") == std::chrono::seconds(10'000'000'000));
-    CHECK_THAT(error_of("interfaces: [tun0]\ncollect: { interval: 1e300s }\n"),
+    CHECK_THAT(config_error("interfaces: [tun0]\ncollect: { interval: 1e300s }\n"),
                Catch::Contains("test.yaml:2:22: collect.interval: expected a duration up to 1000 years"));
 }
 
@@ -215,16 +192,16 @@ openvpn:
     CHECK(c.openvpn[1].status_file == "/run/openvpn/tcp.status");
     CHECK(c.openvpn[1].user_from == OpenVpnInstance::UserFrom::Username);
 
-    CHECK(error_of("interfaces: [tun0]\nopenvpn:\n  - { name: a, interface: tun0 }\n") ==
+    CHECK(config_error("interfaces: [tun0]\nopenvpn:\n  - { name: a, interface: tun0 }\n") ==
           "test.yaml:3:5: openvpn[0]: expected exactly one of `management` (host:port or socket path) or `status_file`");
-    CHECK(error_of("interfaces: [tun0]\nopenvpn:\n  - { interface: tun0, status_file: /x }\n") ==
+    CHECK(config_error("interfaces: [tun0]\nopenvpn:\n  - { interface: tun0, status_file: /x }\n") ==
           "test.yaml:3:5: openvpn[0].name: missing");
-    CHECK(error_of("interfaces: [tun0]\nopenvpn:\n  - { name: a, interface: tun0, status_file: /x }\n"
+    CHECK(config_error("interfaces: [tun0]\nopenvpn:\n  - { name: a, interface: tun0, status_file: /x }\n"
                    "  - { name: a, interface: tun1, status_file: /y }\n")
               .find("'a' is used twice") != std::string::npos);
-    CHECK(error_of("interfaces: [tun0]\nopenvpn:\n  - { name: a, interface: tun0, management: localhost }\n")
+    CHECK(config_error("interfaces: [tun0]\nopenvpn:\n  - { name: a, interface: tun0, management: localhost }\n")
               .find("expected host:port") != std::string::npos);
-    CHECK(error_of("interfaces: [tun0]\nopenvpn:\n  - { name: a, interface: tun0, status_file: /x, user_from: cn }\n")
+    CHECK(config_error("interfaces: [tun0]\nopenvpn:\n  - { name: a, interface: tun0, status_file: /x, user_from: cn }\n")
               .find("expected common_name or username") != std::string::npos);
 }
 
@@ -348,7 +325,7 @@ TEST_CASE("quota errors are located, with the key path and what was expected", "
 {
     const std::string head = "interfaces: [tun0]\nquotas:\n";
     const auto plan_error = [&](const std::string& plan) {
-        return error_of(head + "  plans:\n    small: " + plan + "\n");
+        return config_error(head + "  plans:\n    small: " + plan + "\n");
     };
     // Exact messages.
     CHECK(plan_error("{ limit: 20mb }") ==
@@ -364,14 +341,14 @@ TEST_CASE("quota errors are located, with the key path and what was expected", "
     CHECK(plan_error("{ limit: 1GB, periode: daily }") ==
           "test.yaml:4:26: quotas.plans.small.periode: unknown key (expected one of: limit, direction, period, "
           "billing_day, expires, speed, action)");
-    CHECK(error_of(head + "  plans: { small: { limit: 1GB } }\n  users:\n    user1: big\n") ==
+    CHECK(config_error(head + "  plans: { small: { limit: 1GB } }\n  users:\n    user1: big\n") ==
           "test.yaml:5:12: quotas.users.user1: unknown plan 'big' (expected one of: small, unlimited)");
-    CHECK(error_of(head + "  default_plan: gold\n") ==
+    CHECK(config_error(head + "  default_plan: gold\n") ==
           "test.yaml:3:17: quotas.default_plan: unknown plan 'gold' (expected one of: unlimited)");
-    CHECK(error_of(head + "  timezone: Mars/Olympus\n") ==
+    CHECK(config_error(head + "  timezone: Mars/Olympus\n") ==
           "test.yaml:3:13: quotas.timezone: unknown time zone 'Mars/Olympus' (expected an IANA name such as "
           "Europe/Berlin)");
-    CHECK(error_of(head + "  quota: {}\n") ==
+    CHECK(config_error(head + "  quota: {}\n") ==
           "test.yaml:3:3: quotas.quota: unknown key (expected one of: timezone, thresholds, default_plan, plans, "
           "users)");
 
@@ -380,13 +357,13 @@ TEST_CASE("quota errors are located, with the key path and what was expected", "
         INFO(message);
         return message.find(part) != std::string::npos;
     };
-    CHECK(has(error_of(head + "  - a\n"), "quotas: expected a mapping"));
-    CHECK(has(error_of(head + "  timezone: [UTC]\n"), "quotas.timezone: expected a time zone name"));
-    CHECK(has(error_of(head + "  thresholds: 75\n"), "quotas.thresholds: expected a list of percentages like [75, 90, 100]"));
-    CHECK(has(error_of(head + "  thresholds: [75, 0]\n"), "3:20: quotas.thresholds[1]: expected an integer from 1 to 1000, got '0'"));
-    CHECK(has(error_of(head + "  thresholds: [high]\n"), "quotas.thresholds[0]: expected an integer"));
-    CHECK(has(error_of(head + "  plans: [small]\n"), "quotas.plans: expected a mapping of plan names to plans"));
-    CHECK(has(error_of(head + "  plans: { small: {}, small: {} }\n"), "quotas.plans.small: defined twice"));
+    CHECK(has(config_error(head + "  - a\n"), "quotas: expected a mapping"));
+    CHECK(has(config_error(head + "  timezone: [UTC]\n"), "quotas.timezone: expected a time zone name"));
+    CHECK(has(config_error(head + "  thresholds: 75\n"), "quotas.thresholds: expected a list of percentages like [75, 90, 100]"));
+    CHECK(has(config_error(head + "  thresholds: [75, 0]\n"), "3:20: quotas.thresholds[1]: expected an integer from 1 to 1000, got '0'"));
+    CHECK(has(config_error(head + "  thresholds: [high]\n"), "quotas.thresholds[0]: expected an integer"));
+    CHECK(has(config_error(head + "  plans: [small]\n"), "quotas.plans: expected a mapping of plan names to plans"));
+    CHECK(has(config_error(head + "  plans: { small: {}, small: {} }\n"), "quotas.plans.small: defined twice"));
     CHECK(has(plan_error("[20MB]"), "quotas.plans.small: expected a mapping"));
     CHECK(has(plan_error("{ limit: lots }"), "quotas.plans.small.limit: expected a size like 20MB, 1.5GB or 5GiB"));
     CHECK(has(plan_error("{ limit: [1] }"), "quotas.plans.small.limit: expected a size like 20MB or 5GiB"));
@@ -411,32 +388,32 @@ TEST_CASE("quota errors are located, with the key path and what was expected", "
     CHECK(has(plan_error("{ action: { slow: 1Mbit } }"), "quotas.plans.small.action.slow: unknown key (expected one of: throttle)"));
     CHECK(has(plan_error("{ action: {} }"), "quotas.plans.small.action: expected block, disconnect, none or { throttle: RATE }, like"));
     CHECK(has(plan_error("{ action: [block] }"), "quotas.plans.small.action: expected block, disconnect, none or { throttle: RATE }"));
-    CHECK(has(error_of(head + "  users: [user1]\n"), "quotas.users: expected a mapping of user names or globs to plan names"));
-    CHECK(has(error_of(head + "  users: { user1: [a] }\n"), "quotas.users.user1: expected a plan name"));
-    CHECK(has(error_of(head + "  users: { user1: unlimited, user1: unlimited }\n"), "quotas.users.user1: listed twice"));
-    CHECK(has(error_of(head + "  users: { \"\": unlimited }\n"), "quotas.users: expected a non-empty user name or glob"));
+    CHECK(has(config_error(head + "  users: [user1]\n"), "quotas.users: expected a mapping of user names or globs to plan names"));
+    CHECK(has(config_error(head + "  users: { user1: [a] }\n"), "quotas.users.user1: expected a plan name"));
+    CHECK(has(config_error(head + "  users: { user1: unlimited, user1: unlimited }\n"), "quotas.users.user1: listed twice"));
+    CHECK(has(config_error(head + "  users: { \"\": unlimited }\n"), "quotas.users: expected a non-empty user name or glob"));
 }
 
 TEST_CASE("alert errors", "[config][quota]")
 {
     const std::string head = "interfaces: [tun0]\nalerts:\n";
-    CHECK(error_of(head + "  webhook: { url: \"ftp://example.com/\" }\n") ==
+    CHECK(config_error(head + "  webhook: { url: \"ftp://example.com/\" }\n") ==
           "test.yaml:3:19: alerts.webhook.url: expected an http:// or https:// URL like http://127.0.0.1:8089/hook, "
           "got 'ftp://example.com/'");
-    CHECK(error_of(head + "  webhook: { timeout: 5s }\n") == "test.yaml:3:12: alerts.webhook.url: missing");
-    CHECK(error_of(head + "  email: {}\n") == "test.yaml:3:3: alerts.email: unknown key (expected one of: webhook)");
-    CHECK(error_of(head + "  webhook: { url: \"http://\" }\n").find("expected an http:// or https:// URL") != std::string::npos);
-    CHECK(error_of(head + "  webhook: { url: \"http:///x\" }\n").find("expected an http:// or https:// URL") != std::string::npos);
-    CHECK(error_of(head + "  webhook: { url: \"http://a b/\" }\n").find("expected an http:// or https:// URL") != std::string::npos);
-    CHECK(error_of(head + "  webhook: { url: \"http://h/\", timeout: soon }\n") ==
+    CHECK(config_error(head + "  webhook: { timeout: 5s }\n") == "test.yaml:3:12: alerts.webhook.url: missing");
+    CHECK(config_error(head + "  email: {}\n") == "test.yaml:3:3: alerts.email: unknown key (expected one of: webhook)");
+    CHECK(config_error(head + "  webhook: { url: \"http://\" }\n").find("expected an http:// or https:// URL") != std::string::npos);
+    CHECK(config_error(head + "  webhook: { url: \"http:///x\" }\n").find("expected an http:// or https:// URL") != std::string::npos);
+    CHECK(config_error(head + "  webhook: { url: \"http://a b/\" }\n").find("expected an http:// or https:// URL") != std::string::npos);
+    CHECK(config_error(head + "  webhook: { url: \"http://h/\", timeout: soon }\n") ==
           "test.yaml:3:41: alerts.webhook.timeout: expected a duration like 1s or 500ms, got 'soon'");
-    CHECK(error_of(head + "  webhook: { url: \"http://h/\", timeout: 10ms }\n") ==
+    CHECK(config_error(head + "  webhook: { url: \"http://h/\", timeout: 10ms }\n") ==
           "test.yaml:3:41: alerts.webhook.timeout: must be at least 100ms");
-    CHECK(error_of(head + "  webhook: { url: \"http://h/\", retries: 101 }\n") ==
+    CHECK(config_error(head + "  webhook: { url: \"http://h/\", retries: 101 }\n") ==
           "test.yaml:3:41: alerts.webhook.retries: expected an integer from 0 to 100, got '101'");
-    CHECK(error_of(head + "  webhook: { url: \"http://h/\", retry: 1 }\n") ==
+    CHECK(config_error(head + "  webhook: { url: \"http://h/\", retry: 1 }\n") ==
           "test.yaml:3:32: alerts.webhook.retry: unknown key (expected one of: url, timeout, retries)");
-    CHECK(error_of(head + "  webhook: \"http://h/\"\n").find("alerts.webhook: expected a mapping") != std::string::npos);
+    CHECK(config_error(head + "  webhook: \"http://h/\"\n").find("alerts.webhook: expected a mapping") != std::string::npos);
 }
 
 TEST_CASE("http.listen", "[config]")
@@ -444,7 +421,7 @@ TEST_CASE("http.listen", "[config]")
     CHECK(parse_config("interfaces: [tun0]\n", "t.yaml").http_listen == "127.0.0.1:9477");
     CHECK(parse_config("interfaces: [tun0]\nhttp: { listen: \"[::1]:9000\" }\n", "t.yaml").http_listen == "[::1]:9000");
     CHECK(parse_config("interfaces: [tun0]\nhttp: { listen: \"\" }\n", "t.yaml").http_listen.empty());
-    CHECK(error_of("interfaces: [tun0]\nhttp: { listen: localhost }\n") ==
+    CHECK(config_error("interfaces: [tun0]\nhttp: { listen: localhost }\n") ==
           "test.yaml:2:17: http.listen: expected host:port like 127.0.0.1:9477 or [::1]:9477, got 'localhost'");
 }
 
@@ -456,9 +433,9 @@ TEST_CASE("metrics: per_session, max_sessions and hash_users", "[config]")
         "interfaces: [tun0]\nmetrics: { per_session: true, max_sessions: 50, hash_users: true }\n", "test.yaml");
     CHECK(c.metrics == MetricsConfig{true, 50, true});
     CHECK(c.unsupported_sections.empty());
-    CHECK(error_of("interfaces: [tun0]\nmetrics: { per_session: yes }\n") ==
+    CHECK(config_error("interfaces: [tun0]\nmetrics: { per_session: yes }\n") ==
           "test.yaml:2:25: metrics.per_session: expected false or true, got 'yes'");
-    CHECK(error_of("interfaces: [tun0]\nmetrics: { max_session: 5 }\n") ==
+    CHECK(config_error("interfaces: [tun0]\nmetrics: { max_session: 5 }\n") ==
           "test.yaml:2:12: metrics.max_session: unknown key (expected one of: per_session, max_sessions, hash_users)");
 }
 
@@ -468,9 +445,9 @@ TEST_CASE("storage.map_size: a size, 16GiB by default, at least 64KiB", "[config
     CHECK(parse_config("interfaces: tun0\nstorage: { map_size: 64MB }\n", "test.yaml").storage_map_size ==
           64'000'000);
     CHECK(parse_config("interfaces: tun0\nstorage: { map_size: 64KiB }\n", "test.yaml").storage_map_size == 65536);
-    CHECK(error_of("interfaces: tun0\nstorage: { map_size: 4kB }\n") ==
+    CHECK(config_error("interfaces: tun0\nstorage: { map_size: 4kB }\n") ==
           "test.yaml:2:22: storage.map_size: must be at least 64KiB");
-    CHECK_THAT(error_of("interfaces: tun0\nstorage: { map_size: lots }\n"),
+    CHECK_THAT(config_error("interfaces: tun0\nstorage: { map_size: lots }\n"),
                Catch::StartsWith("test.yaml:2:22: storage.map_size: "));
     CHECK(load_config(VPNMETER_SOURCE_DIR "/config/vpnmeter.yaml").storage_map_size == 16ull << 30);
 }

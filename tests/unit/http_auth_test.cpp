@@ -12,6 +12,7 @@
 using namespace vpnmeter;
 using namespace vpnmeter::http;
 using vpnmeter::testing::TempDir;
+using vpnmeter::testing::config_error;
 
 namespace {
 
@@ -20,16 +21,6 @@ constexpr const char* kReader = "reader-0123456789abcdef";
 constexpr const char* kAcme = "acme-0123456789abcdef";
 constexpr const char* kAcmeReader = "acme-reader-0123456789";
 
-std::string config_error(const std::string& text)
-{
-    try {
-        parse_config(text, "test.yaml");
-    } catch (const ConfigError& e) {
-        return e.what();
-    }
-    FAIL("expected a ConfigError for:\n" << text);
-    return {};
-}
 
 std::string hex_of(const std::string& token) { return to_hex(sha256(token)); }
 

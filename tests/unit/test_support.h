@@ -12,7 +12,22 @@
 
 #include <catch2/catch.hpp>
 
+#include "config.h"
+
 namespace vpnmeter::testing {
+
+// The message of the ConfigError parsing `text` (as "test.yaml") raises; the
+// test fails if it raises none.
+inline std::string config_error(const std::string& text)
+{
+    try {
+        parse_config(text, "test.yaml");
+    } catch (const ConfigError& e) {
+        return e.what();
+    }
+    FAIL("expected a ConfigError for:\n" << text);
+    return {};
+}
 
 // A fresh directory under /tmp, removed when the test ends (also on failure).
 class TempDir {

@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import pathlib
+import select
 import subprocess
 import sys
 import time
@@ -49,6 +50,40 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+class LineChild:
+    """A helper program in a namespace (tun_peer.py, openvpn_sim.py), spoken
+    to one command per line; it answers each with one JSON object."""
+
+    def __init__(self, ns: netns.Namespace, argv, what: str, timeout: float = 20):
+        self.ns, self.what = ns, what
+        self.proc = ns.popen(["/usr/bin/python3", *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, bufsize=1)
+        assert "ready" in self._answer(timeout), f"{what} did not start"
+
+    def _answer(self, timeout: float) -> dict:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        assert ready, f"{self.what} did not answer within {timeout}s"
+        line = self.proc.stdout.readline()
+        assert line, f"{self.what} exited ({self.proc.poll()})"
+        answer = json.loads(line)
+        assert "error" not in answer, answer["error"]
+        return answer
+
+    def call(self, command: str, timeout: float = 20) -> dict:
+        self.proc.stdin.write(command + "\n")
+        return self._answer(timeout)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.ns.kill(self.proc)
 
 
 class Agent:

@@ -6,51 +6,24 @@ from __future__ import annotations
 
 import json
 import pathlib
-import select
 import subprocess
 import time
 
 import pytest
 
-from conftest import VPNMETER, VPNMETERD, assert_device_totals_exact, wait_for
+from conftest import VPNMETER, VPNMETERD, LineChild, assert_device_totals_exact, wait_for
 from tests.lab import netns
 
 TUN_PEER = pathlib.Path(__file__).with_name("tun_peer.py")
 
 
-class TunPeer:
-    """tun_peer.py running in a namespace, spoken to line by line."""
+class TunPeer(LineChild):
+    """tun_peer.py running in a namespace: a tun device and its far end."""
 
     def __init__(self, ns: netns.Namespace, name: str, args=()):
         """args: more tun_peer.py options (--addr4, --clients ...)."""
-        self.ns = ns
         self.name = name
-        self.proc = ns.popen(["/usr/bin/python3", TUN_PEER, "--name", name, *args], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, bufsize=1)
-        assert "ready" in self._answer(), f"tun_peer did not create {name}"
-
-    def _answer(self, timeout: float = 20) -> dict:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        assert ready, f"tun_peer {self.name} did not answer within {timeout}s"
-        line = self.proc.stdout.readline()
-        assert line, f"tun_peer {self.name} exited ({self.proc.poll()})"
-        answer = json.loads(line)
-        assert "error" not in answer, answer["error"]
-        return answer
-
-    def call(self, command: str) -> dict:
-        self.proc.stdin.write(command + "\n")
-        return self._answer()
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.flush()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        self.ns.kill(self.proc)
+        super().__init__(ns, [TUN_PEER, "--name", name, *args], f"tun_peer {name}")
 
 
 def udp_burst(ns: netns.Namespace, dst: str, count: int, size: int):

@@ -16,13 +16,12 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-import select
 import subprocess
 import time
 
 import pytest
 
-from conftest import WEBHOOK_RECEIVER, assert_device_totals_exact, wait_for
+from conftest import WEBHOOK_RECEIVER, LineChild, assert_device_totals_exact, wait_for
 from test_datapath_live import TunPeer
 from test_openvpn_live import sessions, store_totals, wait_store_matches_device
 
@@ -30,33 +29,15 @@ OPENVPN_SIM = pathlib.Path(__file__).with_name("openvpn_sim.py")
 AGENT_HTTP = "127.0.0.1:9477"
 
 
-class OpenVpnSim:
+class OpenVpnSim(LineChild):
     """openvpn_sim.py in a namespace: a management interface and a tun."""
 
     def __init__(self, ns, tun: str, port: int = 7505):
-        self.ns, self.tun = ns, tun
-        self.proc = ns.popen(["/usr/bin/python3", OPENVPN_SIM, "--tun", tun, "--port", str(port)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-        assert "ready" in self._answer(), "openvpn_sim did not start"
-
-    def _answer(self, timeout: float = 30) -> dict:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        assert ready, f"openvpn_sim did not answer within {timeout}s"
-        line = self.proc.stdout.readline()
-        assert line, f"openvpn_sim exited ({self.proc.poll()})"
-        answer = json.loads(line)
-        assert "error" not in answer, answer["error"]
-        return answer
+        self.tun = tun
+        super().__init__(ns, [OPENVPN_SIM, "--tun", tun, "--port", str(port)], "openvpn_sim", timeout=30)
 
     def call(self, command: str, timeout: float = 30) -> dict:
-        self.proc.stdin.write(command + "\n")
-        return self._answer(timeout)
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.flush()
-        self.ns.kill(self.proc)
+        return super().call(command, timeout)
 
 
 def sim_agent(agents, ns, tun: str, extra: str = "", **config):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import time
 
 from conftest import VPNMETER, WEBHOOK_RECEIVER, wait_for

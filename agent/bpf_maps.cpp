@@ -102,11 +102,15 @@ Result<CounterSnapshot> PinnedMaps::read()
         return Error{pin_path_ + "/" + kIfacesMap + " has an incompatible layout (from another vpnmeter version?): " +
                      "run `vpnmeterd --detach` to recreate the maps"};
     CounterSnapshot snapshot;
+    std::vector<ClientTraffic::value_type> clients; // in hash order; sorted once below
+    clients.reserve(last_client_count_);
     auto status = for_each_percpu<vpnmeter_client_key, vpnmeter_client_counters>(
         clients_.get(), ncpus_, kClientsMap, [&](const auto& key, auto per_cpu) {
-            snapshot.clients[ClientKey::from_bpf(key)] = sum_per_cpu(per_cpu);
+            clients.emplace_back(ClientKey::from_bpf(key), sum_per_cpu(per_cpu));
         });
     if (!status) return status.error();
+    last_client_count_ = clients.size();
+    snapshot.clients = ClientTraffic::from_unsorted(std::move(clients));
     // Every array slot exists; the ones no packet touched are not interfaces.
     auto add_interface = [&](const uint32_t& ifindex, auto per_cpu) {
         InterfaceTraffic traffic = sum_per_cpu(per_cpu);

@@ -63,6 +63,7 @@ private:
     int ncpus_ = 0;
     uint32_t max_clients_ = 0;
     uint32_t ifaces_value_size_ = 0;
+    size_t last_client_count_ = 0; // to size the next read's buffer
     std::string pin_path_;
 };
 

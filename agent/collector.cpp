@@ -13,6 +13,18 @@ void diff_into(const std::map<Key, Value>& now, const std::map<Key, Value>& befo
     }
 }
 
+// Both in key order: one merge pass, and `out` is built in order too.
+void diff_into(const ClientTraffic& now, const ClientTraffic& before, ClientTraffic& out)
+{
+    auto old = before.begin();
+    for (const auto& [key, value] : now) {
+        while (old != before.end() && old->first < key) ++old;
+        const bool known = old != before.end() && old->first == key;
+        const Traffic moved = known ? delta(value, old->second) : value;
+        if (moved != Traffic{}) out.append(key, moved);
+    }
+}
+
 } // namespace
 
 CounterDelta compute_delta(const CounterSnapshot& now, const CounterSnapshot& before)

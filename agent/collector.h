@@ -11,7 +11,7 @@ namespace vpnmeter {
 
 // Traffic counted between two reads.
 struct CounterDelta {
-    std::map<ClientKey, Traffic> clients;             // only entries that moved
+    ClientTraffic clients;                           // only entries that moved
     std::map<uint32_t, InterfaceTraffic> interfaces; // only entries that moved
 };
 

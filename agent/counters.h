@@ -10,6 +10,8 @@
 
 #include <vpnmeter/bpf_types.h>
 
+#include "flat_map.h"
+
 namespace vpnmeter {
 
 struct Count {
@@ -76,9 +78,12 @@ struct ClientKey {
 Traffic sum_per_cpu(std::span<const vpnmeter_client_counters> per_cpu);
 InterfaceTraffic sum_per_cpu(std::span<const vpnmeter_iface_counters> per_cpu);
 
+// Per-client values in key order (flat: 100,000s of entries every cycle).
+using ClientTraffic = FlatMap<ClientKey, Traffic>;
+
 // Everything read from the maps at one moment. Raw, monotonic values.
 struct CounterSnapshot {
-    std::map<ClientKey, Traffic> clients;
+    ClientTraffic clients;
     std::map<uint32_t, InterfaceTraffic> interfaces;
 };
 

@@ -4,6 +4,8 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "collector.h"
@@ -45,11 +47,14 @@ public:
     void accept(const CycleCommit& committed);
 
     const std::map<std::string, Session>& active() const { return active_; }
-    const std::map<ClientKey, AddressCheckpoint>& addresses() const { return addresses_; }
+    const AddressCheckpoints& addresses() const { return addresses_; }
 
 private:
+    const Session* find_active(std::string_view id) const;
+
     std::map<std::string, Session> active_;           // by session id
-    std::map<ClientKey, AddressCheckpoint> addresses_; // raw value last accounted + owner
+    std::unordered_map<std::string_view, Session*> by_id_; // active_ hashed (views of its keys)
+    AddressCheckpoints addresses_; // raw value last accounted + owner
 };
 
 // The map keys of a session's addresses on its interface as it is now

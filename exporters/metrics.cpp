@@ -370,7 +370,8 @@ MetricsRecorder::Tracked& MetricsRecorder::track(const Session& session)
             tracked.labels.session = "other";
         }
     }
-    clients_[tracked.labels]; // the series exists from the session's start
+    tracked.series = &clients_[tracked.labels]; // the series exists from the session's start
+    tracked.source_total = &source_bytes_[{session.instance, tracked.labels.user}];
     return sessions_.emplace(session.id, std::move(tracked)).first->second;
 }
 
@@ -383,10 +384,11 @@ void MetricsRecorder::load(const std::vector<Session>& sessions, const std::vect
             continue;
         }
         Tracked& tracked = track(session);
-        clients_[tracked.labels] += session.usage;
+        *tracked.series += session.usage;
         tracked.usage = session.usage;
         tracked.source = {session.source_upload_bytes, session.source_download_bytes};
-        source_bytes_[{session.instance, tracked.labels.user}] += tracked.source;
+        tracked.source_total->upload += tracked.source.upload;
+        tracked.source_total->download += tracked.source.download;
     }
     for (const auto& spare : unattributed) unattributed_[spare.interface] += spare.traffic;
 }
@@ -397,9 +399,9 @@ void MetricsRecorder::account(const CycleCommit& commit)
     for (const Session& session : commit.sessions) {
         Tracked& tracked = track(session);
         // A session's totals only grow: what they gained is this cycle's.
-        clients_[tracked.labels] += delta(session.usage, tracked.usage);
+        *tracked.series += delta(session.usage, tracked.usage);
         tracked.usage = session.usage;
-        SourceBytes& source = source_bytes_[{session.instance, tracked.labels.user}];
+        SourceBytes& source = *tracked.source_total;
         source.upload += gained(session.source_upload_bytes, tracked.source.upload);
         source.download += gained(session.source_download_bytes, tracked.source.download);
         tracked.source = {session.source_upload_bytes, session.source_download_bytes};

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -185,6 +186,10 @@ private:
         Traffic usage;     // the session's total when last seen
         SourceBytes source; // the VPN's counters when last seen
         std::optional<int64_t> ended;
+        // Its entries in clients_ and source_bytes_ (map nodes stay put): a
+        // cycle adds to them without looking up three-string keys.
+        Traffic* series = nullptr;
+        SourceBytes* source_total = nullptr;
     };
     const std::string& user_label(const std::string& user);
     Tracked& track(const Session& session);
@@ -195,7 +200,7 @@ private:
     std::string version_;
     std::shared_ptr<MetricsExporter> exporter_;
     std::map<std::string, std::string> hashed_; // user -> label, when hash_users
-    std::map<std::string, Tracked> sessions_;   // by session id
+    std::unordered_map<std::string, Tracked> sessions_; // by session id
     size_t own_series_ = 0;                     // per_session: sessions with a series of their own
     std::map<ClientLabels, Traffic> clients_;
     std::map<std::string, Traffic> unattributed_;

@@ -39,7 +39,7 @@ Result<std::optional<Checkpoint>> StoreSnapshot::checkpoint() const
             auto client = encoding::decode_client_key(key);
             auto address = encoding::decode_address_checkpoint(value);
             if (!client || !address) return corrupt("address checkpoint record");
-            checkpoint.addresses.emplace_hint(checkpoint.addresses.end(), *client, std::move(*address));
+            checkpoint.addresses.try_emplace(*client, std::move(*address)); // in key order: appends
             return true;
         });
         if (!scanned) return scanned.error();

@@ -58,18 +58,18 @@ std::string mib(uint64_t bytes)
 }
 
 // Adds `increment` to the Traffic stored under `key`.
-Status add_traffic(lmdb::Txn& txn, MDB_dbi dbi, const std::string& key, const Traffic& increment)
+Status add_traffic(lmdb::WriteCursor& cursor, std::string_view key, const Traffic& increment)
 {
-    auto current = txn.get(dbi, key);
-    if (!current) return current.error();
-    Traffic total;
-    if (*current) {
-        auto decoded = encoding::decode_traffic(**current);
-        if (!decoded) return Error{"stored traffic value is " + std::to_string((*current)->size()) + " bytes, not 32"};
-        total = *decoded;
-    }
-    total += increment;
-    return txn.put(dbi, key, encoding::encode(total));
+    return cursor.update(key, [&](std::optional<std::string_view> stored) -> Result<std::string> {
+        Traffic total;
+        if (stored) {
+            auto decoded = encoding::decode_traffic(*stored);
+            if (!decoded) return Error{"stored traffic value is " + std::to_string(stored->size()) + " bytes, not 32"};
+            total = *decoded;
+        }
+        total += increment;
+        return encoding::encode(total);
+    });
 }
 
 // Upgrades a store written by an older vpnmeter, inside the open's write
@@ -398,22 +398,34 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure)
         starts[i] = impl_->calendar.start(cycle.time, kGranularities[i]);
 
     return impl_->write("commit cycle", [&](lmdb::Txn& txn) -> Status {
-        for (const Session& session : cycle.sessions) {
-            if (session.id.empty()) return Error{"store session: empty session id (user '" + session.user + "')"};
-            if (auto put = txn.put(*dbs.sessions, session.id, encoding::encode(session)); !put)
-                return prefixed("store session " + session.id, put.error());
+        // Every write in key order through one cursor per database (see
+        // lmdb::WriteCursor): sessions come in the order they moved.
+        std::vector<const Session*> sessions;
+        sessions.reserve(cycle.sessions.size());
+        for (const Session& session : cycle.sessions) sessions.push_back(&session);
+        std::sort(sessions.begin(), sessions.end(), [](const Session* a, const Session* b) { return a->id < b->id; });
+        auto session_cursor = lmdb::WriteCursor::open(txn, *dbs.sessions);
+        if (!session_cursor) return prefixed("store sessions", session_cursor.error());
+        for (const Session* session : sessions) {
+            if (session->id.empty()) return Error{"store session: empty session id (user '" + session->user + "')"};
+            if (auto put = session_cursor->put(session->id, encoding::encode(*session)); !put)
+                return prefixed("store session " + session->id, put.error());
         }
+        auto usage_cursor = lmdb::WriteCursor::open(txn, *dbs.usage);
+        if (!usage_cursor) return prefixed("store usage", usage_cursor.error());
         for (const auto& [user, increment] : cycle.user_usage) {
             if (increment == Traffic{}) continue; // buckets hold only traffic
             for (size_t i = 0; i < kGranularities.size(); ++i) {
                 const auto key = encoding::usage_key(user, kGranularities[i], starts[i]);
-                if (auto added = add_traffic(txn, *dbs.usage, key, increment); !added)
+                if (auto added = add_traffic(*usage_cursor, key, increment); !added)
                     return prefixed("add usage of user '" + user + "'", added.error());
             }
         }
+        auto unattributed_cursor = lmdb::WriteCursor::open(txn, *dbs.unattributed);
+        if (!unattributed_cursor) return prefixed("store unattributed usage", unattributed_cursor.error());
         for (const auto& [interface, increment] : cycle.unattributed) {
             if (increment == Traffic{}) continue;
-            if (auto added = add_traffic(txn, *dbs.unattributed, interface, increment); !added)
+            if (auto added = add_traffic(*unattributed_cursor, interface, increment); !added)
                 return prefixed("add unattributed usage of " + interface, added.error());
         }
         // Removals first: an address both removed and updated (taken over
@@ -422,9 +434,10 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure)
             if (auto removed = txn.del(*dbs.checkpoint_addresses, encoding::encode(key)); !removed)
                 return prefixed("remove checkpoint of " + key.address(), removed.error());
         }
-        for (const auto& [key, checkpoint] : cycle.address_updates) {
-            if (auto put = txn.put(*dbs.checkpoint_addresses, encoding::encode(key), encoding::encode(checkpoint));
-                !put)
+        auto address_cursor = lmdb::WriteCursor::open(txn, *dbs.checkpoint_addresses);
+        if (!address_cursor) return prefixed("store checkpoints", address_cursor.error());
+        for (const auto& [key, checkpoint] : cycle.address_updates) { // in key order: the encoding's order too
+            if (auto put = address_cursor->put(encoding::encode(key), encoding::encode(checkpoint)); !put)
                 return prefixed("store checkpoint of " + key.address(), put.error());
         }
         std::set<uint32_t> interfaces;

@@ -45,9 +45,11 @@ struct AddressCheckpoint {
     bool operator==(const AddressCheckpoint&) const = default;
 };
 
+using AddressCheckpoints = FlatMap<ClientKey, AddressCheckpoint>; // by address, in key order
+
 struct Checkpoint {
     CounterIdentity identity;
-    std::map<ClientKey, AddressCheckpoint> addresses;
+    AddressCheckpoints addresses;
     std::map<uint32_t, InterfaceTraffic> interfaces; // raw, by ifindex
     std::map<uint32_t, std::string> interface_names;  // ifindex -> name at the time
 };
@@ -88,7 +90,7 @@ struct CycleCommit {
     std::map<std::string, Traffic> user_usage;     // user -> increment
     std::map<std::string, Traffic> unattributed;   // interface name -> increment
     std::optional<CounterIdentity> identity;       // set when it changed
-    std::map<ClientKey, AddressCheckpoint> address_updates;
+    AddressCheckpoints address_updates;
     std::vector<ClientKey> address_removals;       // entries no longer tracked
     std::map<uint32_t, InterfaceTraffic> interface_updates;
     std::map<uint32_t, std::string> interface_names;

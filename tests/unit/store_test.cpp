@@ -438,7 +438,7 @@ TEST_CASE("checkpoints round-trip with removals, names and identity", "[store]")
     REQUIRE(checkpoint);
     CHECK(checkpoint->identity == CounterIdentity{"boot-1", 10, 11}); // unchanged: not in the second commit
     CHECK(checkpoint->addresses ==
-          std::map<ClientKey, AddressCheckpoint>{{a, {traffic(7, 7, 7, 7), "s3"}}, {c, {traffic(3, 3, 3, 3), ""}}});
+          AddressCheckpoints{{a, {traffic(7, 7, 7, 7), "s3"}}, {c, {traffic(3, 3, 3, 3), ""}}});
     CHECK(checkpoint->interfaces ==
           std::map<uint32_t, InterfaceTraffic>{{3, {traffic(8, 8, 8, 8), traffic(1, 1, 1, 1)}},
                                                {4, {traffic(6, 6, 6, 6), traffic(3, 3, 3, 3)}}});

@@ -105,7 +105,8 @@ struct MetricsSnapshot {
 
 // The families of a snapshot, in a fixed order, series sorted by labels.
 std::vector<prometheus::MetricFamily> metric_families(const MetricsSnapshot& snapshot);
-// The text exposition format (prometheus::TextSerializer).
+// The text exposition format: byte for byte what prometheus::TextSerializer
+// makes of metric_families(snapshot), written directly (several times faster).
 std::string render_metrics(const MetricsSnapshot& snapshot);
 
 // Holds the latest published snapshot. publish() from the cycle loop,

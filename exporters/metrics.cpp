@@ -458,6 +458,7 @@ void MetricsExporter::publish(std::shared_ptr<const MetricsSnapshot> snapshot)
 {
     std::lock_guard lock(mutex_);
     latest_ = std::move(snapshot);
+    ++published_;
 }
 
 std::shared_ptr<const MetricsSnapshot> MetricsExporter::latest() const
@@ -472,10 +473,21 @@ std::vector<MetricFamily> MetricsExporter::Collect() const
     return snapshot ? metric_families(*snapshot) : std::vector<MetricFamily>{};
 }
 
-std::string MetricsExporter::render() const
+std::shared_ptr<const std::string> MetricsExporter::text() const
 {
-    auto snapshot = latest();
-    return snapshot ? render_metrics(*snapshot) : std::string();
+    std::lock_guard render_lock(render_mutex_);
+    std::shared_ptr<const MetricsSnapshot> snapshot;
+    uint64_t published = 0;
+    {
+        std::lock_guard lock(mutex_);
+        snapshot = latest_;
+        published = published_;
+    }
+    if (!text_ || text_of_ != published) {
+        text_ = std::make_shared<const std::string>(snapshot ? render_metrics(*snapshot) : std::string());
+        text_of_ = published;
+    }
+    return text_;
 }
 
 std::string hashed_user(const std::string& user)

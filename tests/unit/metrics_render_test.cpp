@@ -1,10 +1,12 @@
-// render_metrics() against prometheus-cpp's TextSerializer, byte for byte.
+// render_metrics() against prometheus-cpp's TextSerializer, byte for byte,
+// and the exporter's cached text.
 #include <catch2/catch.hpp>
 
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include <prometheus/text_serializer.h>
@@ -151,4 +153,44 @@ TEST_CASE("render_metrics writes what prometheus-cpp's TextSerializer writes", "
         s.version = random_label(rng);
         check_same_text(s);
     }
+}
+
+TEST_CASE("the exporter renders a snapshot once and a new one after publish()", "[metrics]")
+{
+    MetricsExporter exporter;
+    CHECK(exporter.render().empty());
+
+    MetricsSnapshot first = everything(false);
+    exporter.publish(std::make_shared<const MetricsSnapshot>(first));
+    const auto text = exporter.text();
+    CHECK(*text == render_metrics(first));
+    CHECK(exporter.text() == text); // the same string: not rendered again
+    CHECK(exporter.render() == *text);
+
+    MetricsSnapshot second = first;
+    second.alerts = 8;
+    exporter.publish(std::make_shared<const MetricsSnapshot>(second));
+    CHECK(*exporter.text() == render_metrics(second));
+    CHECK(exporter.text() != text);
+    CHECK(*text == render_metrics(first)); // a scrape still sending the old text keeps it
+
+    // The same snapshot published again is a new publish: rendered again, same text.
+    auto third = std::make_shared<const MetricsSnapshot>(second);
+    exporter.publish(third);
+    const auto before = exporter.text();
+    exporter.publish(third);
+    CHECK(exporter.text() != before);
+    CHECK(*exporter.text() == *before);
+}
+
+TEST_CASE("concurrent scrapes of a new snapshot share one render", "[metrics]")
+{
+    MetricsExporter exporter;
+    exporter.publish(std::make_shared<const MetricsSnapshot>(everything(true)));
+    std::vector<std::shared_ptr<const std::string>> texts(4);
+    std::vector<std::thread> scrapes;
+    for (auto& text : texts) scrapes.emplace_back([&exporter, &text] { text = exporter.text(); });
+    for (auto& scrape : scrapes) scrape.join();
+    for (const auto& text : texts) CHECK(text == texts.front());
+    CHECK(*texts.front() == serialized(everything(true)));
 }

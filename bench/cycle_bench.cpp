@@ -7,7 +7,8 @@
 // to a fresh LMDB store (Store::commit), then accept and publish the metrics
 // snapshot (MetricsRecorder). Before every timed cycle, every client's
 // counters move (the worst case: all N active), outside the timing. Then it
-// renders /metrics from that state and reports the process's memory.
+// renders /metrics from that state (and, for comparison, serializes it the
+// old way, with prometheus-cpp) and reports the process's memory.
 // See docs/benchmarks.md.
 //
 // Needs root (BPF, bpffs). The pin path and the store are private and
@@ -35,6 +36,7 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <prometheus/text_serializer.h>
 
 #include "bench_common.h"
 #include "bpf_maps.h"
@@ -186,7 +188,7 @@ struct SizeResult {
     uint32_t clients = 0;
     double fill_s = 0, first_cycle_ms = 0, all_end_ms = 0;
     Phases phases;
-    double render_ms = 0;
+    double render_ms = 0, prometheus_ms = 0, cached_ms = 0;
     size_t render_bytes = 0;
     double rss_mib = 0, hwm_mib = 0;
     uint64_t store_bytes = 0;
@@ -282,16 +284,35 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, uint32_t n, const Option
                          std::to_string(o.cycles * kUpBytes) + " B up"};
     }
 
-    std::vector<double> render_ms;
+    // /metrics: the renderer GET /metrics uses (the exporter renders a
+    // snapshot once; each render here is a new one), prometheus-cpp's
+    // serializer over the same families (the old path, for the ratio), and
+    // a scrape of the exporter's cached text.
+    const auto& exporter = metrics.exporter();
+    const auto snapshot = exporter->latest();
+    std::vector<double> render_ms, prometheus_ms, cached_ms;
     for (uint32_t r = 0; r < o.renders; ++r) {
-        const auto t = Clock::now();
-        const std::string text = metrics.exporter()->render();
+        auto t = Clock::now();
+        const std::string text = vpnmeter::render_metrics(*snapshot);
         render_ms.push_back(ms_since(t));
+        t = Clock::now();
+        const std::string old_text = prometheus::TextSerializer().Serialize(vpnmeter::metric_families(*snapshot));
+        prometheus_ms.push_back(ms_since(t));
+        if (r == 0) exporter->render(); // renders and keeps the text
+        t = Clock::now();
+        const std::string scraped = exporter->render();
+        cached_ms.push_back(ms_since(t));
         out.render_bytes = text.size();
+        if (text != old_text || scraped != text)
+            return Error{"consistency check failed: /metrics differs from prometheus-cpp's serialization (" +
+                         std::to_string(text.size()) + ", " + std::to_string(old_text.size()) + " and " +
+                         std::to_string(scraped.size()) + " bytes)"};
         if (text.find("user=\"user" + std::to_string(n - 1) + "\"") == std::string::npos)
             return Error{"/metrics lacks the series of user" + std::to_string(n - 1)};
     }
     out.render_ms = median(render_ms);
+    out.prometheus_ms = median(prometheus_ms);
+    out.cached_ms = median(cached_ms);
     std::tie(out.rss_mib, out.hwm_mib) = memory_mib();
     out.store_bytes = std::filesystem::file_size(dir.path() + "/data.mdb", ec);
 
@@ -338,14 +359,17 @@ void print_table(const std::vector<SizeResult>& results)
                     median(r.phases.reconcile), median(r.phases.commit), median(r.phases.publish),
                     median(r.phases.total), r.first_cycle_ms, r.all_end_ms);
     std::printf("\n/metrics (six series per user) and memory after the size's cycles:\n");
-    std::printf("%9s %10s %13s %10s %10s %12s\n", "users", "render ms", "render bytes", "VmRSS MiB", "VmHWM MiB",
-                "store MiB");
+    std::printf("%9s %10s %18s %10s %13s %10s %10s %12s\n", "users", "render ms", "prometheus-cpp ms", "cached ms",
+                "render bytes", "VmRSS MiB", "VmHWM MiB", "store MiB");
     for (const auto& r : results)
-        std::printf("%9u %10.1f %13zu %10.1f %10.1f %12.1f\n", r.clients, r.render_ms, r.render_bytes, r.rss_mib,
-                    r.hwm_mib, r.store_bytes / 1048576.0);
+        std::printf("%9u %10.1f %18.1f %10.2f %13zu %10.1f %10.1f %12.1f\n", r.clients, r.render_ms, r.prometheus_ms,
+                    r.cached_ms, r.render_bytes, r.rss_mib, r.hwm_mib, r.store_bytes / 1048576.0);
     std::printf("\nread: Collector::collect (batch read of the map, deltas); reconcile: Reconciler::plan;\n"
                 "commit: Store::commit (one LMDB write transaction, fsync); publish: accept + metrics snapshot;\n"
                 "first cycle: N new sessions; all end: every session ends at once (reconcile + commit).\n"
+                "render: render_metrics, what a scrape costs after a new snapshot; prometheus-cpp: its\n"
+                "TextSerializer over metric_families, the same bytes (the old path); cached: a repeated scrape\n"
+                "(MetricsExporter::render copying the kept text).\n"
                 "VmRSS/VmHWM are this process's: they include the benchmark's own copy of the sessions;\n"
                 "VmHWM only grows, so a size's value is the peak up to and including it.\n");
 }

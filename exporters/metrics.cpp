@@ -3,9 +3,14 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <array>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <initializer_list>
 #include <limits>
-
-#include <prometheus/text_serializer.h>
+#include <span>
+#include <string_view>
 
 namespace vpnmeter {
 namespace {
@@ -13,34 +18,37 @@ namespace {
 using prometheus::ClientMetric;
 using prometheus::MetricFamily;
 using prometheus::MetricType;
-using Labels = std::vector<ClientMetric::Label>;
+
+// The length of the well-formed UTF-8 sequence at text[i], or 0. Overlong
+// forms, surrogates and code points past U+10FFFF are not well-formed.
+size_t utf8_sequence(std::string_view text, size_t i)
+{
+    const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+    const size_t n = text.size();
+    const size_t len = s[i] < 0x80 ? 1 : (s[i] >> 5) == 0x6 ? 2 : (s[i] >> 4) == 0xe ? 3 : (s[i] >> 3) == 0x1e ? 4 : 0;
+    if (len == 0 || i + len > n) return 0;
+    for (size_t k = 1; k < len; ++k)
+        if ((s[i + k] & 0xc0) != 0x80) return 0;
+    if (len == 1) return 1;
+    uint32_t cp = s[i] & (0xff >> (len + 1));
+    for (size_t k = 1; k < len; ++k) cp = (cp << 6) | (s[i + k] & 0x3f);
+    static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    return cp >= kMin[len] && cp <= 0x10ffff && !(cp >= 0xd800 && cp <= 0xdfff) ? len : 0;
+}
+
+constexpr std::string_view kReplacement = "\xef\xbf\xbd"; // U+FFFD
 
 // Prometheus rejects a whole scrape over one label value that is not UTF-8,
 // and user names come from certificates: bad sequences become U+FFFD.
-std::string utf8(const std::string& text)
+std::string utf8(std::string_view text)
 {
     std::string out;
     out.reserve(text.size());
-    const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-    const size_t n = text.size();
-    for (size_t i = 0; i < n;) {
-        size_t len = s[i] < 0x80 ? 1 : (s[i] >> 5) == 0x6 ? 2 : (s[i] >> 4) == 0xe ? 3 : (s[i] >> 3) == 0x1e ? 4 : 0;
-        bool valid = len > 0 && i + len <= n;
-        for (size_t k = 1; valid && k < len; ++k) valid = (s[i + k] & 0xc0) == 0x80;
-        if (valid && len > 1) {
-            // Overlong forms, surrogates and code points past U+10FFFF.
-            uint32_t cp = s[i] & (0xff >> (len + 1));
-            for (size_t k = 1; k < len; ++k) cp = (cp << 6) | (s[i + k] & 0x3f);
-            static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
-            valid = cp >= kMin[len] && cp <= 0x10ffff && !(cp >= 0xd800 && cp <= 0xdfff);
-        }
-        if (valid) {
-            out.append(text, i, len);
-            i += len;
-        } else {
-            out += "\xef\xbf\xbd";
-            ++i;
-        }
+    for (size_t i = 0; i < text.size();) {
+        const size_t len = utf8_sequence(text, i);
+        if (len) out.append(text, i, len);
+        else out += kReplacement;
+        i += len ? len : 1;
     }
     return out;
 }
@@ -51,63 +59,364 @@ std::string name_of(const Interfaces& devices, uint32_t ifindex)
     return it != devices.name_by_ifindex.end() ? it->second : "if" + std::to_string(ifindex);
 }
 
-// A counter, or a gauge with a name that says what it counts.
-class Family {
+// One family as the walk below announces it.
+struct FamilySpec {
+    std::string_view name;
+    std::string_view help;
+    MetricType type;
+};
+
+// A label of a series; the value as in the snapshot (sinks make it UTF-8).
+struct Label {
+    std::string_view name;
+    std::string_view value;
+};
+
+// The families of a snapshot in their fixed order, series sorted by labels.
+// Both metric_families() and render_metrics() are this one walk, so the
+// Collectable interface and /metrics cannot disagree. A Sink has
+//   family(spec): the series that follow belong to it (a family without
+//                 series is left out of the exposition);
+//   sample(labels, value): one series of a counter or gauge;
+//   histogram(spec, h): a whole histogram family.
+template <class Sink>
+class Walk {
 public:
-    Family(std::string name, std::string help, MetricType type) : family_{std::move(name), std::move(help), type, {}} {}
+    Walk(const MetricsSnapshot& s, Sink& sink) : s_(s), sink_(sink) {}
 
-    void add(Labels labels, double value)
+    void run()
     {
-        ClientMetric metric;
-        for (auto& label : labels) label.value = utf8(label.value);
-        metric.label = std::move(labels);
-        if (family_.type == MetricType::Counter) metric.counter.value = value;
-        else metric.gauge.value = value;
-        family_.metric.push_back(std::move(metric));
-    }
+        const auto C = MetricType::Counter;
+        const auto G = MetricType::Gauge;
 
-    // Upload and download of one label set.
-    void add_directions(const Labels& labels, double upload, double download)
-    {
-        Labels up = labels, down = labels;
-        up.push_back({"direction", "upload"});
-        down.push_back({"direction", "download"});
-        add(std::move(up), upload);
-        add(std::move(down), download);
-    }
+        family("vpnmeter_client_bytes_total",
+               "Bytes inside the tunnel of a user's sessions on an interface (upload: from the client), since the "
+               "store began.",
+               C);
+        for (const auto& [labels, traffic] : s_.clients) client(labels, traffic.upload.bytes, traffic.download.bytes);
+        family("vpnmeter_client_packets_total",
+               "Packets inside the tunnel of a user's sessions on an interface, since the store began.", C);
+        for (const auto& [labels, traffic] : s_.clients)
+            client(labels, traffic.upload.packets, traffic.download.packets);
 
-    // Empty families are left out of the exposition.
-    void into(std::vector<MetricFamily>& out)
-    {
-        if (!family_.metric.empty()) out.push_back(std::move(family_));
+        family("vpnmeter_interface_bytes_total",
+               "Bytes through a metered interface as its own counters report them (upload: received).", C);
+        for (const auto& [name, traffic] : s_.interfaces)
+            directions({{"interface", name}}, traffic.upload.bytes, traffic.download.bytes);
+        family("vpnmeter_interface_packets_total", "Packets through a metered interface.", C);
+        for (const auto& [name, traffic] : s_.interfaces)
+            directions({{"interface", name}}, traffic.upload.packets, traffic.download.packets);
+
+        family("vpnmeter_unattributed_bytes_total",
+               "Bytes on an interface that belonged to no session, since the store began.", C);
+        for (const auto& [name, traffic] : s_.unattributed)
+            directions({{"interface", name}}, traffic.upload.bytes, traffic.download.bytes);
+        family("vpnmeter_unattributed_packets_total",
+               "Packets on an interface that belonged to no session, since the store began.", C);
+        for (const auto& [name, traffic] : s_.unattributed)
+            directions({{"interface", name}}, traffic.upload.packets, traffic.download.packets);
+
+        family("vpnmeter_dropped_bytes_total", "Bytes dropped by quota enforcement, by reason.", C);
+        drops(&Count::bytes);
+        family("vpnmeter_dropped_packets_total", "Packets dropped by quota enforcement, by reason.", C);
+        drops(&Count::packets);
+
+        family("vpnmeter_sessions_active", "Sessions connected now, by VPN instance.", G);
+        for (const auto& [instance, count] : s_.sessions_active) sample({{"instance", instance}}, count);
+
+        family("vpnmeter_singbox_up", "1 if the Sing-Box stats API answered the last read, else 0.", G);
+        for (const auto& [instance, health] : s_.singbox) sample({{"instance", instance}}, health.up ? 1 : 0);
+        family("vpnmeter_singbox_read_failures_total",
+               "Failed reads of a Sing-Box stats API since the agent started (retried with backoff).", C);
+        for (const auto& [instance, health] : s_.singbox) sample({{"instance", instance}}, health.failures);
+        family("vpnmeter_singbox_restarts_total",
+               "Sing-Box server restarts (counters starting again from zero) seen since the agent started.", C);
+        for (const auto& [instance, health] : s_.singbox) sample({{"instance", instance}}, health.restarts);
+
+        family("vpnmeter_source_bytes_total",
+               "Bytes the VPN server itself counted (outer, encrypted) for the sessions seen since the agent started.",
+               C);
+        for (const auto& [key, bytes] : s_.source_bytes)
+            directions({{"source", key.first}, {"user", key.second}}, bytes.upload, bytes.download);
+
+        family("vpnmeter_quota_limit_bytes", "A user's byte limit in the current period, top-ups included.", G);
+        for (const auto& [user, quota] : s_.quotas)
+            if (quota.limit_bytes) sample({{"user", user}}, *quota.limit_bytes);
+        family("vpnmeter_quota_used_bytes", "What a user used in the current period, as it counts against the limit.",
+               G);
+        for (const auto& [user, quota] : s_.quotas) sample({{"user", user}}, quota.used_bytes);
+        family("vpnmeter_quota_state", "1 for the state a user's quota is in, 0 for the others.", G);
+        for (const auto& [user, quota] : s_.quotas)
+            for (auto each : {QuotaState::State::ok, QuotaState::State::warning, QuotaState::State::exceeded,
+                              QuotaState::State::blocked, QuotaState::State::throttled, QuotaState::State::expired}) {
+                const std::string_view name = to_string(each);
+                sample({{"user", user}, {"state", name}}, quota.state == name ? 1 : 0);
+            }
+
+        sink_.histogram({"vpnmeter_collection_duration_seconds",
+                         "Time one collection cycle took, from reading the counters to the end of its commit.",
+                         MetricType::Histogram},
+                        s_.collection_duration);
+
+        family("vpnmeter_map_entries", "Entries in a BPF map.", G);
+        for (const auto& [map, usage] : s_.maps) sample({{"map", map}}, usage.entries);
+        family("vpnmeter_map_capacity", "Entries a BPF map can hold.", G);
+        for (const auto& [map, usage] : s_.maps) sample({{"map", map}}, usage.capacity);
+
+        family("vpnmeter_store_size_bytes", "Size of the usage store's data file.", G);
+        if (s_.store_size_bytes) sample({}, *s_.store_size_bytes);
+
+        family("vpnmeter_errors_total", "Failures the agent logged and went on from, by operation.", C);
+        for (const auto& [op, count] : s_.errors) sample({{"op", op}}, count);
+
+        family("vpnmeter_store_commit_errors_total",
+               "Cycles whose store commit failed, by reason; their bytes go into the next commit.", C);
+        for (const auto& [reason, count] : s_.store_commit_errors) sample({{"reason", reason}}, count);
+
+        family("vpnmeter_alerts_total", "Quota threshold alerts fired since the agent started.", C);
+        sample({}, s_.alerts);
+
+        family("vpnmeter_build_info", "The agent's version; always 1.", G);
+        sample({{"version", s_.version}}, 1);
     }
 
 private:
-    MetricFamily family_;
+    void family(std::string_view name, std::string_view help, MetricType type) { sink_.family({name, help, type}); }
+    // Prometheus values are doubles: counters past 2^53 round, in any client library.
+    void sample(std::initializer_list<Label> labels, double value)
+    {
+        sink_.sample({labels.begin(), labels.size()}, value);
+    }
+
+    // Upload and download of one label set (at most three labels): `direction` comes last.
+    void directions(std::initializer_list<Label> labels, double upload, double download)
+    {
+        std::array<Label, 4> all;
+        std::copy(labels.begin(), labels.end(), all.begin());
+        const size_t n = labels.size() + 1;
+        all[n - 1] = {"direction", "upload"};
+        sink_.sample({all.data(), n}, upload);
+        all[n - 1] = {"direction", "download"};
+        sink_.sample({all.data(), n}, download);
+    }
+
+    void client(const ClientLabels& l, double upload, double download)
+    {
+        if (s_.per_session)
+            directions({{"interface", l.interface}, {"user", l.user}, {"session", l.session}}, upload, download);
+        else
+            directions({{"interface", l.interface}, {"user", l.user}}, upload, download);
+    }
+
+    void drops(uint64_t Count::*field)
+    {
+        for (const auto& [name, d] : s_.drops)
+            for (const auto& [reason, traffic] :
+                 {std::pair{"block", &d.block}, std::pair{"quota", &d.quota}, std::pair{"policer", &d.policer}}) {
+                sample({{"interface", name}, {"direction", "upload"}, {"reason", reason}}, traffic->upload.*field);
+                sample({{"interface", name}, {"direction", "download"}, {"reason", reason}}, traffic->download.*field);
+            }
+    }
+
+    const MetricsSnapshot& s_;
+    Sink& sink_;
 };
 
-Labels client_labels(const MetricsSnapshot& snapshot, const ClientLabels& labels)
-{
-    Labels out = {{"interface", labels.interface}, {"user", labels.user}};
-    if (snapshot.per_session) out.push_back({"session", labels.session});
-    return out;
-}
+// Builds prometheus::MetricFamily objects.
+class FamilySink {
+public:
+    explicit FamilySink(std::vector<MetricFamily>& out) : out_(out) {}
 
-MetricFamily histogram(const DurationHistogram& h)
-{
-    ClientMetric metric;
-    uint64_t cumulative = 0;
-    for (size_t i = 0; i < h.kBounds.size(); ++i) {
-        cumulative += h.buckets[i];
-        metric.histogram.bucket.push_back({cumulative, h.kBounds[i]});
+    void family(const FamilySpec& spec) { pending_ = spec; }
+
+    void sample(std::span<const Label> labels, double value)
+    {
+        if (pending_) {
+            out_.push_back({std::string(pending_->name), std::string(pending_->help), pending_->type, {}});
+            pending_.reset();
+        }
+        ClientMetric metric;
+        metric.label.reserve(labels.size());
+        for (const auto& label : labels) metric.label.push_back({std::string(label.name), utf8(label.value)});
+        if (out_.back().type == MetricType::Counter) metric.counter.value = value;
+        else metric.gauge.value = value;
+        out_.back().metric.push_back(std::move(metric));
     }
-    metric.histogram.bucket.push_back({h.count, std::numeric_limits<double>::infinity()});
-    metric.histogram.sample_count = h.count;
-    metric.histogram.sample_sum = h.sum;
-    return {"vpnmeter_collection_duration_seconds",
-            "Time one collection cycle took, from reading the counters to the end of its commit.",
-            MetricType::Histogram,
-            {std::move(metric)}};
+
+    void histogram(const FamilySpec& spec, const DurationHistogram& h)
+    {
+        pending_.reset();
+        ClientMetric metric;
+        uint64_t cumulative = 0;
+        for (size_t i = 0; i < h.kBounds.size(); ++i) {
+            cumulative += h.buckets[i];
+            metric.histogram.bucket.push_back({cumulative, h.kBounds[i]});
+        }
+        metric.histogram.bucket.push_back({h.count, std::numeric_limits<double>::infinity()});
+        metric.histogram.sample_count = h.count;
+        metric.histogram.sample_sum = h.sum;
+        out_.push_back({std::string(spec.name), std::string(spec.help), spec.type, {std::move(metric)}});
+    }
+
+private:
+    std::vector<MetricFamily>& out_;
+    std::optional<FamilySpec> pending_;
+};
+
+// Writes the text exposition format 0.0.4 exactly as prometheus-cpp 1.0's
+// TextSerializer writes the same families (the unit tests compare them byte
+// for byte), straight into one string. Each line first makes room for its
+// longest possible text, then writes through a plain cursor: std::string's
+// own appends are out-of-line calls, and a line is a dozen of them.
+class TextSink {
+public:
+    explicit TextSink(size_t estimate) { text_.resize(estimate); }
+
+    std::string take() &&
+    {
+        text_.resize(used_);
+        return std::move(text_);
+    }
+
+    void family(const FamilySpec& spec)
+    {
+        pending_ = spec;
+        name_ = spec.name;
+    }
+
+    void sample(std::span<const Label> labels, double value)
+    {
+        if (pending_) header();
+        size_t longest = name_.size() + 2 + kNumber + 1; // braces, space, value, newline
+        for (const auto& label : labels) longest += label.name.size() + 4 + 3 * label.value.size();
+        char* p = room(longest);
+        p = put(p, name_);
+        if (!labels.empty()) {
+            char separator = '{';
+            for (const auto& label : labels) {
+                *p++ = separator;
+                p = put(p, label.name);
+                *p++ = '=';
+                *p++ = '"';
+                p = label_value(p, label.value);
+                *p++ = '"';
+                separator = ',';
+            }
+            *p++ = '}';
+        }
+        *p++ = ' ';
+        p = number(p, value);
+        *p++ = '\n';
+        done(p);
+    }
+
+    void histogram(const FamilySpec& spec, const DurationHistogram& h)
+    {
+        family(spec);
+        header();
+        const size_t line = name_.size() + 32 + 2 * kNumber;
+        char* p = room((h.kBounds.size() + 3) * line);
+        p = integer(put(put(p, name_), "_count "), h.count);
+        *p++ = '\n';
+        p = number(put(put(p, name_), "_sum "), h.sum);
+        *p++ = '\n';
+        uint64_t cumulative = 0;
+        for (size_t i = 0; i < h.kBounds.size(); ++i) {
+            cumulative += h.buckets[i];
+            p = number(put(put(p, name_), "_bucket{le=\""), h.kBounds[i]);
+            p = integer(put(p, "\"} "), cumulative);
+            *p++ = '\n';
+        }
+        p = integer(put(put(p, name_), "_bucket{le=\"+Inf\"} "), h.count);
+        *p++ = '\n';
+        done(p);
+    }
+
+private:
+    static constexpr size_t kNumber = 32; // the longest number: %.16g takes at most 23 bytes
+
+    // The cursor, with room for `n` more bytes after it.
+    char* room(size_t n)
+    {
+        if (text_.size() - used_ < n) text_.resize(std::max(2 * text_.size(), used_ + n));
+        return text_.data() + used_;
+    }
+    void done(const char* end) { used_ = static_cast<size_t>(end - text_.data()); }
+
+    static char* put(char* p, std::string_view s)
+    {
+        std::memcpy(p, s.data(), s.size());
+        return p + s.size();
+    }
+
+    void header()
+    {
+        const std::string_view type = pending_->type == MetricType::Counter     ? " counter\n"
+                                      : pending_->type == MetricType::Gauge     ? " gauge\n"
+                                      : pending_->type == MetricType::Histogram ? " histogram\n"
+                                      : pending_->type == MetricType::Summary   ? " summary\n"
+                                                                                : " untyped\n";
+        char* p = room(2 * pending_->name.size() + pending_->help.size() + 32);
+        if (!pending_->help.empty()) // as prometheus-cpp: not escaped (ours have no backslash or newline)
+            p = put(put(put(put(put(p, "# HELP "), pending_->name), " "), pending_->help), "\n");
+        p = put(put(put(p, "# TYPE "), pending_->name), type);
+        done(p);
+        pending_.reset();
+    }
+
+    static char* integer(char* p, uint64_t value) { return std::to_chars(p, p + kNumber, value).ptr; }
+
+    // prometheus-cpp writes a double through an ostream with precision 16
+    // (max_digits10 - 1), printf's %.16g, and NaN and infinities by name.
+    static char* number(char* p, double value)
+    {
+        if (std::isnan(value)) return put(p, "Nan");
+        if (std::isinf(value)) return put(p, value < 0 ? "-Inf" : "+Inf");
+        if (!std::signbit(value) && value < 1e16 && value == std::trunc(value))
+            return integer(p, static_cast<uint64_t>(value)); // %.16g shows these in full: the common case, made cheap
+        return std::to_chars(p, p + kNumber, value, std::chars_format::general, 16).ptr;
+    }
+
+    // The value made UTF-8 as utf8() does, with \, " and newline escaped:
+    // at most 3 bytes for each of its bytes.
+    static char* label_value(char* p, std::string_view text)
+    {
+        for (size_t i = 0; i < text.size();) {
+            const char c = text[i];
+            if (static_cast<unsigned char>(c) >= 0x80) {
+                if (const size_t len = utf8_sequence(text, i)) {
+                    p = put(p, text.substr(i, len));
+                    i += len;
+                } else {
+                    p = put(p, kReplacement);
+                    ++i;
+                }
+                continue;
+            }
+            if (c == '\n') {
+                *p++ = '\\';
+                *p++ = 'n';
+            } else {
+                if (c == '\\' || c == '"') *p++ = '\\';
+                *p++ = c;
+            }
+            ++i;
+        }
+        return p;
+    }
+
+    std::string text_; // [0, used_) written, the rest room
+    size_t used_ = 0;
+    std::optional<FamilySpec> pending_; // announced, header not written yet
+    std::string_view name_;
+};
+
+// About what the text of a snapshot takes, so that its string rarely grows:
+// the client and source series are nearly all of it.
+size_t estimated_size(const MetricsSnapshot& s)
+{
+    constexpr size_t kSeries = 96; // a series line with short label values
+    return 16384 + kSeries * (4 * s.clients.size() + 2 * s.source_bytes.size() + 8 * s.quotas.size());
 }
 
 SourceBytes& operator+=(SourceBytes& total, const SourceBytes& more)
@@ -133,147 +442,23 @@ void DurationHistogram::observe(double seconds)
 std::vector<MetricFamily> metric_families(const MetricsSnapshot& s)
 {
     std::vector<MetricFamily> out;
-    const auto C = MetricType::Counter;
-    const auto G = MetricType::Gauge;
-
-    Family client_bytes("vpnmeter_client_bytes_total",
-                        "Bytes inside the tunnel of a user's sessions on an interface (upload: from the client), "
-                        "since the store began.",
-                        C);
-    Family client_packets("vpnmeter_client_packets_total",
-                          "Packets inside the tunnel of a user's sessions on an interface, since the store began.", C);
-    for (const auto& [labels, traffic] : s.clients) {
-        client_bytes.add_directions(client_labels(s, labels), traffic.upload.bytes, traffic.download.bytes);
-        client_packets.add_directions(client_labels(s, labels), traffic.upload.packets, traffic.download.packets);
-    }
-    client_bytes.into(out);
-    client_packets.into(out);
-
-    Family iface_bytes("vpnmeter_interface_bytes_total",
-                       "Bytes through a metered interface as its own counters report them (upload: received).", C);
-    Family iface_packets("vpnmeter_interface_packets_total", "Packets through a metered interface.", C);
-    for (const auto& [name, traffic] : s.interfaces) {
-        iface_bytes.add_directions({{"interface", name}}, traffic.upload.bytes, traffic.download.bytes);
-        iface_packets.add_directions({{"interface", name}}, traffic.upload.packets, traffic.download.packets);
-    }
-    iface_bytes.into(out);
-    iface_packets.into(out);
-
-    Family spare_bytes("vpnmeter_unattributed_bytes_total",
-                       "Bytes on an interface that belonged to no session, since the store began.", C);
-    Family spare_packets("vpnmeter_unattributed_packets_total",
-                         "Packets on an interface that belonged to no session, since the store began.", C);
-    for (const auto& [name, traffic] : s.unattributed) {
-        spare_bytes.add_directions({{"interface", name}}, traffic.upload.bytes, traffic.download.bytes);
-        spare_packets.add_directions({{"interface", name}}, traffic.upload.packets, traffic.download.packets);
-    }
-    spare_bytes.into(out);
-    spare_packets.into(out);
-
-    Family drop_bytes("vpnmeter_dropped_bytes_total", "Bytes dropped by quota enforcement, by reason.", C);
-    Family drop_packets("vpnmeter_dropped_packets_total", "Packets dropped by quota enforcement, by reason.", C);
-    for (const auto& [name, drops] : s.drops) {
-        for (const auto& [reason, traffic] : {std::pair{"block", drops.block}, std::pair{"quota", drops.quota},
-                                              std::pair{"policer", drops.policer}}) {
-            for (const auto& [direction, count] :
-                 {std::pair{"upload", traffic.upload}, std::pair{"download", traffic.download}}) {
-                drop_bytes.add({{"interface", name}, {"direction", direction}, {"reason", reason}}, count.bytes);
-                drop_packets.add({{"interface", name}, {"direction", direction}, {"reason", reason}}, count.packets);
-            }
-        }
-    }
-    drop_bytes.into(out);
-    drop_packets.into(out);
-
-    Family active("vpnmeter_sessions_active", "Sessions connected now, by VPN instance.", G);
-    for (const auto& [instance, count] : s.sessions_active) active.add({{"instance", instance}}, count);
-    active.into(out);
-
-    Family singbox_up("vpnmeter_singbox_up", "1 if the Sing-Box stats API answered the last read, else 0.", G);
-    Family singbox_failures("vpnmeter_singbox_read_failures_total",
-                            "Failed reads of a Sing-Box stats API since the agent started (retried with backoff).", C);
-    Family singbox_restarts("vpnmeter_singbox_restarts_total",
-                            "Sing-Box server restarts (counters starting again from zero) seen since the agent "
-                            "started.",
-                            C);
-    for (const auto& [instance, health] : s.singbox) {
-        singbox_up.add({{"instance", instance}}, health.up ? 1 : 0);
-        singbox_failures.add({{"instance", instance}}, health.failures);
-        singbox_restarts.add({{"instance", instance}}, health.restarts);
-    }
-    singbox_up.into(out);
-    singbox_failures.into(out);
-    singbox_restarts.into(out);
-
-    Family source("vpnmeter_source_bytes_total",
-                  "Bytes the VPN server itself counted (outer, encrypted) for the sessions seen since the agent "
-                  "started.",
-                  C);
-    for (const auto& [key, bytes] : s.source_bytes)
-        source.add_directions({{"source", key.first}, {"user", key.second}}, bytes.upload, bytes.download);
-    source.into(out);
-
-    Family limit("vpnmeter_quota_limit_bytes", "A user's byte limit in the current period, top-ups included.", G);
-    Family used("vpnmeter_quota_used_bytes", "What a user used in the current period, as it counts against the limit.",
-                G);
-    Family state("vpnmeter_quota_state", "1 for the state a user's quota is in, 0 for the others.", G);
-    for (const auto& [user, quota] : s.quotas) {
-        if (quota.limit_bytes) limit.add({{"user", user}}, static_cast<double>(*quota.limit_bytes));
-        used.add({{"user", user}}, static_cast<double>(quota.used_bytes));
-        for (auto each : {QuotaState::State::ok, QuotaState::State::warning, QuotaState::State::exceeded,
-                          QuotaState::State::blocked, QuotaState::State::throttled, QuotaState::State::expired}) {
-            const std::string name = to_string(each);
-            state.add({{"user", user}, {"state", name}}, quota.state == name ? 1 : 0);
-        }
-    }
-    limit.into(out);
-    used.into(out);
-    state.into(out);
-
-    out.push_back(histogram(s.collection_duration));
-
-    Family entries("vpnmeter_map_entries", "Entries in a BPF map.", G);
-    Family capacity("vpnmeter_map_capacity", "Entries a BPF map can hold.", G);
-    for (const auto& [map, usage] : s.maps) {
-        entries.add({{"map", map}}, static_cast<double>(usage.entries));
-        capacity.add({{"map", map}}, static_cast<double>(usage.capacity));
-    }
-    entries.into(out);
-    capacity.into(out);
-
-    Family store("vpnmeter_store_size_bytes", "Size of the usage store's data file.", G);
-    if (s.store_size_bytes) store.add({}, static_cast<double>(*s.store_size_bytes));
-    store.into(out);
-
-    Family errors("vpnmeter_errors_total", "Failures the agent logged and went on from, by operation.", C);
-    for (const auto& [op, count] : s.errors) errors.add({{"op", op}}, static_cast<double>(count));
-    errors.into(out);
-
-    Family commit_errors("vpnmeter_store_commit_errors_total",
-                         "Cycles whose store commit failed, by reason; their bytes go into the next commit.", C);
-    for (const auto& [reason, count] : s.store_commit_errors)
-        commit_errors.add({{"reason", reason}}, static_cast<double>(count));
-    commit_errors.into(out);
-
-    Family alerts("vpnmeter_alerts_total", "Quota threshold alerts fired since the agent started.", C);
-    alerts.add({}, static_cast<double>(s.alerts));
-    alerts.into(out);
-
-    Family build("vpnmeter_build_info", "The agent's version; always 1.", G);
-    build.add({{"version", s.version}}, 1);
-    build.into(out);
+    FamilySink sink(out);
+    Walk(s, sink).run();
     return out;
 }
 
-std::string render_metrics(const MetricsSnapshot& snapshot)
+std::string render_metrics(const MetricsSnapshot& s)
 {
-    return prometheus::TextSerializer().Serialize(metric_families(snapshot));
+    TextSink sink(estimated_size(s));
+    Walk(s, sink).run();
+    return std::move(sink).take();
 }
 
 void MetricsExporter::publish(std::shared_ptr<const MetricsSnapshot> snapshot)
 {
     std::lock_guard lock(mutex_);
     latest_ = std::move(snapshot);
+    ++published_;
 }
 
 std::shared_ptr<const MetricsSnapshot> MetricsExporter::latest() const
@@ -288,7 +473,22 @@ std::vector<MetricFamily> MetricsExporter::Collect() const
     return snapshot ? metric_families(*snapshot) : std::vector<MetricFamily>{};
 }
 
-std::string MetricsExporter::render() const { return prometheus::TextSerializer().Serialize(Collect()); }
+std::shared_ptr<const std::string> MetricsExporter::text() const
+{
+    std::lock_guard render_lock(render_mutex_);
+    std::shared_ptr<const MetricsSnapshot> snapshot;
+    uint64_t published = 0;
+    {
+        std::lock_guard lock(mutex_);
+        snapshot = latest_;
+        published = published_;
+    }
+    if (!text_ || text_of_ != published) {
+        text_ = std::make_shared<const std::string>(snapshot ? render_metrics(*snapshot) : std::string());
+        text_of_ = published;
+    }
+    return text_;
+}
 
 std::string hashed_user(const std::string& user)
 {

@@ -106,22 +106,35 @@ struct MetricsSnapshot {
 
 // The families of a snapshot, in a fixed order, series sorted by labels.
 std::vector<prometheus::MetricFamily> metric_families(const MetricsSnapshot& snapshot);
-// The text exposition format (prometheus::TextSerializer).
+// The text exposition format: byte for byte what prometheus::TextSerializer
+// makes of metric_families(snapshot), written directly (several times faster).
 std::string render_metrics(const MetricsSnapshot& snapshot);
 
 // Holds the latest published snapshot. publish() from the cycle loop,
-// Collect()/render() from any thread.
+// Collect()/text()/render() from any thread.
 class MetricsExporter : public prometheus::Collectable {
 public:
     void publish(std::shared_ptr<const MetricsSnapshot> snapshot);
     std::shared_ptr<const MetricsSnapshot> latest() const;
 
     std::vector<prometheus::MetricFamily> Collect() const override;
-    std::string render() const;
+    // render_metrics() of the latest snapshot, rendered once: by the first
+    // call after its publish(); later calls share that text. Empty before
+    // the first publish().
+    std::shared_ptr<const std::string> text() const;
+    std::string render() const { return *text(); }
 
 private:
-    mutable std::mutex mutex_;
+    mutable std::mutex mutex_; // latest_, published_
     std::shared_ptr<const MetricsSnapshot> latest_;
+    uint64_t published_ = 0; // publish() calls: which snapshot a text is of
+
+    // One render at a time, so that concurrent scrapes of a new snapshot
+    // render it once; publish() never takes it, so the cycle loop never
+    // waits for a render.
+    mutable std::mutex render_mutex_; // text_, text_of_
+    mutable std::shared_ptr<const std::string> text_;
+    mutable uint64_t text_of_ = 0; // the published_ value text_ was rendered for
 };
 
 // The first 12 hex digits of SHA-256(user): metrics.hash_users.

@@ -3,6 +3,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <span>
@@ -110,7 +111,9 @@ Result<CounterSnapshot> PinnedMaps::read()
         });
     if (!status) return status.error();
     last_client_count_ = clients.size();
-    snapshot.clients = ClientTraffic::from_unsorted(std::move(clients));
+    // A hash map holds each key once: no equal keys to keep in order.
+    std::sort(clients.begin(), clients.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    snapshot.clients = ClientTraffic::adopt_sorted(std::move(clients));
     // Every array slot exists; the ones no packet touched are not interfaces.
     auto add_interface = [&](const uint32_t& ifindex, auto per_cpu) {
         InterfaceTraffic traffic = sum_per_cpu(per_cpu);

@@ -71,6 +71,20 @@ std::string ClientKey::address() const
     return text;
 }
 
+size_t ClientKeyHash::operator()(const ClientKey& key) const noexcept
+{
+    uint64_t words[2];
+    std::memcpy(words, key.addr.data(), sizeof words);
+    // Multiply-xorshift: every input bit reaches the high bits that pick a bucket.
+    uint64_t h = (uint64_t{key.ifindex} << 8 | key.family) * 0x9e3779b97f4a7c15ULL;
+    for (uint64_t word : words) {
+        h ^= word;
+        h *= 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
+    }
+    return static_cast<size_t>(h);
+}
+
 Traffic sum_per_cpu(std::span<const vpnmeter_client_counters> per_cpu)
 {
     Traffic sum;

@@ -78,6 +78,11 @@ struct ClientKey {
 Traffic sum_per_cpu(std::span<const vpnmeter_client_counters> per_cpu);
 InterfaceTraffic sum_per_cpu(std::span<const vpnmeter_iface_counters> per_cpu);
 
+// For hash tables keyed by client address.
+struct ClientKeyHash {
+    size_t operator()(const ClientKey& key) const noexcept;
+};
+
 // Per-client values in key order (flat: 100,000s of entries every cycle).
 using ClientTraffic = FlatMap<ClientKey, Traffic>;
 

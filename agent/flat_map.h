@@ -43,6 +43,14 @@ public:
         return out;
     }
 
+    // `entries` already in key order, each key once (not checked).
+    static FlatMap adopt_sorted(std::vector<value_type> entries)
+    {
+        FlatMap out;
+        out.entries_ = std::move(entries);
+        return out;
+    }
+
     iterator begin() { return entries_.begin(); }
     iterator end() { return entries_.end(); }
     const_iterator begin() const { return entries_.begin(); }
@@ -124,6 +132,7 @@ public:
     void merge(Range&& updates)
     {
         if (std::empty(updates)) return;
+        if (assign_in_place(std::forward<Range>(updates))) return;
         std::vector<value_type> merged;
         merged.reserve(entries_.size() + std::size(updates));
         auto old = entries_.begin();
@@ -140,6 +149,26 @@ public:
     bool operator==(const FlatMap& other) const { return entries_ == other.entries_; }
 
 private:
+    // merge() when every key of `updates` is present already (the common
+    // case: known clients moved): no second copy of the table. False, with
+    // nothing changed, if one is new.
+    template <class Range>
+    bool assign_in_place(Range&& updates)
+    {
+        auto at = entries_.begin();
+        for (const auto& [key, value] : updates) {
+            while (at != entries_.end() && Less{}(at->first, key)) ++at;
+            if (at == entries_.end() || Less{}(key, at->first)) return false;
+        }
+        at = entries_.begin();
+        for (auto&& [key, value] : updates) {
+            while (Less{}(at->first, key)) ++at;
+            if constexpr (std::is_rvalue_reference_v<Range&&>) at->second = std::move(value);
+            else at->second = value;
+        }
+        return true;
+    }
+
     static bool key_less(const value_type& a, const value_type& b) { return Less{}(a.first, b.first); }
     static bool key_equal(const value_type& a, const value_type& b)
     {

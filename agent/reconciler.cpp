@@ -43,15 +43,55 @@ std::string session_id(const std::string& instance, const std::string& client, i
 Reconciler::Reconciler(const std::optional<Checkpoint>& checkpoint, const std::vector<Session>& open_sessions)
 {
     for (const auto& session : open_sessions)
-        if (session.active()) active_[session.id] = session;
-    for (auto& [id, session] : active_) by_id_.emplace(id, &session);
-    if (checkpoint) addresses_ = checkpoint->addresses;
+        if (session.active()) add_active(session);
+    if (checkpoint)
+        for (const auto& [key, address] : checkpoint->addresses)
+            if (!address.owner.empty()) owners_.emplace(key, address.owner);
 }
 
-const Session* Reconciler::find_active(std::string_view id) const
+void Reconciler::add_active(const Session& session)
+{
+    if (auto known = by_id_.find(session.id); known != by_id_.end()) {
+        *known->second.session = session; // hashed: no walk down active_'s tree
+        return;
+    }
+    auto it = active_.emplace(session.id, session).first;
+    Active entry;
+    entry.session = &it->second;
+    if (free_slots_.empty()) {
+        entry.slot = slots_++;
+    } else {
+        entry.slot = free_slots_.back();
+        free_slots_.pop_back();
+    }
+    for (const auto& address : session.addresses) {
+        try {
+            entry.addresses.push_back(ClientKey::parse(0, address));
+        } catch (const std::invalid_argument&) {
+            // Not an address: nothing in the kernel can be keyed by it.
+        }
+    }
+    by_id_.emplace(it->first, std::move(entry));
+}
+
+void Reconciler::remove_active(const std::string& id)
 {
     auto it = by_id_.find(id);
-    return it != by_id_.end() ? it->second : nullptr;
+    if (it == by_id_.end()) return;
+    free_slots_.push_back(it->second.slot);
+    by_id_.erase(it);
+    active_.erase(id);
+}
+
+const Reconciler::Active* Reconciler::find_active(std::string_view id) const
+{
+    auto it = by_id_.find(id);
+    return it != by_id_.end() ? &it->second : nullptr;
+}
+
+FlatMap<ClientKey, std::string> Reconciler::owners() const
+{
+    return FlatMap<ClientKey, std::string>::from_unsorted({owners_.begin(), owners_.end()});
 }
 
 namespace {
@@ -96,24 +136,21 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     // The session `id` as this cycle has made it so far (null: no such session).
     auto session_of = [&](std::string_view id) -> Session* {
         if (Session* session = touched.find(id)) return session;
-        const Session* known = find_active(id);
-        return known ? &touched.add(*known) : nullptr;
+        const Active* known = find_active(id);
+        return known ? &touched.add(*known->session) : nullptr;
     };
     std::unordered_map<std::string_view, Traffic> user_usage; // views of users in out.sessions (stable)
     user_usage.reserve(counters.delta.clients.size());
 
-    // 1. Bytes first, under the ownership that held during the cycle. The
-    //    delta and the checkpoints are both in key order: one merge pass.
+    // 1. Bytes first, under the ownership that held during the cycle.
     out.address_updates.reserve(counters.delta.clients.size());
-    auto known = addresses_.begin();
     auto raw = counters.snapshot.clients.begin();
-    for (const auto& [key, moved] : counters.delta.clients) {
-        while (known != addresses_.end() && known->first < key) ++known;
+    for (const auto& [key, moved] : counters.delta.clients) { // both in key order
         while (raw != counters.snapshot.clients.end() && raw->first < key) ++raw;
         if (raw == counters.snapshot.clients.end() || raw->first != key)
             throw std::out_of_range("reconciler: a moved client is missing from the snapshot");
-        const bool owned = known != addresses_.end() && known->first == key && !known->second.owner.empty();
-        Session* session = owned ? session_of(known->second.owner) : nullptr;
+        auto owner = owners_.find(key);
+        Session* session = owner != owners_.end() ? session_of(owner->second) : nullptr;
         if (session) {
             session->usage += moved;
             user_usage[session->user] += moved;
@@ -133,104 +170,116 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     // Ownership changes after step 1 (rare: sessions that start, end or
     // move), kept aside so the in-order updates above stay a flat append.
     std::map<ClientKey, AddressCheckpoint> owner_changes;
-    // The checkpoint of an address as of now (after step 1). The raw value
-    // is what the kernel holds now (zero if it has no entry: e.g. the maps
-    // were recreated), never a remembered one.
-    auto current = [&](const ClientKey& key) -> AddressCheckpoint {
-        if (auto it = owner_changes.find(key); it != owner_changes.end()) return it->second;
-        if (auto it = out.address_updates.find(key); it != out.address_updates.end()) return it->second;
-        auto raw = counters.snapshot.clients.find(key);
-        auto known = addresses_.find(key);
-        return {raw != counters.snapshot.clients.end() ? raw->second : Traffic{},
-                known != addresses_.end() ? known->second.owner : ""};
+    // Who owns an address as of now (after step 1).
+    auto owner_now = [&](const ClientKey& key) -> std::string_view {
+        if (auto it = owner_changes.find(key); it != owner_changes.end()) return it->second.owner;
+        auto owner = owners_.find(key);
+        if (owner == owners_.end()) return {};
+        // An owner that is no session (any more) lost the address in step 1 if it moved.
+        if (!find_active(owner->second) && out.address_updates.contains(key)) return {};
+        return owner->second;
     };
+    // The checkpoint of an address as of now. The raw value is what the
+    // kernel holds now (zero if it has no entry: e.g. the maps were
+    // recreated), never a remembered one.
     auto set_owner = [&](const ClientKey& key, const std::string& owner) {
-        AddressCheckpoint checkpoint = current(key);
+        AddressCheckpoint checkpoint;
+        if (auto it = owner_changes.find(key); it != owner_changes.end()) checkpoint = it->second;
+        else if (auto it = out.address_updates.find(key); it != out.address_updates.end()) checkpoint = it->second;
+        else if (auto it = counters.snapshot.clients.find(key); it != counters.snapshot.clients.end())
+            checkpoint.raw = it->second;
         checkpoint.owner = owner;
         owner_changes[key] = std::move(checkpoint);
     };
 
-    // 2. Sessions that ended: closed at the values just read. The reported
-    //    ids are hashed: a scan of the list per session was quadratic (1.3 s
-    //    per cycle at 10,000 sessions, bench/cycle_bench.cpp).
-    std::unordered_map<std::string_view, std::unordered_set<std::string_view>> reported; // instance -> ids
+    // Each reported session looked up once: known ones are marked (by slot)
+    // for step 2 and kept for step 3.
+    std::vector<uint8_t> reported(slots_, 0);
+    std::vector<std::pair<const Session*, const Active*>> reports; // (as reported, known or null)
+    reports.reserve(reported_count);
     for (const auto& [instance, list] : connected) {
-        auto& ids = reported[instance];
-        ids.reserve(list.size());
-        for (const auto& s : list) ids.insert(s.id);
+        for (const Session& session : list) {
+            const Active* known = find_active(session.id);
+            if (known && known->session->instance == instance) reported[known->slot] = 1;
+            reports.emplace_back(&session, known);
+        }
     }
+
+    // 2. Sessions that ended: closed at the values just read.
     std::unordered_set<std::string_view> ended; // views of ids in active_
-    for (const auto& [id, session] : active_) {
-        auto ids = reported.find(session.instance);
-        if (ids == reported.end()) continue; // source did not answer: unknown, not ended
-        if (ids->second.count(id)) continue;
+    for (const auto& [id, entry] : by_id_) {
+        if (reported[entry.slot] || !connected.count(entry.session->instance))
+            continue; // still there, or its source did not answer: unknown, not ended
         session_of(id)->end = now;
         ended.insert(id);
     }
     // Their addresses become nobody's: one pass for all of them, not one
     // per ended session (a VPN restart ends them all at once).
     if (!ended.empty()) {
-        for (const auto& [key, checkpoint] : addresses_)
-            if (ended.count(checkpoint.owner)) set_owner(key, "");
+        for (const auto& [key, owner] : owners_)
+            if (ended.count(owner)) set_owner(key, "");
         for (auto& [key, checkpoint] : out.address_updates)
-            if (ended.count(checkpoint.owner)) checkpoint.owner.clear();
-        for (auto& [key, checkpoint] : owner_changes)
             if (ended.count(checkpoint.owner)) checkpoint.owner.clear();
     }
 
     // 3. New sessions start from the values just read; known ones get the
     //    source's latest outer counters.
-    for (const auto& [instance, list] : connected) {
-        for (const Session& reported : list) {
-            const Session* known = touched.find(reported.id);
-            if (!known) known = find_active(reported.id);
-            if (!known) {
-                Session session = reported;
-                session.usage = {};
-                session.end.reset();
-                const std::vector<ClientKey> keys = session_keys(session, interfaces);
-                if (keys.size() < session.addresses.size() && interfaces.ifindex_by_name.count(session.interface))
-                    spdlog::warn("session {}: some of its addresses {} are not IP addresses; ignored", session.id,
-                                 fmt::join(session.addresses, " "));
-                for (const ClientKey& key : keys) set_owner(key, session.id);
-                touched.add(session);
-                continue;
-            }
-            if (known->source_upload_bytes != reported.source_upload_bytes ||
-                known->source_download_bytes != reported.source_download_bytes ||
-                known->real_address != reported.real_address) {
-                Session* session = session_of(reported.id);
-                session->source_upload_bytes = reported.source_upload_bytes;
-                session->source_download_bytes = reported.source_download_bytes;
-                session->real_address = reported.real_address;
-            }
-            // The tun device was recreated under the same session? Re-key.
-            for (const ClientKey& key : session_keys(*known, interfaces))
-                if (current(key).owner != known->id) set_owner(key, known->id);
+    for (auto [reported_session, active] : reports) {
+        const Session& reported = *reported_session;
+        const Session* known = active ? active->session : touched.find(reported.id); // reported twice?
+        if (!known) {
+            Session session = reported;
+            session.usage = {};
+            session.end.reset();
+            const std::vector<ClientKey> keys = session_keys(session, interfaces);
+            if (keys.size() < session.addresses.size() && interfaces.ifindex_by_name.count(session.interface))
+                spdlog::warn("session {}: some of its addresses {} are not IP addresses; ignored", session.id,
+                             fmt::join(session.addresses, " "));
+            for (const ClientKey& key : keys) set_owner(key, session.id);
+            touched.add(session);
+            continue;
+        }
+        if (known->source_upload_bytes != reported.source_upload_bytes ||
+            known->source_download_bytes != reported.source_download_bytes ||
+            known->real_address != reported.real_address) {
+            Session* session = session_of(reported.id);
+            session->source_upload_bytes = reported.source_upload_bytes;
+            session->source_download_bytes = reported.source_download_bytes;
+            session->real_address = reported.real_address;
+        }
+        // The tun device was recreated under the same session? Re-key.
+        auto ifindex = interfaces.ifindex_by_name.find(known->interface);
+        if (ifindex == interfaces.ifindex_by_name.end()) continue;
+        const std::vector<ClientKey> parsed = active ? std::vector<ClientKey>() : session_keys(*known, interfaces);
+        for (ClientKey key : active ? active->addresses : parsed) {
+            key.ifindex = ifindex->second;
+            if (owner_now(key) != known->id) set_owner(key, known->id);
         }
     }
 
     out.address_updates.merge(std::move(owner_changes));
     std::vector<std::pair<std::string_view, Traffic>> by_user(user_usage.begin(), user_usage.end());
     std::sort(by_user.begin(), by_user.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-    for (const auto& [user, traffic] : by_user) out.user_usage.emplace_hint(out.user_usage.end(), user, traffic);
+    out.user_usage.reserve(by_user.size());
+    for (const auto& [user, traffic] : by_user) out.user_usage.append(std::string(user), traffic);
     return out;
 }
 
 void Reconciler::accept(const CycleCommit& committed)
 {
     for (const auto& session : committed.sessions) {
-        if (!session.active()) {
-            by_id_.erase(session.id);
-            active_.erase(session.id);
+        if (session.active()) add_active(session);
+        else remove_active(session.id);
+    }
+    for (const auto& key : committed.address_removals) owners_.erase(key);
+    for (const auto& [key, checkpoint] : committed.address_updates) {
+        if (checkpoint.owner.empty()) {
+            owners_.erase(key);
             continue;
         }
-        auto [it, inserted] = active_.try_emplace(session.id, session);
-        if (inserted) by_id_.emplace(it->first, &it->second);
-        else it->second = session;
+        auto [it, inserted] = owners_.try_emplace(key, checkpoint.owner);
+        if (!inserted && it->second != checkpoint.owner) it->second = checkpoint.owner;
     }
-    for (const auto& key : committed.address_removals) addresses_.erase(key);
-    addresses_.merge(committed.address_updates);
 }
 
 } // namespace vpnmeter

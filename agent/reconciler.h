@@ -47,14 +47,28 @@ public:
     void accept(const CycleCommit& committed);
 
     const std::map<std::string, Session>& active() const { return active_; }
-    const AddressCheckpoints& addresses() const { return addresses_; }
+    // The session owning each address that has one (the others are
+    // nobody's), in key order: a copy, for tests and diagnostics.
+    FlatMap<ClientKey, std::string> owners() const;
 
 private:
-    const Session* find_active(std::string_view id) const;
+    // An active session as plan() needs it, found with one hash lookup.
+    struct Active {
+        Session* session = nullptr;       // in active_
+        uint32_t slot = 0;                // dense, for plan()'s per-session marks
+        std::vector<ClientKey> addresses; // parsed once; ifindex 0 (the interface's is set at use)
+    };
+    const Active* find_active(std::string_view id) const;
+    void add_active(const Session& session);
+    void remove_active(const std::string& id);
 
-    std::map<std::string, Session> active_;           // by session id
-    std::unordered_map<std::string_view, Session*> by_id_; // active_ hashed (views of its keys)
-    AddressCheckpoints addresses_; // raw value last accounted + owner
+    std::map<std::string, Session> active_;                // by session id
+    std::unordered_map<std::string_view, Active> by_id_;   // active_ hashed (views of its keys)
+    std::vector<uint32_t> free_slots_;
+    uint32_t slots_ = 0;
+    // Owners only: the raw values are the collector's (at 1,000,000 clients
+    // a second copy of them cost 88 MB).
+    std::unordered_map<ClientKey, std::string, ClientKeyHash> owners_;
 };
 
 // The map keys of a session's addresses on its interface as it is now

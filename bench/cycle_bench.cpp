@@ -96,9 +96,10 @@ std::string client_address(uint32_t i)
     return text;
 }
 
-// Sets clients [0, n) to `moves` cycles' worth of traffic, counted on CPU 0
-// (the other CPUs' copies zero): the map as after `moves` busy cycles.
-Status set_counters(int fd, uint32_t n, uint64_t moves, int ncpus)
+// Sets clients [0, n) (every `stride`-th of them) to `moves` cycles' worth
+// of traffic, counted on CPU 0 (the other CPUs' copies zero): the map as
+// after `moves` busy cycles.
+Status set_counters(int fd, uint32_t n, uint64_t moves, int ncpus, uint32_t stride = 1)
 {
     constexpr uint32_t kChunk = 8192;
     std::vector<vpnmeter_client_key> keys;
@@ -111,17 +112,16 @@ Status set_counters(int fd, uint32_t n, uint64_t moves, int ncpus)
     }
     for (uint32_t i = 0; i < n;) {
         if (g_signal) return Error{"interrupted by signal " + std::to_string(g_signal)};
-        const uint32_t count_in = std::min(kChunk, n - i);
         keys.clear();
-        for (uint32_t j = 0; j < count_in; ++j) keys.push_back(client_key(i + j));
+        for (; i < n && keys.size() < kChunk; i += stride) keys.push_back(client_key(i));
+        const auto count_in = static_cast<uint32_t>(keys.size());
         uint32_t count = count_in;
         LIBBPF_OPTS(bpf_map_batch_opts, opts);
         if (int err = bpf_map_update_batch(fd, keys.data(), values.data(), &count, &opts); err)
-            return os_error("set the client counters (batch update at client " + std::to_string(i) + ")", err);
+            return os_error("set the client counters (batch update before client " + std::to_string(i) + ")", err);
         if (count != count_in)
             return Error{"set the client counters: batch update stored " + std::to_string(count) + " of " +
                          std::to_string(count_in)};
-        i += count_in;
     }
     return vpnmeter::ok();
 }
@@ -184,10 +184,14 @@ struct Phases {
     std::vector<double> read, reconcile, commit, publish, total;
 };
 
+// The share of clients that move in the partial cycles: one in kPartialStride.
+constexpr uint32_t kPartialStride = 10;
+
 struct SizeResult {
     uint32_t clients = 0;
     double fill_s = 0, first_cycle_ms = 0, all_end_ms = 0;
     Phases phases;
+    Phases partial; // one client in kPartialStride moves
     double render_ms = 0, prometheus_ms = 0, cached_ms = 0;
     size_t render_bytes = 0;
     double rss_mib = 0, hwm_mib = 0;
@@ -219,7 +223,7 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, uint32_t n, const Option
     metrics.load({}, {});
 
     // One cycle as Daemon::finish_cycle() runs it (without the quota engine).
-    auto cycle = [&](uint64_t moves, Phases* phases) -> Status {
+    auto cycle = [&](uint64_t moves, uint32_t movers, Phases* phases) -> Status {
         const auto t0 = Clock::now();
         auto counters = collector.collect();
         if (!counters) return counters.error();
@@ -241,17 +245,17 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, uint32_t n, const Option
         metrics.publish(std::move(live));
         const auto t4 = Clock::now();
 
-        // Every client moved by one step, all of it attributed to its user.
+        // Every mover moved by one step, all of it attributed to its user.
         vpnmeter::Traffic moved;
         for (const auto& [user, traffic] : commit.user_usage) moved += traffic;
-        const uint64_t step = moves ? 1 : 0;
-        if (commit.user_usage.size() != (step ? n : 0) || moved.upload.bytes != n * step * kUpBytes ||
-            moved.download.bytes != n * step * kDownBytes || !commit.unattributed.empty() ||
+        const uint64_t m = movers;
+        if (commit.user_usage.size() != m || moved.upload.bytes != m * kUpBytes ||
+            moved.download.bytes != m * kDownBytes || !commit.unattributed.empty() ||
             reconciler.active().size() != n)
             return Error{"consistency check failed at cycle " + std::to_string(moves) + ": " +
                          std::to_string(commit.user_usage.size()) + " users gained " +
-                         std::to_string(moved.upload.bytes) + " B up, expected " + std::to_string(n) + " users and " +
-                         std::to_string(n * step * kUpBytes) + " B; " + std::to_string(reconciler.active().size()) +
+                         std::to_string(moved.upload.bytes) + " B up, expected " + std::to_string(m) + " users and " +
+                         std::to_string(m * kUpBytes) + " B; " + std::to_string(reconciler.active().size()) +
                          " sessions active"};
         if (phases) {
             auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
@@ -266,11 +270,11 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, uint32_t n, const Option
 
     // The first cycle finds N new sessions and writes them all.
     const auto first = Clock::now();
-    if (auto st = cycle(0, nullptr); !st) return st.error();
+    if (auto st = cycle(0, 0, nullptr); !st) return st.error();
     out.first_cycle_ms = ms_since(first);
     for (uint32_t c = 1; c <= o.cycles; ++c) {
         if (auto st = set_counters(maps.clients_fd(), n, c, ncpus); !st) return st.error();
-        if (auto st = cycle(c, &out.phases); !st) return st.error();
+        if (auto st = cycle(c, n, &out.phases); !st) return st.error();
     }
 
     // The store holds every session's total.
@@ -282,6 +286,14 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, uint32_t n, const Option
             (*s)->usage.download.bytes != o.cycles * kDownBytes)
             return Error{"consistency check failed: session " + sessions[i].id + " in the store has not " +
                          std::to_string(o.cycles * kUpBytes) + " B up"};
+    }
+
+    // Then one client in kPartialStride moves per cycle: 0, 10, 20, ...
+    // (their store totals are no longer the ones checked above).
+    const uint32_t partial_movers = (n + kPartialStride - 1) / kPartialStride;
+    for (uint32_t c = 1; c <= o.cycles; ++c) {
+        if (auto st = set_counters(maps.clients_fd(), n, o.cycles + c, ncpus, kPartialStride); !st) return st.error();
+        if (auto st = cycle(o.cycles + c, partial_movers, &out.partial); !st) return st.error();
     }
 
     // /metrics: the renderer GET /metrics uses (the exporter renders a
@@ -330,9 +342,9 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, uint32_t n, const Option
         if (commit.sessions.size() != n || !reconciler.active().empty())
             return Error{"consistency check failed: " + std::to_string(commit.sessions.size()) + " of " +
                          std::to_string(n) + " sessions ended when all left"};
-        for (const auto& [key, checkpoint] : reconciler.addresses())
-            if (!checkpoint.owner.empty())
-                return Error{"consistency check failed: " + key.address() + " still owned by " + checkpoint.owner};
+        if (const auto& owners = reconciler.owners(); !owners.empty())
+            return Error{"consistency check failed: " + owners.begin()->first.address() + " still owned by " +
+                         owners.begin()->second};
     }
     return out;
 }
@@ -343,9 +355,10 @@ void print_machine(const Options& o, uint32_t capacity)
     uname(&u);
     std::printf("machine: %ld online CPUs, kernel %s, %s\n", sysconf(_SC_NPROCESSORS_ONLN), u.release,
                 vpnmeter::bench::read_first_line("/proc/cpuinfo", "model name").c_str());
-    std::printf("%u timed cycles per size (every client moves before each), %u /metrics renders, client map "
+    std::printf("%u timed cycles per size with every client moving, then as many with one in %u, %u /metrics "
+                "renders, client map "
                 "capacity %u, cpu %s\n",
-                o.cycles, o.renders, capacity, o.cpu < 0 ? "not pinned" : std::to_string(o.cpu).c_str());
+                o.cycles, kPartialStride, o.renders, capacity, o.cpu < 0 ? "not pinned" : std::to_string(o.cpu).c_str());
     std::fflush(stdout);
 }
 
@@ -358,6 +371,13 @@ void print_table(const std::vector<SizeResult>& results)
         std::printf("%9u %8.1f %10.1f %8.1f %8.1f %8.1f %13.1f %9.1f\n", r.clients, median(r.phases.read),
                     median(r.phases.reconcile), median(r.phases.commit), median(r.phases.publish),
                     median(r.phases.total), r.first_cycle_ms, r.all_end_ms);
+    std::printf("\nthe same with one client in %u moving (the others idle), median ms:\n", kPartialStride);
+    std::printf("%9s %8s %8s %10s %8s %8s %8s\n", "clients", "moved", "read", "reconcile", "commit", "publish", "total");
+    for (const auto& r : results)
+        std::printf("%9u %8u %8.1f %10.1f %8.1f %8.1f %8.1f\n", r.clients,
+                    (r.clients + kPartialStride - 1) / kPartialStride, median(r.partial.read),
+                    median(r.partial.reconcile), median(r.partial.commit), median(r.partial.publish),
+                    median(r.partial.total));
     std::printf("\n/metrics (six series per user) and memory after the size's cycles:\n");
     std::printf("%9s %10s %18s %10s %13s %10s %10s %12s\n", "users", "render ms", "prometheus-cpp ms", "cached ms",
                 "render bytes", "VmRSS MiB", "VmHWM MiB", "store MiB");

@@ -23,6 +23,7 @@
 #include "config.h"
 #include "counters.h"
 #include "enforcer.h"
+#include "flat_map.h"
 #include "quota/engine.h"
 #include "reconciler.h"
 #include "session.h"
@@ -87,13 +88,13 @@ struct SourceBytes {
 // final (user names already hashed where configured).
 struct MetricsSnapshot {
     bool per_session = false;                         // the client families carry `session`
-    std::map<ClientLabels, Traffic> clients;          // since the store began
+    FlatMap<ClientLabels, Traffic> clients;           // since the store began
     std::map<std::string, Traffic> interfaces;        // the kernel's totals, by device name
     std::map<std::string, Traffic> unattributed;      // since the store began, by device name
     std::map<std::string, ClientDrops> drops;         // the kernel's, by device name
     std::map<std::string, uint64_t> sessions_active;  // by OpenVPN or Sing-Box instance
     std::map<std::string, SingboxHealth> singbox;     // by Sing-Box instance
-    std::map<std::pair<std::string, std::string>, SourceBytes> source_bytes; // (instance, user)
+    FlatMap<std::pair<std::string, std::string>, SourceBytes> source_bytes; // (instance, user)
     std::map<std::string, QuotaGauges> quotas;        // users with a plan
     DurationHistogram collection_duration;
     std::map<std::string, MapUsage> maps;             // by BPF map ("clients": vpnmeter_clients)

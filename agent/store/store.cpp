@@ -321,7 +321,9 @@ Result<Store> Store::open(const StoreOptions& options)
         if (int rc = mdb_env_set_mapsize(env->get(), round_up_to_page(options.initial_map_size)); rc != 0)
             return lmdb::error("set map size", rc);
     }
-    const unsigned flags = MDB_NOTLS | (options.read_only ? MDB_RDONLY : 0);
+    // MDB_NORDAHEAD: a cycle touches scattered pages; read-ahead and fault-around
+    // would map their neighbours into the daemon's memory too.
+    const unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (options.read_only ? MDB_RDONLY : 0);
     if (int rc = mdb_env_open(env->get(), options.path.c_str(), flags, 0600); rc != 0) {
         if (options.read_only && rc == ENOENT) return no_store(options.path); // emptied since the check
         return lmdb::error("open store at " + options.path, rc);

@@ -87,7 +87,7 @@ struct AlertRecord {
 struct CycleCommit {
     int64_t time = 0; // unix seconds: which hour/day/month the increments go to
     std::vector<Session> sessions;                 // upserts: new, updated totals, closed
-    std::map<std::string, Traffic> user_usage;     // user -> increment
+    FlatMap<std::string, Traffic> user_usage;      // user -> increment (flat: a user per client)
     std::map<std::string, Traffic> unattributed;   // interface name -> increment
     std::optional<CounterIdentity> identity;       // set when it changed
     AddressCheckpoints address_updates;

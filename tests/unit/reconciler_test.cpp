@@ -197,7 +197,7 @@ TEST_CASE("resuming from a checkpoint keeps ownership and counts nothing twice",
 
     // "Restart": a new reconciler from what was committed.
     Checkpoint checkpoint;
-    checkpoint.addresses = h.reconciler.addresses();
+    for (const auto& [key, owner] : h.reconciler.owners()) checkpoint.addresses[key] = {{}, owner};
     std::vector<Session> open;
     for (const auto& [id, s] : h.sessions) open.push_back(s);
     h.reconciler = Reconciler(checkpoint, open);
@@ -222,8 +222,7 @@ TEST_CASE("sessions ending together are all closed and their addresses freed; ot
     CHECK(h.sessions.at(carol.id).end.has_value());
     CHECK_FALSE(h.sessions.at(bob.id).end.has_value());
     CHECK(h.sessions.at(carol.id).usage == Traffic{{1, 30}, {1, 300}});
-    for (const auto& [key, checkpoint] : h.reconciler.addresses())
-        CHECK(checkpoint.owner == (key.address() == "10.8.0.3" ? bob.id : ""));
+    CHECK(h.reconciler.owners() == FlatMap<ClientKey, std::string>{{ClientKey::parse(kTun0, "10.8.0.3"), bob.id}});
 
     // Their addresses' later bytes are nobody's; Bob's are still his.
     h.traffic("10.8.0.2", 1, 1);

@@ -199,7 +199,7 @@ TEST_CASE("Sing-Box checkpoints commit with the usage and read back per instance
         auto change = h.ledger.plan(reading({{"alice", 350}, {"bob", 7}}, 15, utc(2026, 11, 23, 10, 0, 10)));
         CycleCommit cycle;
         cycle.time = utc(2026, 11, 23, 10, 0, 10);
-        cycle.user_usage = change.usage;
+        for (const auto& [user, traffic] : change.usage) cycle.user_usage[user] = traffic;
         cycle.sessions = change.sessions;
         cycle.stats_checkpoints["sb1"] = change.checkpoint;
         cycle.stats_checkpoints["sb2"] = StatsCheckpoint{{{"user>>>x>>>traffic>>>uplink", 1}}, std::nullopt, 5};

@@ -395,7 +395,7 @@ Result<Session> decode_session_cbor(std::string_view bytes)
 Result<Session> decode_session(std::string_view bytes)
 {
     if (!bytes.empty() && static_cast<uint8_t>(bytes[0]) == kSessionBinaryVersion) return decode_session_binary(bytes);
-    return decode_session_cbor(bytes); // version 1, written by vpnmeter 0.1
+    return decode_session_cbor(bytes); // version 1, from stores of schema 1
 }
 
 std::string encode(const StatsCheckpoint& checkpoint)

@@ -14,7 +14,7 @@
 
 namespace vpnmeter {
 
-constexpr uint32_t kSchemaVersion = 1;
+constexpr uint32_t kSchemaVersion = 2; // 2: binary session records (store.cpp, migrate_1_to_2)
 
 // The named databases. Opened read-only, a store the daemon never
 // initialised has none of them: reads then find nothing.

@@ -4,14 +4,9 @@
 #include <random>
 #include <string>
 
-#include <nlohmann/json.hpp>
-
 #include "flat_map.h"
-#include "session.h"
-#include "store/encoding.h"
 
 using namespace vpnmeter;
-using namespace std::string_literals;
 
 TEST_CASE("a flat map behaves like std::map under random operations", "[flat_map]")
 {
@@ -54,72 +49,3 @@ TEST_CASE("merge assigns a sorted range in one pass, new keys and existing ones"
     CHECK(map.size() == 6);
 }
 
-namespace {
-
-Session sample_session()
-{
-    Session s;
-    s.id = "udp:17:1700000000";
-    s.user = "al\0ice \xe2\x9c\x93"s;
-    s.instance = "udp";
-    s.interface = "tun0";
-    s.addresses = {"10.8.0.6", "fd00::6", ""};
-    s.real_address = "[2001:db8::1]:51820";
-    s.start = -5;
-    s.usage = {{1, 2}, {3, 1ull << 62}};
-    s.source_upload_bytes = 7;
-    s.source_download_bytes = ~0ull;
-    return s;
-}
-
-} // namespace
-
-TEST_CASE("session records round-trip in the binary format, open and closed", "[store][encoding]")
-{
-    Session s = sample_session();
-    CHECK(encoding::encode(s)[0] == 2); // the format's version
-    CHECK(encoding::decode_session(encoding::encode(s)).value() == s);
-    s.end = 1'700'000'999;
-    CHECK(encoding::decode_session(encoding::encode(s)).value() == s);
-    s.end = 0; // closed at 0 is not open
-    CHECK(encoding::decode_session(encoding::encode(s)).value() == s);
-    CHECK(encoding::decode_session(encoding::encode(Session{})).value() == Session{});
-}
-
-TEST_CASE("truncated or padded session records are errors, not crashes", "[store][encoding]")
-{
-    const std::string good = encoding::encode(sample_session());
-    for (size_t size = 1; size < good.size(); ++size) {
-        INFO("first " << size << " bytes");
-        CHECK_FALSE(encoding::decode_session(good.substr(0, size)));
-    }
-    auto padded = encoding::decode_session(good + "x");
-    REQUIRE_FALSE(padded);
-    CHECK(padded.error().message() == "session record has 1 extra bytes");
-    std::string huge_count = good;
-    huge_count[1 + 1 + 8 + 8 + 32 + 16] = '\xff'; // the address count
-    CHECK_FALSE(encoding::decode_session(huge_count));
-}
-
-TEST_CASE("session records written by vpnmeter 0.1 (CBOR) still read", "[store][encoding]")
-{
-    Session s = sample_session();
-    s.end = 1'700'000'999;
-    auto count = [](const Count& c) { return nlohmann::json{{"packets", c.packets}, {"bytes", c.bytes}}; };
-    const nlohmann::json v1 = {
-        {"v", 1},
-        {"id", s.id},
-        {"user", s.user},
-        {"instance", s.instance},
-        {"interface", s.interface},
-        {"addresses", s.addresses},
-        {"real_address", s.real_address},
-        {"start", s.start},
-        {"end", *s.end},
-        {"usage", {{"upload", count(s.usage.upload)}, {"download", count(s.usage.download)}}},
-        {"source_upload_bytes", s.source_upload_bytes},
-        {"source_download_bytes", s.source_download_bytes},
-    };
-    const auto cbor = nlohmann::json::to_cbor(v1);
-    CHECK(encoding::decode_session(std::string(cbor.begin(), cbor.end())).value() == s);
-}

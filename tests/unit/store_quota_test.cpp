@@ -297,17 +297,23 @@ TEST_CASE("grants written from another thread while cycles commit", "[store][quo
           Traffic{{kRounds, kRounds}, {kRounds, kRounds}});
 }
 
-TEST_CASE("a store from before quotas gains their databases without a version change", "[store][quota]")
+TEST_CASE("a store from before quotas gains their databases when the daemon opens it", "[store][quota]")
 {
     TempDir dir;
     auto options = options_in(dir);
     create_pre_quota_store(options.path);
 
-    { // The CLI of this release on it, before the daemon was upgraded: nothing to read, nothing fails.
-        auto reader_options = options;
-        reader_options.read_only = true;
+    auto reader_options = options;
+    reader_options.read_only = true;
+    { // The CLI of this release before the daemon migrated it (schema 1 -> 2): a clear refusal.
+        auto reader = Store::open(reader_options);
+        REQUIRE_FALSE(reader);
+        CHECK_THAT(reader.error().message(), Catch::Contains("start this release's vpnmeterd once to upgrade it"));
+    }
+    open_store(options); // the daemon migrates it
+    { // Then: no quota data yet, and nothing fails.
         Store reader = open_store(reader_options);
-        CHECK(reader.schema_version() == 1);
+        CHECK(reader.schema_version() == 2);
         CHECK(must(reader.quota_usage()).empty());
         CHECK(must(reader.quota_usage("alice")) == std::nullopt);
         CHECK(must(reader.alerts_fired("alice", kMay)).empty());
@@ -317,7 +323,7 @@ TEST_CASE("a store from before quotas gains their databases without a version ch
     }
     {
         Store store = open_store(options);
-        CHECK(store.schema_version() == 1);
+        CHECK(store.schema_version() == 2); // migrated: binary session records
         const auto unattributed = must(store.unattributed()); // the old data is there
         REQUIRE(unattributed.size() == 1);
         CHECK(unattributed[0].traffic == traffic(40, 60));

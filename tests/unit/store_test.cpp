@@ -86,23 +86,6 @@ std::vector<UsageBucket> usage(const Store& store, const std::string& user, int6
 
 // Writes a raw key into a named database of a closed store: how a newer
 // release or a foreign tool would have left it.
-void put_raw(const std::string& path, const char* db, const std::string& key, const std::string& value)
-{
-    MDB_env* env = nullptr;
-    REQUIRE(mdb_env_create(&env) == 0);
-    REQUIRE(mdb_env_set_maxdbs(env, 16) == 0);
-    REQUIRE(mdb_env_open(env, path.c_str(), 0, 0600) == 0);
-    MDB_txn* txn = nullptr;
-    REQUIRE(mdb_txn_begin(env, nullptr, 0, &txn) == 0);
-    MDB_dbi dbi = 0;
-    REQUIRE(mdb_dbi_open(txn, db, MDB_CREATE, &dbi) == 0);
-    MDB_val k{key.size(), const_cast<char*>(key.data())};
-    MDB_val v{value.size(), const_cast<char*>(value.data())};
-    REQUIRE(mdb_put(txn, dbi, &k, &v, 0) == 0);
-    REQUIRE(mdb_txn_commit(txn) == 0);
-    mdb_env_close(env);
-}
-
 mode_t mode_of(const std::string& path)
 {
     struct stat st {};
@@ -125,12 +108,12 @@ CycleCommit big_cycle(int64_t time, int users, const std::string& tag)
 
 } // namespace
 
-TEST_CASE("a new store has schema version 1 and private files", "[store]")
+TEST_CASE("a new store has schema version 2 and private files", "[store]")
 {
     TempDir dir;
     const auto options = options_in(dir);
     Store store = open_store(options);
-    CHECK(store.schema_version() == 1);
+    CHECK(store.schema_version() == 2);
     CHECK(mode_of(options.path) == 0700);
     CHECK(mode_of(options.path + "/data.mdb") == 0600);
     CHECK(mode_of(options.path + "/lock.mdb") == 0600);
@@ -646,7 +629,7 @@ TEST_CASE("read-only opens: missing, never written, uninitialised", "[store]")
             Store writer = open_store(writer_options);
         }
         Store reader = open_store(options);
-        CHECK(reader.schema_version() == 1);
+        CHECK(reader.schema_version() == 2);
         CHECK(must(reader.sessions()).empty());
         CHECK(must(reader.checkpoint()) == std::nullopt);
         CHECK(must(reader.unattributed()).empty());
@@ -689,7 +672,7 @@ TEST_CASE("a reopened store keeps everything", "[store]")
         must_commit(store, cycle);
     }
     Store store = open_store(options);
-    CHECK(store.schema_version() == 1);
+    CHECK(store.schema_version() == 2);
     CHECK(must(store.sessions()) == cycle.sessions);
     CHECK(usage(store, "kept-user-2", 0, t + kDay, Granularity::Day) ==
           std::vector<UsageBucket>{{utc(2024, 4, 30, 22), traffic(1, 100, 2, 200)}}); // midnight CEST
@@ -720,13 +703,13 @@ TEST_CASE("opening fails clearly on a newer schema, an unknown zone, a second op
         {
             Store store = open_store(options);
         }
-        put_raw(options.path, "meta", "schema_version", encoding::encode_u32(2));
+        put_raw(options.path, "meta", "schema_version", encoding::encode_u32(3));
         for (bool read_only : {false, true}) {
             options.read_only = read_only;
             const auto store = Store::open(options);
             REQUIRE_FALSE(store);
-            CHECK_THAT(store.error().message(), Catch::Contains("schema version 2") &&
-                                                    Catch::Contains("newer than this vpnmeter understands (1)"));
+            CHECK_THAT(store.error().message(), Catch::Contains("schema version 3") &&
+                                                    Catch::Contains("newer than this vpnmeter understands (2)"));
         }
     }
     SECTION("the same store twice in one process")
@@ -751,7 +734,7 @@ TEST_CASE("opening fails clearly on a newer schema, an unknown zone, a second op
 // package test does it for real; these pin down the schema checks.
 TEST_CASE("a store from a newer release is refused and left as it was", "[store]")
 {
-    constexpr uint32_t kSchemaVersion = 1; // this release's (store_impl.h)
+    constexpr uint32_t kSchemaVersion = 2; // this release's (store_impl.h)
     TempDir dir;
     auto options = options_in(dir);
     const int64_t t = utc(2026, 11, 1, 12);

@@ -170,14 +170,11 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     // Ownership changes after step 1 (rare: sessions that start, end or
     // move), kept aside so the in-order updates above stay a flat append.
     std::map<ClientKey, AddressCheckpoint> owner_changes;
-    // Who owns an address as of now (after step 1).
-    auto owner_now = [&](const ClientKey& key) -> std::string_view {
-        if (auto it = owner_changes.find(key); it != owner_changes.end()) return it->second.owner;
+    // Whether session `id`, known before this plan, owns an address as of now.
+    auto owns = [&](const ClientKey& key, std::string_view id) {
+        if (auto it = owner_changes.find(key); it != owner_changes.end()) return it->second.owner == id;
         auto owner = owners_.find(key);
-        if (owner == owners_.end()) return {};
-        // An owner that is no session (any more) lost the address in step 1 if it moved.
-        if (!find_active(owner->second) && out.address_updates.contains(key)) return {};
-        return owner->second;
+        return owner != owners_.end() && owner->second == id; // step 1 kept an active owner
     };
     // The checkpoint of an address as of now. The raw value is what the
     // kernel holds now (zero if it has no entry: e.g. the maps were
@@ -253,7 +250,7 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
         const std::vector<ClientKey> parsed = active ? std::vector<ClientKey>() : session_keys(*known, interfaces);
         for (ClientKey key : active ? active->addresses : parsed) {
             key.ifindex = ifindex->second;
-            if (owner_now(key) != known->id) set_owner(key, known->id);
+            if (!owns(key, known->id)) set_owner(key, known->id);
         }
     }
 

@@ -39,6 +39,11 @@ public:
     // Resumes ownership from the last checkpoint and the sessions still open
     // in the store.
     Reconciler(const std::optional<Checkpoint>& checkpoint, const std::vector<Session>& open_sessions);
+    // Moves keep the sessions' nodes, which the hashed index points into; a copy would not.
+    Reconciler(Reconciler&&) = default;
+    Reconciler& operator=(Reconciler&&) = default;
+    Reconciler(const Reconciler&) = delete;
+    Reconciler& operator=(const Reconciler&) = delete;
 
     // One cycle: counters moved in `counters`, sessions connected now.
     // Returns what to commit; call accept() once it is committed.

@@ -20,19 +20,28 @@ std::string interface_name(const Interfaces& interfaces, uint32_t ifindex)
 
 } // namespace
 
-std::vector<ClientKey> session_keys(const Session& session, const Interfaces& interfaces)
+namespace {
+
+std::vector<ClientKey> parse_keys(const std::vector<std::string>& addresses, uint32_t ifindex)
 {
     std::vector<ClientKey> keys;
-    auto it = interfaces.ifindex_by_name.find(session.interface);
-    if (it == interfaces.ifindex_by_name.end()) return keys;
-    for (const auto& address : session.addresses) {
+    for (const auto& address : addresses) {
         try {
-            keys.push_back(ClientKey::parse(it->second, address));
+            keys.push_back(ClientKey::parse(ifindex, address));
         } catch (const std::invalid_argument&) {
             // Not an address: nothing in the kernel can be keyed by it.
         }
     }
     return keys;
+}
+
+} // namespace
+
+std::vector<ClientKey> session_keys(const Session& session, const Interfaces& interfaces)
+{
+    auto it = interfaces.ifindex_by_name.find(session.interface);
+    if (it == interfaces.ifindex_by_name.end()) return {};
+    return parse_keys(session.addresses, it->second);
 }
 
 std::string session_id(const std::string& instance, const std::string& client, int64_t connected_since)
@@ -52,7 +61,9 @@ Reconciler::Reconciler(const std::optional<Checkpoint>& checkpoint, const std::v
 void Reconciler::add_active(const Session& session)
 {
     if (auto known = by_id_.find(session.id); known != by_id_.end()) {
-        *known->second.session = session; // hashed: no walk down active_'s tree
+        Session& stored = *known->second.session; // hashed: no walk down active_'s tree
+        if (stored.addresses != session.addresses) known->second.addresses = parse_keys(session.addresses, 0);
+        stored = session;
         return;
     }
     auto it = active_.emplace(session.id, session).first;
@@ -64,13 +75,7 @@ void Reconciler::add_active(const Session& session)
         entry.slot = free_slots_.back();
         free_slots_.pop_back();
     }
-    for (const auto& address : session.addresses) {
-        try {
-            entry.addresses.push_back(ClientKey::parse(0, address));
-        } catch (const std::invalid_argument&) {
-            // Not an address: nothing in the kernel can be keyed by it.
-        }
-    }
+    entry.addresses = parse_keys(session.addresses, 0);
     by_id_.emplace(it->first, std::move(entry));
 }
 
@@ -236,19 +241,26 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
             touched.add(session);
             continue;
         }
+        // OpenVPN can list a client before it has its virtual address: the
+        // session takes the address once it is reported (an empty list, as
+        // in a half-written status file, takes nothing away).
+        const bool readdressed = !reported.addresses.empty() && reported.addresses != known->addresses;
         if (known->source_upload_bytes != reported.source_upload_bytes ||
             known->source_download_bytes != reported.source_download_bytes ||
-            known->real_address != reported.real_address) {
+            known->real_address != reported.real_address || readdressed) {
             Session* session = session_of(reported.id);
             session->source_upload_bytes = reported.source_upload_bytes;
             session->source_download_bytes = reported.source_download_bytes;
             session->real_address = reported.real_address;
+            if (readdressed) session->addresses = reported.addresses;
         }
-        // The tun device was recreated under the same session? Re-key.
+        // New addresses, or the tun device was recreated under the same session? (Re-)key.
         auto ifindex = interfaces.ifindex_by_name.find(known->interface);
         if (ifindex == interfaces.ifindex_by_name.end()) continue;
-        const std::vector<ClientKey> parsed = active ? std::vector<ClientKey>() : session_keys(*known, interfaces);
-        for (ClientKey key : active ? active->addresses : parsed) {
+        const bool cached = active && !readdressed;
+        const std::vector<ClientKey> parsed =
+            cached ? std::vector<ClientKey>() : parse_keys(readdressed ? reported.addresses : known->addresses, 0);
+        for (ClientKey key : cached ? active->addresses : parsed) {
             key.ifindex = ifindex->second;
             if (!owns(key, known->id)) set_owner(key, known->id);
         }

@@ -233,3 +233,26 @@ TEST_CASE("sessions ending together are all closed and their addresses freed; ot
     CHECK(h.unattributed.at("tun0") == Traffic{{1, 1}, {1, 1}});
     h.check_invariant();
 }
+
+TEST_CASE("a session listed before it has its address takes the address once it is reported", "[reconciler]")
+{
+    Harness h;
+    Session alice = connected("alice", 1, "10.8.0.2");
+    Session early = alice;
+    early.addresses.clear(); // OpenVPN lists the client before the address is assigned
+    h.cycle({{"udp", {early}}});
+    h.traffic("10.8.0.2", 10, 10); // nobody's yet
+    h.cycle({{"udp", {early}}});
+    CHECK(h.sessions.at(alice.id).usage == Traffic{});
+
+    h.traffic("10.8.0.2", 20, 20);
+    h.cycle({{"udp", {alice}}}); // the address appears: it is hers from the values just read
+    CHECK(h.sessions.at(alice.id).addresses == alice.addresses);
+    h.traffic("10.8.0.2", 30, 30);
+    h.cycle({{"udp", {early}}}); // an empty list later (a half-written status file) takes nothing away
+    h.traffic("10.8.0.2", 40, 40);
+    h.cycle({{"udp", {alice}}});
+    CHECK(h.sessions.at(alice.id).usage == Traffic{{2, 70}, {2, 70}});
+    CHECK(h.unattributed.at("tun0") == Traffic{{2, 30}, {2, 30}});
+    h.check_invariant();
+}

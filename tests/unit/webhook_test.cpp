@@ -328,7 +328,8 @@ TEST_CASE("a receiver that never answers times out, is retried, then counted fai
     WebhookSender sender(receiver.url(), quick(200ms, 2));
     const auto start = Clock::now();
     REQUIRE(sender.enqueue(alert("alice")));
-    REQUIRE(eventually([&] { return sender.failed() == 1; }));
+    // Counted failed, then taken off the queue: wait for both.
+    REQUIRE(eventually([&] { return sender.failed() == 1 && sender.pending() == 0; }));
     const auto took = Clock::now() - start;
     CHECK(took >= 3 * 200ms + 20ms + 40ms); // three timed-out attempts and two backoffs
     CHECK(took < 5s);

@@ -100,33 +100,16 @@ Result<std::optional<Cursor::Entry>> Cursor::move(MDB_cursor_op op, std::string_
 
 Result<WriteCursor> WriteCursor::open(Txn& txn, MDB_dbi dbi)
 {
-    MDB_cursor* cursor = nullptr;
-    if (int rc = mdb_cursor_open(txn.get(), dbi, &cursor); rc != 0) return error("open cursor", rc);
-    return WriteCursor(txn, cursor);
+    auto cursor = Cursor::open(txn, dbi);
+    if (!cursor) return cursor.error();
+    return WriteCursor(txn, std::move(cursor.value()));
 }
 
-Result<std::optional<std::string_view>> WriteCursor::find(std::string_view key)
-{
-    MDB_val k = val(key);
-    MDB_val v{};
-    int rc = mdb_cursor_get(cursor_, &k, &v, MDB_SET_KEY);
-    if (rc == MDB_NOTFOUND) return std::optional<std::string_view>();
-    if (rc != 0) return error("read", rc);
-    return std::optional<std::string_view>(view(v));
-}
-
-Status WriteCursor::put(std::string_view key, std::string_view value)
+Status WriteCursor::write(std::string_view key, std::string_view value, unsigned flags)
 {
     MDB_val k = val(key);
     MDB_val v = val(value);
-    return txn_->check(mdb_cursor_put(cursor_, &k, &v, 0), "write");
-}
-
-Status WriteCursor::put_current(std::string_view key, std::string_view value)
-{
-    MDB_val k = val(key);
-    MDB_val v = val(value);
-    return txn_->check(mdb_cursor_put(cursor_, &k, &v, MDB_CURRENT), "write");
+    return txn_->check(mdb_cursor_put(cursor_.cursor_, &k, &v, flags), "write");
 }
 
 } // namespace vpnmeter::lmdb

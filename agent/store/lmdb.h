@@ -120,6 +120,7 @@ public:
     Result<std::optional<Entry>> move(MDB_cursor_op op, std::string_view key = {});
 
 private:
+    friend class WriteCursor;
     explicit Cursor(MDB_cursor* cursor) : cursor_(cursor) {}
     MDB_cursor* cursor_ = nullptr;
 };
@@ -129,39 +130,28 @@ private:
 // thousands of writes cost a fraction of separate mdb_get/mdb_put calls.
 class WriteCursor {
 public:
-    WriteCursor(WriteCursor&& other) noexcept
-        : txn_(other.txn_), cursor_(std::exchange(other.cursor_, nullptr))
-    {
-    }
-    WriteCursor& operator=(WriteCursor&&) = delete;
-    WriteCursor(const WriteCursor&) = delete;
-    WriteCursor& operator=(const WriteCursor&) = delete;
-    ~WriteCursor()
-    {
-        if (cursor_) mdb_cursor_close(cursor_);
-    }
-
     static Result<WriteCursor> open(Txn& txn, MDB_dbi dbi);
 
-    Status put(std::string_view key, std::string_view value);
+    Status put(std::string_view key, std::string_view value) { return write(key, value, 0); }
     // Adds to the value under `key`: `update` gets the stored value (nullopt
     // if none) and returns the new one.
     template <class Update>
     Status update(std::string_view key, Update&& update)
     {
-        auto found = find(key);
+        auto found = cursor_.move(MDB_SET_KEY, key);
         if (!found) return found.error();
-        auto value = update(*found);
+        std::optional<std::string_view> stored;
+        if (*found) stored = (*found)->value;
+        auto value = update(stored);
         if (!value) return value.error();
-        return *found ? put_current(key, *value) : put(key, *value);
+        return write(key, *value, stored ? MDB_CURRENT : 0);
     }
 
 private:
-    WriteCursor(Txn& txn, MDB_cursor* cursor) : txn_(&txn), cursor_(cursor) {}
-    Result<std::optional<std::string_view>> find(std::string_view key);
-    Status put_current(std::string_view key, std::string_view value);
+    WriteCursor(Txn& txn, Cursor cursor) : txn_(&txn), cursor_(std::move(cursor)) {}
+    Status write(std::string_view key, std::string_view value, unsigned flags);
     Txn* txn_;
-    MDB_cursor* cursor_ = nullptr;
+    Cursor cursor_;
 };
 
 } // namespace vpnmeter::lmdb

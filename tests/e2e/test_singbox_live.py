@@ -67,7 +67,7 @@ def wait_settled(agent, lab, billed: dict[str, tuple[int, int]], what: str):
 
 def test_usage_matches_v2ray_through_restarts(agents, lab):
     agent = make_agent(agents, lab).start()
-    wait_for(lambda: "baseline" in agent.log(), 10, "the agent's first reading of the stats API")
+    wait_for(lambda: "baseline of" in agent.log(), 10, "the agent's first reading of the stats API")
     for _ in range(3):
         lab.fetch("alice", "1m")
     lab.fetch("bob", "200k")
@@ -107,7 +107,7 @@ def test_usage_matches_v2ray_through_restarts(agents, lab):
 
 def test_server_down_is_reported_and_nothing_is_lost(agents, lab):
     agent = make_agent(agents, lab).start()
-    wait_for(lambda: "baseline" in agent.log(), 10, "the first reading")
+    wait_for(lambda: "baseline of" in agent.log(), 10, "the first reading")
     lab.fetch("bob", "200k")
     wait_settled(agent, lab, {}, "bob's first fetch in the store")
     wait_for(lambda: metric(metrics(agent), "vpnmeter_singbox_up") == 1, 10, "vpnmeter_singbox_up 1")
@@ -160,7 +160,7 @@ def test_quota_block_rewrites_the_users_list(agents, lab, tmp_path):
         f.write("quotas:\n  plans:\n    small: { limit: 1500kB, period: daily, action: block }\n"
                 "  users:\n    alice: small\n")
     agent.start()
-    wait_for(lambda: "baseline" in agent.log(), 10, "the first reading")
+    wait_for(lambda: "baseline of" in agent.log(), 10, "the first reading")
 
     lab.fetch("alice", "1m")
     lab.fetch("bob", "1m")

@@ -1,5 +1,8 @@
 #include "quota_controller.h"
 
+#include <algorithm>
+#include <span>
+#include <string_view>
 #include <spdlog/spdlog.h>
 
 #include "format.h"
@@ -37,6 +40,11 @@ Status QuotaController::load()
     for (const auto& [user, record] : usage.value()) usage_[user] = {record.period_start, record.upload, record.download};
     auto grants = store_.grants();
     if (!grants) return grants.error();
+    // The thresholds fired in each user's latest period, so plan() needs no
+    // store read per user per cycle (accept() keeps this up to date).
+    auto alerts = store_.alerts();
+    if (!alerts) return alerts.error();
+    for (const auto& alert : alerts.value()) remember_fired(alert); // by user, then period: the latest comes last
     for (const auto& [user, text] : grants.value()) {
         try {
             grants_[user] = nlohmann::json::parse(text).get<Grant>();
@@ -45,6 +53,16 @@ Status QuotaController::load()
         }
     }
     return ok();
+}
+
+// fired_ keeps each user's latest period only: an alert of a newer one
+// replaces what it held.
+void QuotaController::remember_fired(const AlertRecord& alert)
+{
+    auto& [period_start, thresholds] = fired_[alert.user];
+    if (period_start != alert.period_start) thresholds.clear();
+    period_start = alert.period_start;
+    thresholds.insert(alert.threshold);
 }
 
 std::optional<Grant> QuotaController::grant_of(const std::string& user) const
@@ -73,14 +91,17 @@ void QuotaController::plan(CycleCommit& commit, int64_t now) const
         const auto grant = grant_of(user);
         const Period period = period_of(config_, user, grant, now);
         const PeriodUsage used = add(usage_of(user, period), moved.upload.bytes, moved.download.bytes);
-        commit.quota_usage[user] = {used.period_start, used.upload, used.download};
+        commit.quota_usage.insert_or_assign(commit.quota_usage.end(), user,
+                                            QuotaUsageRecord{used.period_start, used.upload, used.download});
 
         const QuotaState state = evaluate(config_, user, grant, used.upload, used.download, now);
         if (!state.limit_bytes || *state.limit_bytes == 0) continue;
+        // fired_ holds every alert of the users' latest periods (load() and
+        // accept()): none of another period is of this one.
+        static const std::set<int> none;
         auto fired = fired_.find(user);
-        std::set<int> already;
-        if (fired != fired_.end() && fired->second.first == period.start) already = fired->second.second;
-        else if (auto stored = store_.alerts_fired(user, period.start)) already = stored.value();
+        const std::set<int>& already =
+            fired != fired_.end() && fired->second.first == period.start ? fired->second.second : none;
         for (int threshold : thresholds_to_fire(config_.thresholds, state.used_bytes, *state.limit_bytes, already))
             commit.alerts_fired.push_back({user, period.start, threshold, now});
     }
@@ -91,13 +112,15 @@ void QuotaController::accept(const CycleCommit& commit, const std::map<std::stri
 {
     {
         std::lock_guard lock(mutex_);
-        for (const auto& [user, record] : commit.quota_usage)
-            usage_[user] = {record.period_start, record.upload, record.download};
+        auto known = usage_.begin(); // both in user order: one walk, not a lookup each
+        for (const auto& [user, record] : commit.quota_usage) {
+            while (known != usage_.end() && known->first < user) ++known;
+            const PeriodUsage used{record.period_start, record.upload, record.download};
+            if (known != usage_.end() && known->first == user) (known++)->second = used;
+            else usage_.emplace_hint(known, user, used);
+        }
         for (const auto& alert : commit.alerts_fired) {
-            auto& [period_start, thresholds] = fired_[alert.user];
-            if (period_start != alert.period_start) thresholds.clear();
-            period_start = alert.period_start;
-            thresholds.insert(alert.threshold);
+            remember_fired(alert);
 
             const QuotaState state = state_of(alert.user, now);
             spdlog::warn("quota: {} reached {}% of {} ({} of {}) on plan {}", alert.user, alert.threshold,
@@ -128,17 +151,30 @@ void QuotaController::enforce(const std::map<std::string, Session>& active, cons
 {
     if (!enforcer_) return;
     std::lock_guard lock(mutex_);
-    std::map<std::string, std::vector<ClientKey>> keys_by_user;
+    // Metering only (no plans, no grants): nobody can have a plan or a block,
+    // so once whatever an earlier config set is undone there is nothing to
+    // walk (at 100,000 users the walk cost ~115 ms a cycle).
+    if (config_.plans.empty() && grants_.empty() && slots_.size() == 0 && policies_.empty()) return;
+    // Every address of every active session, by user (sorted vectors: at
+    // 100,000 users maps of names cost more than the rest of this).
+    std::vector<std::pair<std::string_view, ClientKey>> keys;
+    keys.reserve(active.size());
     for (const auto& [id, session] : active) {
         // A user with no address on a present interface gets no entry at all.
-        for (const ClientKey& key : session_keys(session, interfaces)) keys_by_user[session.user].push_back(key);
+        for (const ClientKey& key : session_keys(session, interfaces)) keys.emplace_back(session.user, key);
     }
+    std::stable_sort(keys.begin(), keys.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    auto has_keys = [&](std::string_view user) {
+        auto it = std::lower_bound(keys.begin(), keys.end(), user,
+                                   [](const auto& entry, std::string_view name) { return entry.first < name; });
+        return it != keys.end() && it->first == user;
+    };
 
     // Users with no session left give their slot back (its budget is
     // zeroed; set again from the committed usage if they return): users come
     // and go by the thousand, and slots held by departed ones would run out.
     for (const std::string& user : slots_.users()) {
-        if (keys_by_user.count(user)) continue;
+        if (has_keys(user)) continue;
         if (auto slot = slots_.release(user)) {
             if (auto released = enforcer_->release_slot(*slot); !released)
                 spdlog::error("quota: releasing the slot of {}: {}", user, released.error().message());
@@ -146,8 +182,14 @@ void QuotaController::enforce(const std::map<std::string, Session>& active, cons
         budget_basis_.erase(user);
     }
 
-    std::map<ClientKey, PolicyEntry> wanted;
-    for (const auto& [user, keys] : keys_by_user) {
+    std::vector<std::pair<ClientKey, PolicyEntry>> wanted;
+    wanted.reserve(keys.size());
+    std::vector<std::string> unslotted; // every slot taken: not enforced
+    for (auto group = keys.begin(); group != keys.end();) {
+        auto group_end = std::find_if(group, keys.end(), [&](const auto& e) { return e.first != group->first; });
+        const std::string user(group->first);
+        const std::span<const std::pair<std::string_view, ClientKey>> user_keys(group, group_end);
+        group = group_end;
         const auto grant = grant_of(user);
         const Plan* plan = plan_of(config_, user, grant);
         const QuotaState state = state_of(user, now);
@@ -156,23 +198,26 @@ void QuotaController::enforce(const std::map<std::string, Session>& active, cons
         const bool report_only = plan && plan->action == Plan::Action::none;
         const bool limited = state.remaining_bytes.has_value() && !report_only;
         if (!plan && !state.block) {
-            if (auto slot = slots_.release(user)) enforcer_->release_slot(*slot);
+            if (auto slot = slots_.release(user); slot) {
+                if (auto released = enforcer_->release_slot(*slot); !released)
+                    spdlog::error("quota: releasing the slot of {}: {}", user, released.error().message());
+            }
             budget_basis_.erase(user);
             continue;
         }
         auto slot = slots_.acquire(user);
         if (!slot) {
-            spdlog::error("quota: no free enforcement slot for {} (max {})", user, VPNMETER_MAX_USERS);
+            unslotted.push_back(user);
             continue;
         }
         if (state.disconnect) disconnects_.insert(user);
 
-        for (const ClientKey& key : keys) {
+        for (const auto& [name, key] : user_keys) {
             PolicyEntry policy;
             policy.user_slot = *slot;
             if (state.block) {
                 policy.flags = VPNMETER_POLICY_BLOCK;
-                wanted[key] = policy;
+                wanted.emplace_back(key, policy);
                 continue;
             }
             if (limited) policy.flags |= budget_flags(state.direction);
@@ -193,7 +238,7 @@ void QuotaController::enforce(const std::map<std::string, Session>& active, cons
                 policy.flags |= VPNMETER_POLICY_POLICED;
                 policy.rate_bps = std::max(up, kMinPolicerRateBps);
             }
-            wanted[key] = policy;
+            wanted.emplace_back(key, policy);
         }
 
         // The kernel spends the budget packet by packet: set it only when
@@ -206,7 +251,8 @@ void QuotaController::enforce(const std::map<std::string, Session>& active, cons
                 if (plan && plan->action == Plan::Action::throttle && plan->throttle_bps) {
                     budget.exhausted_action = ExhaustedAction::throttle;
                     budget.exhausted_rate_bps = std::max(plan->throttle_bps, kMinPolicerRateBps);
-                    auto classid = shaped_class(keys.front().ifindex, throttle_minor(*slot), plan->throttle_bps);
+                    auto classid =
+                        shaped_class(user_keys.front().second.ifindex, throttle_minor(*slot), plan->throttle_bps);
                     if (classid) budget.exhausted_classid = classid.value();
                     else spdlog::error("quota: throttle class for {}: {}", user, classid.error().message());
                 }
@@ -217,21 +263,46 @@ void QuotaController::enforce(const std::map<std::string, Session>& active, cons
         }
     }
 
-    for (const auto& [key, policy] : wanted) {
-        auto it = policies_.find(key);
-        if (it != policies_.end() && it->second == policy) continue;
-        if (auto status = enforcer_->set_policy(key, policy); !status)
-            spdlog::error("quota: policy for {}: {}", key.address(), status.error().message());
-        else policies_[key] = policy;
+    // Said when the number changes, not every cycle for every user (at
+    // 100,000 users that was 34,000 lines a cycle).
+    if (unslotted.size() != unslotted_) {
+        if (!unslotted.empty())
+            spdlog::error("quota: {} connected users with a plan are not enforced: all {} enforcement slots are "
+                          "taken (first: {})",
+                          unslotted.size(), VPNMETER_MAX_USERS, unslotted.front());
+        else
+            spdlog::info("quota: every connected user with a plan is enforced again");
+        unslotted_ = unslotted.size();
     }
-    for (auto it = policies_.begin(); it != policies_.end();) {
-        if (wanted.count(it->first)) {
-            ++it;
+
+    // What the kernel holds against what it should: one walk of both in key
+    // order. An address of two sessions keeps the policy set last, as before.
+    std::stable_sort(wanted.begin(), wanted.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    auto held = policies_.begin();
+    // Clears the kernel's policy at `held`, which is no longer wanted, and moves on.
+    auto drop_held = [&] {
+        if (auto cleared = enforcer_->clear_policy(held->first); !cleared)
+            spdlog::error("quota: clearing the policy of {}: {}", held->first.address(), cleared.error().message());
+        held = policies_.erase(held);
+    };
+    for (auto it = wanted.begin(); it != wanted.end(); ++it) {
+        if (std::next(it) != wanted.end() && std::next(it)->first == it->first) continue;
+        const auto& [key, policy] = *it;
+        while (held != policies_.end() && held->first < key) drop_held();
+        const bool same = held != policies_.end() && held->first == key;
+        if (same && held->second == policy) {
+            ++held;
             continue;
         }
-        enforcer_->clear_policy(it->first);
-        it = policies_.erase(it);
+        if (auto status = enforcer_->set_policy(key, policy); !status) {
+            spdlog::error("quota: policy for {}: {}", key.address(), status.error().message());
+            if (same) ++held;
+            continue;
+        }
+        if (same) (held++)->second = policy;
+        else policies_.emplace_hint(held, key, policy);
     }
+    while (held != policies_.end()) drop_held();
 }
 
 std::vector<std::string> QuotaController::take_disconnects()
@@ -296,15 +367,27 @@ QuotaState QuotaController::current_state(const std::string& user, int64_t now) 
     return state_of(user, now);
 }
 
-std::vector<QuotaState> QuotaController::planned_states(const std::set<std::string>& also, int64_t now) const
+std::vector<QuotaState> QuotaController::planned_states(std::vector<std::string_view> also, int64_t now) const
 {
     std::lock_guard lock(mutex_);
-    std::set<std::string> users = also;
-    for (const auto& [user, usage] : usage_) users.insert(user);
-    for (const auto& [user, grant] : grants_) users.insert(user);
+    if (config_.plans.empty() && grants_.empty()) return {}; // nobody has a plan
+    // The union of three sorted lists of names, without copying one (repeats go at the end).
+    std::sort(also.begin(), also.end());
+    std::vector<std::string_view> users;
+    users.reserve(also.size() + usage_.size() + grants_.size());
+    for (const auto& [user, usage] : usage_) users.push_back(user);
+    const auto usage_end = users.size();
+    users.insert(users.end(), also.begin(), also.end());
+    std::inplace_merge(users.begin(), users.begin() + static_cast<std::ptrdiff_t>(usage_end), users.end());
+    const auto merged_end = users.size();
+    for (const auto& [user, grant] : grants_) users.push_back(user);
+    std::inplace_merge(users.begin(), users.begin() + static_cast<std::ptrdiff_t>(merged_end), users.end());
+    users.erase(std::unique(users.begin(), users.end()), users.end());
     std::vector<QuotaState> out;
-    for (const auto& user : users)
+    for (std::string_view name : users) {
+        const std::string user(name);
         if (plan_of(config_, user, grant_of(user))) out.push_back(state_of(user, now));
+    }
     return out;
 }
 

@@ -8,6 +8,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "alerts/webhook.h"
@@ -57,10 +58,12 @@ public:
     // connected ones); and webhook alerts given up on or refused.
     // Where `user` stands now (the cycle's thread, after accept()).
     QuotaState current_state(const std::string& user, int64_t now) const;
-    std::vector<QuotaState> planned_states(const std::set<std::string>& also, int64_t now) const;
+    // `also`: in any order, repeats allowed; views that outlive the call.
+    std::vector<QuotaState> planned_states(std::vector<std::string_view> also, int64_t now) const;
     uint64_t webhook_failures() const;
 
 private:
+    void remember_fired(const AlertRecord& alert);
     std::optional<Grant> grant_of(const std::string& user) const;
     PeriodUsage usage_of(const std::string& user, const Period& period) const;
     QuotaState state_of(const std::string& user, int64_t now) const;
@@ -83,6 +86,7 @@ private:
     std::map<ClientKey, PolicyEntry> policies_;
     std::map<uint32_t, HtbShaper> shapers_; // by ifindex
     std::set<std::string> disconnects_;
+    size_t unslotted_ = 0; // users last found without an enforcement slot
     uint64_t alerts_sent_ = 0;
 };
 

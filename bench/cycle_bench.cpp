@@ -30,6 +30,7 @@
 #include <ctime>
 #include <filesystem>
 #include <memory>
+#include <set>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -43,7 +44,9 @@
 #include "collector.h"
 #include "counters.h"
 #include "datapath.h"
+#include "enforcer.h"
 #include "metrics.h"
+#include "quota_controller.h"
 #include "reconciler.h"
 #include "result.h"
 #include "store/store.h"
@@ -75,7 +78,23 @@ struct Options {
     int cpu = -1;
     std::string fill_pinned; // only set the counters of the maps pinned there
     uint64_t moves = 1;
+    uint32_t history_days = 0;
+    bool quotas = true;
 };
+
+// Every user on one plan: 1 TB a month, blocked beyond (no speed limits, so
+// no HTB classes): the quota engine's per-cycle work, and a kernel policy
+// per client and a budget per user once.
+vpnmeter::QuotaConfig bench_quotas()
+{
+    vpnmeter::QuotaConfig config;
+    vpnmeter::Plan plan;
+    plan.name = "bench";
+    plan.limit_bytes = 1ull << 40;
+    config.plans = {plan};
+    config.default_plan = plan.name;
+    return config;
+}
 
 // Client i's key: 100.64.0.1 + i on the benchmark's interface.
 vpnmeter_client_key client_key(uint32_t i)
@@ -181,7 +200,7 @@ std::pair<double, double> memory_mib()
 }
 
 struct Phases {
-    std::vector<double> read, reconcile, commit, publish, total;
+    std::vector<double> read, reconcile, quota, commit, publish, total;
 };
 
 // The share of clients that move in the partial cycles: one in kPartialStride.
@@ -189,7 +208,7 @@ constexpr uint32_t kPartialStride = 10;
 
 struct SizeResult {
     uint32_t clients = 0;
-    double fill_s = 0, first_cycle_ms = 0, all_end_ms = 0;
+    double fill_s = 0, history_s = 0, first_cycle_ms = 0, all_end_ms = 0;
     Phases phases;
     Phases partial; // one client in kPartialStride moves
     double render_ms = 0, prometheus_ms = 0, cached_ms = 0;
@@ -198,7 +217,35 @@ struct SizeResult {
     uint64_t store_bytes = 0;
 };
 
-Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, uint32_t n, const Options& o, int ncpus)
+// A store as after `days` days of service: every user has an hour bucket
+// for each of those hours (and the day and month buckets they add to), and
+// every client one closed session per day (a daily reconnect). Written
+// through Store::commit, as the daemon would have, a day per transaction.
+Status fill_history(vpnmeter::Store& store, uint32_t n, uint32_t days, int64_t now)
+{
+    std::vector<std::pair<std::string, vpnmeter::Traffic>> users; // the same every hour
+    for (const auto& session : make_sessions(n, now))
+        users.emplace_back(session.user, vpnmeter::Traffic{{1, kUpBytes}, {1, kDownBytes}});
+    const auto hourly = vpnmeter::FlatMap<std::string, vpnmeter::Traffic>::from_unsorted(std::move(users));
+    for (uint32_t d = days; d >= 1; --d) {
+        const int64_t day_start = now - int64_t{d} * 86400;
+        for (int h = 0; h < 24; ++h) {
+            if (g_signal) return Error{"interrupted by signal " + std::to_string(g_signal)};
+            vpnmeter::CycleCommit history;
+            history.time = day_start + h * 3600;
+            history.user_usage = hourly;
+            if (h == 23) {
+                history.sessions = make_sessions(n, day_start);
+                for (auto& session : history.sessions) session.end = day_start + 86000;
+            }
+            if (auto st = store.commit(history); !st) return st.error();
+        }
+    }
+    return vpnmeter::ok();
+}
+
+Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_path, uint32_t n, const Options& o,
+                            int ncpus)
 {
     SizeResult out;
     out.clients = n;
@@ -215,12 +262,22 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, uint32_t n, const Option
     if (!store) return store.error();
 
     const int64_t since = static_cast<int64_t>(std::time(nullptr)) - 3600;
+    if (o.history_days) {
+        const auto history_start = Clock::now();
+        if (auto st = fill_history(*store, n, o.history_days, since); !st) return st.error();
+        out.history_s = ms_since(history_start) / 1000.0;
+    }
     const vpnmeter::ConnectedSessions connected{{kInstance, make_sessions(n, since)}};
     const vpnmeter::Interfaces devices{{{kInterface, kIfindex}}, {{kIfindex, kInterface}}};
     vpnmeter::Collector collector(maps);
     vpnmeter::Reconciler reconciler(std::nullopt, {});
     vpnmeter::MetricsRecorder metrics({}, "bench", std::make_shared<vpnmeter::MetricsExporter>());
     metrics.load({}, {});
+    auto enforcer = vpnmeter::Enforcer::open(pin_path);
+    if (!enforcer) return enforcer.error();
+    vpnmeter::QuotaController quotas(o.quotas ? bench_quotas() : vpnmeter::QuotaConfig{}, *store, &enforcer.value(),
+                                     &maps, nullptr);
+    if (auto st = quotas.load(); !st) return st.error();
 
     // One cycle as Daemon::finish_cycle() runs it (without the quota engine).
     auto cycle = [&](uint64_t moves, uint32_t movers, Phases* phases) -> Status {
@@ -231,9 +288,14 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, uint32_t n, const Option
         const int64_t now = static_cast<int64_t>(std::time(nullptr));
         vpnmeter::CycleCommit commit = reconciler.plan(counters.value(), connected, devices, now);
         const auto t2 = Clock::now();
+        quotas.plan(commit, now);
+        const auto t2q = Clock::now();
         if (auto st = store->commit(commit); !st) return st.error();
         const auto t3 = Clock::now();
         reconciler.accept(commit);
+        const auto t3q = Clock::now();
+        quotas.accept(commit, reconciler.active(), devices, now);
+        const auto t3e = Clock::now();
         collector.accept(std::move(counters.value()));
         metrics.account(commit);
         metrics.observe_cycle(Clock::now() - t0);
@@ -241,6 +303,9 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, uint32_t n, const Option
         live.interfaces = vpnmeter::interface_totals(collector.last(), devices);
         live.drops.emplace();
         live.sessions_active = vpnmeter::sessions_by_instance(reconciler.active(), {kInstance});
+        std::vector<std::string_view> users_connected; // as Daemon::publish_metrics
+        for (const auto& [id, session] : reconciler.active()) users_connected.push_back(session.user);
+        live.quotas = quotas.planned_states(std::move(users_connected), now);
         live.maps["clients"] = {collector.last().clients.size(), maps.max_clients()};
         metrics.publish(std::move(live));
         const auto t4 = Clock::now();
@@ -261,8 +326,9 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, uint32_t n, const Option
             auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
             phases->read.push_back(ms(t0, t1));
             phases->reconcile.push_back(ms(t1, t2));
-            phases->commit.push_back(ms(t2, t3));
-            phases->publish.push_back(ms(t3, t4));
+            phases->quota.push_back(ms(t2, t2q) + ms(t3q, t3e));
+            phases->commit.push_back(ms(t2q, t3));
+            phases->publish.push_back(ms(t3, t3q) + ms(t3e, t4));
             phases->total.push_back(ms(t0, t4));
         }
         return vpnmeter::ok();
@@ -365,19 +431,20 @@ void print_machine(const Options& o, uint32_t capacity)
 void print_table(const std::vector<SizeResult>& results)
 {
     std::printf("\ncollection cycle, median ms over the timed cycles:\n");
-    std::printf("%9s %8s %10s %8s %8s %8s %13s %9s\n", "clients", "read", "reconcile", "commit", "publish", "total",
-                "first cycle", "all end");
+    std::printf("%9s %8s %10s %8s %8s %8s %8s %13s %9s\n", "clients", "read", "reconcile", "quota", "commit",
+                "publish", "total", "first cycle", "all end");
     for (const auto& r : results)
-        std::printf("%9u %8.1f %10.1f %8.1f %8.1f %8.1f %13.1f %9.1f\n", r.clients, median(r.phases.read),
-                    median(r.phases.reconcile), median(r.phases.commit), median(r.phases.publish),
-                    median(r.phases.total), r.first_cycle_ms, r.all_end_ms);
+        std::printf("%9u %8.1f %10.1f %8.1f %8.1f %8.1f %8.1f %13.1f %9.1f\n", r.clients, median(r.phases.read),
+                    median(r.phases.reconcile), median(r.phases.quota), median(r.phases.commit),
+                    median(r.phases.publish), median(r.phases.total), r.first_cycle_ms, r.all_end_ms);
     std::printf("\nthe same with one client in %u moving (the others idle), median ms:\n", kPartialStride);
-    std::printf("%9s %8s %8s %10s %8s %8s %8s\n", "clients", "moved", "read", "reconcile", "commit", "publish", "total");
+    std::printf("%9s %8s %8s %10s %8s %8s %8s %8s\n", "clients", "moved", "read", "reconcile", "quota", "commit",
+                "publish", "total");
     for (const auto& r : results)
-        std::printf("%9u %8u %8.1f %10.1f %8.1f %8.1f %8.1f\n", r.clients,
+        std::printf("%9u %8u %8.1f %10.1f %8.1f %8.1f %8.1f %8.1f\n", r.clients,
                     (r.clients + kPartialStride - 1) / kPartialStride, median(r.partial.read),
-                    median(r.partial.reconcile), median(r.partial.commit), median(r.partial.publish),
-                    median(r.partial.total));
+                    median(r.partial.reconcile), median(r.partial.quota), median(r.partial.commit),
+                    median(r.partial.publish), median(r.partial.total));
     std::printf("\n/metrics (six series per user) and memory after the size's cycles:\n");
     std::printf("%9s %10s %18s %10s %13s %10s %10s %12s\n", "users", "render ms", "prometheus-cpp ms", "cached ms",
                 "render bytes", "VmRSS MiB", "VmHWM MiB", "store MiB");
@@ -385,7 +452,9 @@ void print_table(const std::vector<SizeResult>& results)
         std::printf("%9u %10.1f %18.1f %10.2f %13zu %10.1f %10.1f %12.1f\n", r.clients, r.render_ms, r.prometheus_ms,
                     r.cached_ms, r.render_bytes, r.rss_mib, r.hwm_mib, r.store_bytes / 1048576.0);
     std::printf("\nread: Collector::collect (batch read of the map, deltas); reconcile: Reconciler::plan;\n"
-                "commit: Store::commit (one LMDB write transaction, fsync); publish: accept + metrics snapshot;\n"
+                "quota: QuotaController::plan + accept (period usage, alerts, kernel policies and budgets; every\n"
+                "user on a 1 TB/month plan unless --no-quotas); commit: Store::commit (one LMDB write\n"
+                "transaction, fsync); publish: accept + metrics snapshot with the users' quota states;\n"
                 "first cycle: N new sessions; all end: every session ends at once (reconcile + commit).\n"
                 "render: render_metrics, what a scrape costs after a new snapshot; prometheus-cpp: its\n"
                 "TextSerializer over metric_families, the same bytes (the old path); cached: a repeated scrape\n"
@@ -439,7 +508,7 @@ int run(const Options& o)
     sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
     std::vector<SizeResult> results;
     for (uint32_t n : sizes) {
-        auto r = run_size(maps.value(), n, o, ncpus);
+        auto r = run_size(maps.value(), pin_path, n, o, ncpus);
         if (!r) return fail(r.error());
         std::printf("%u clients: map filled in %.2f s, first cycle (creates %u sessions) %.0f ms, total per cycle",
                     n, r->fill_s, n, r->first_cycle_ms);
@@ -471,6 +540,10 @@ int main(int argc, char** argv)
     app.add_option("--fill-pinned", o.fill_pinned,
                    "only set the largest --clients count of clients in the map pinned at this path (a running "
                    "vpnmeterd's) to --moves cycles' worth of traffic, and exit");
+    app.add_flag("!--no-quotas", o.quotas, "no quota plans (the quota engine still runs, as in a daemon without them)");
+    app.add_option("--history-days", o.history_days,
+                   "start each size's store as after this many days of service: hourly usage of every user and "
+                   "a closed session per client per day (default 0: an empty store)");
     app.add_option("--moves", o.moves, "with --fill-pinned: the cycles' worth of traffic (default 1)");
     CLI11_PARSE(app, argc, argv);
     if (o.quick) {

@@ -1,5 +1,10 @@
 #include "store/encoding.h"
 
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <array>
+
 #include <nlohmann/json.hpp>
 
 namespace vpnmeter::encoding {
@@ -116,32 +121,49 @@ std::optional<uint32_t> decode_u32(std::string_view bytes)
     return static_cast<uint32_t>(get_le(bytes, 0, 4));
 }
 
-std::string usage_prefix(std::string_view user, Granularity granularity)
+std::string usage_key(Granularity granularity, int64_t start, std::string_view user)
 {
     std::string out;
     out.reserve(user.size() + kUsageKeyOverhead);
-    put_be(out, user.size(), 2); // callers keep users far below 64 KiB (LMDB's key limit)
-    out.append(user);
     out.push_back(granularity_byte(granularity));
-    return out;
-}
-
-std::string usage_key(std::string_view user, Granularity granularity, int64_t start)
-{
-    std::string out = usage_prefix(user, granularity);
     put_be(out, static_cast<uint64_t>(start) ^ kSignBit, 8);
+    out.append(user);
     return out;
 }
 
 std::optional<UsageKey> decode_usage_key(std::string_view bytes)
 {
     if (bytes.size() < kUsageKeyOverhead) return std::nullopt;
+    const auto granularity = granularity_of(bytes[0]);
+    if (!granularity) return std::nullopt;
+    return UsageKey{bytes.substr(kUsageKeyOverhead), *granularity,
+                    static_cast<int64_t>(get_be(bytes, 1, 8) ^ kSignBit)};
+}
+
+std::optional<UsageKey> decode_schema2_usage_key(std::string_view bytes)
+{
+    if (bytes.size() < kUsageKeyOverhead + 2) return std::nullopt;
     const size_t user_size = get_be(bytes, 0, 2);
-    if (bytes.size() != user_size + kUsageKeyOverhead) return std::nullopt;
+    if (bytes.size() != user_size + kUsageKeyOverhead + 2) return std::nullopt;
     const auto granularity = granularity_of(bytes[2 + user_size]);
     if (!granularity) return std::nullopt;
     return UsageKey{bytes.substr(2, user_size), *granularity,
                     static_cast<int64_t>(get_be(bytes, 3 + user_size, 8) ^ kSignBit)};
+}
+
+std::string user_key(std::string_view user)
+{
+    std::string out;
+    out.reserve(user.size() + 2);
+    put_be(out, user.size(), 2); // callers keep users far below 64 KiB (LMDB's key limit)
+    out.append(user);
+    return out;
+}
+
+std::optional<std::string_view> decode_user_key(std::string_view bytes)
+{
+    if (bytes.size() < 2 || get_be(bytes, 0, 2) != bytes.size() - 2) return std::nullopt;
+    return bytes.substr(2);
 }
 
 std::string encode(const QuotaUsageRecord& record)
@@ -199,38 +221,89 @@ std::optional<AlertKey> decode_alert_key(std::string_view bytes)
                     static_cast<int32_t>(static_cast<uint32_t>(get_be(bytes, 10 + user_size, 4)) ^ kSignBit32)};
 }
 
+namespace {
+
+// An IPv4 key as the datapath writes it: the 12 bytes after the address are zero.
+bool compact_v4(const ClientKey& key)
+{
+    return key.family == AF_INET && std::all_of(key.addr.begin() + 4, key.addr.end(), [](uint8_t b) { return b == 0; });
+}
+
+void put_varint(std::string& out, uint64_t value)
+{
+    for (; value >= 0x80; value >>= 7) out.push_back(static_cast<char>((value & 0x7f) | 0x80));
+    out.push_back(static_cast<char>(value));
+}
+
+std::optional<uint64_t> get_varint(std::string_view in, size_t& at)
+{
+    uint64_t value = 0;
+    for (int shift = 0; shift < 64 && at < in.size(); shift += 7) {
+        const auto byte = static_cast<uint8_t>(in[at++]);
+        value |= uint64_t(byte & 0x7f) << shift;
+        if (!(byte & 0x80)) return value;
+    }
+    return std::nullopt; // truncated, or longer than a u64
+}
+
+} // namespace
+
 std::string encode(const ClientKey& key)
 {
+    const size_t address_size = compact_v4(key) ? 4 : key.addr.size();
     std::string out;
-    out.reserve(kClientKeySize);
+    out.reserve(5 + address_size);
     put_be(out, key.ifindex, 4);
     out.push_back(static_cast<char>(key.family));
-    out.append(3, '\0');
-    out.append(reinterpret_cast<const char*>(key.addr.data()), key.addr.size());
+    out.append(reinterpret_cast<const char*>(key.addr.data()), address_size);
     return out;
 }
 
 std::optional<ClientKey> decode_client_key(std::string_view bytes)
 {
-    if (bytes.size() != kClientKeySize) return std::nullopt;
+    if (bytes.size() != 5 + 4 && bytes.size() != 5 + 16) return std::nullopt;
     ClientKey key;
     key.ifindex = static_cast<uint32_t>(get_be(bytes, 0, 4));
     key.family = static_cast<uint8_t>(bytes[4]);
-    for (size_t i = 0; i < key.addr.size(); ++i)
-        key.addr[i] = static_cast<uint8_t>(bytes[8 + i]);
+    if (bytes.size() == 5 + 4 && key.family != AF_INET) return std::nullopt;
+    for (size_t i = 5; i < bytes.size(); ++i) key.addr[i - 5] = static_cast<uint8_t>(bytes[i]);
+    return key;
+}
+
+std::optional<ClientKey> decode_schema3_client_key(std::string_view bytes)
+{
+    if (bytes.size() != 24) return std::nullopt;
+    ClientKey key;
+    key.ifindex = static_cast<uint32_t>(get_be(bytes, 0, 4));
+    key.family = static_cast<uint8_t>(bytes[4]);
+    for (size_t i = 0; i < key.addr.size(); ++i) key.addr[i] = static_cast<uint8_t>(bytes[8 + i]);
     return key;
 }
 
 std::string encode(const AddressCheckpoint& checkpoint)
 {
     std::string out;
-    out.reserve(kTrafficSize + checkpoint.owner.size());
-    put_traffic(out, checkpoint.raw);
+    out.reserve(4 * 5 + checkpoint.owner.size());
+    for (uint64_t value : {checkpoint.raw.upload.packets, checkpoint.raw.upload.bytes,
+                           checkpoint.raw.download.packets, checkpoint.raw.download.bytes})
+        put_varint(out, value);
     out.append(checkpoint.owner);
     return out;
 }
 
 std::optional<AddressCheckpoint> decode_address_checkpoint(std::string_view bytes)
+{
+    size_t at = 0;
+    std::array<uint64_t, 4> values{};
+    for (uint64_t& value : values) {
+        auto decoded = get_varint(bytes, at);
+        if (!decoded) return std::nullopt;
+        value = *decoded;
+    }
+    return AddressCheckpoint{Traffic{{values[0], values[1]}, {values[2], values[3]}}, std::string(bytes.substr(at))};
+}
+
+std::optional<AddressCheckpoint> decode_schema3_address_checkpoint(std::string_view bytes)
 {
     if (bytes.size() < kTrafficSize) return std::nullopt;
     return AddressCheckpoint{get_traffic(bytes, 0), std::string(bytes.substr(kTrafficSize))};

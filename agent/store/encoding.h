@@ -7,10 +7,12 @@
 // (store.cpp).
 //
 //   meta                   "schema_version"       -> u32
-//   sessions               session id (bytes)     -> session record (below)
-//   usage                  usage key (below)      -> traffic
+//   sessions               session id (bytes)     -> session record (below): closed sessions
+//   sessions_active        session id (bytes)     -> session record: the active ones
+//   usage_by_time          usage key (below)      -> traffic
+//   users                  user key (below)       -> nothing: every user with usage
 //   unattributed           interface name (bytes) -> traffic
-//   checkpoint_addresses   client key (24 bytes)  -> traffic, owner session id (rest)
+//   checkpoint_addresses   client key (below)     -> address checkpoint (below)
 //   checkpoint_interfaces  ifindex (u32 BE)       -> u8 flags (bit 0: traffic present),
 //                                                    interface traffic (total, unattributed),
 //                                                    name (rest)
@@ -28,22 +30,36 @@
 // new databases, which older releases ignore and this one creates on open.
 //
 //   traffic     = u64 upload packets, upload bytes, download packets, download bytes (32 bytes)
-//   usage key   = u16 BE length of user, user bytes, granularity ('h', 'd', 'm'),
-//                 i64 BE start with the sign bit flipped (so negative times sort first).
-//                 The length prefix makes the user part unambiguous whatever
-//                 bytes a name holds, and everything for one (user,
-//                 granularity) is one contiguous range ordered by time.
-//   client key  = u32 BE ifindex, u8 family, 3 zero bytes, 16 address bytes
-//                 (the ClientKey order, so a scan fills a std::map in order)
+//   usage key   = granularity ('h', 'd', 'm'), i64 BE start with the sign bit
+//                 flipped (so negative times sort first), user bytes (rest).
+//                 Time-major: the buckets a cycle adds to are three
+//                 contiguous runs (this hour, day and month of every user),
+//                 so a cycle dirties pages in proportion to the users that
+//                 moved, not to the history between them; pruning cuts a
+//                 prefix. (Schemas 1 and 2 had "usage", keyed by u16 BE
+//                 length of user, user, granularity, start: user-major.)
+//   user key    = u16 BE length of user, user bytes: users list by length, then name.
+//   client key  = u32 BE ifindex, u8 family, the address: 4 bytes for IPv4 (when
+//                 the 12 bytes after it are zero, as the datapath writes it), 16
+//                 otherwise. Bytewise order is the ClientKey order, so a scan
+//                 fills a sorted table by appending. (Schemas 1-3: 24 bytes,
+//                 u32 BE ifindex, u8 family, 3 zero bytes, 16 address bytes.)
+//   address checkpoint = upload packets, upload bytes, download packets,
+//                 download bytes as LEB128 varints, then the owner session id
+//                 (rest; empty: nobody). (Schemas 1-3: 32-byte traffic, owner.)
+//                 At 1,000,000 addresses an entry is ~40 bytes instead of ~66:
+//                 every cycle rewrites the ones that moved.
 //   quota usage = i64 period start, u64 upload bytes, u64 download bytes (24 bytes)
 //   alert key   = u16 BE length of user, user bytes, i64 BE period start and
 //                 i32 BE threshold, both with the sign bit flipped: one
 //                 (user, period) is one contiguous range ordered by threshold.
-//   session     = CBOR map (nlohmann::json::to_cbor) with "v": 1 and one
-//                 field per Session member. Fields can be added without a
-//                 migration (absent ones decode to their defaults); CBOR
-//                 rather than JSON text because names are bytes from the VPN,
-//                 not necessarily valid UTF-8.
+//   session     = u8 version (2), u8 flags (bit 0: ended), i64 start, i64 end,
+//                 traffic (usage), u64 source upload bytes, u64 source download
+//                 bytes, u32 address count, then u32-length-prefixed texts: id,
+//                 user, instance, interface, real address, the addresses.
+//                 Names are bytes from the VPN, kept as they are. Schema 1
+//                 stored CBOR maps ({"v": 1, one field per member}); decode
+//                 still reads them.
 #pragma once
 
 #include <cstdint>
@@ -59,8 +75,7 @@
 namespace vpnmeter::encoding {
 
 constexpr size_t kTrafficSize = 32;
-constexpr size_t kClientKeySize = 24;
-constexpr size_t kUsageKeyOverhead = 2 + 1 + 8; // around the user's bytes
+constexpr size_t kUsageKeyOverhead = 1 + 8; // before the user's bytes
 
 std::string encode(const Traffic& traffic);
 std::optional<Traffic> decode_traffic(std::string_view bytes);
@@ -68,15 +83,18 @@ std::optional<Traffic> decode_traffic(std::string_view bytes);
 std::string encode_u32(uint32_t value);
 std::optional<uint32_t> decode_u32(std::string_view bytes);
 
-// Everything for one user and granularity starts with this.
-std::string usage_prefix(std::string_view user, Granularity granularity);
-std::string usage_key(std::string_view user, Granularity granularity, int64_t start);
+std::string usage_key(Granularity granularity, int64_t start, std::string_view user);
 struct UsageKey {
     std::string_view user;
     Granularity granularity;
     int64_t start;
 };
 std::optional<UsageKey> decode_usage_key(std::string_view bytes);
+// The user-major key of schemas 1 and 2, for the migration.
+std::optional<UsageKey> decode_schema2_usage_key(std::string_view bytes);
+
+std::string user_key(std::string_view user);
+std::optional<std::string_view> decode_user_key(std::string_view bytes);
 
 constexpr size_t kQuotaUsageSize = 24;
 constexpr size_t kAlertKeyOverhead = 2 + 8 + 4; // around the user's bytes
@@ -97,11 +115,13 @@ struct AlertKey {
 };
 std::optional<AlertKey> decode_alert_key(std::string_view bytes);
 
-std::string encode(const ClientKey& key);
+std::string encode(const ClientKey& key); // 9 bytes for IPv4, 21 for IPv6
 std::optional<ClientKey> decode_client_key(std::string_view bytes);
-
 std::string encode(const AddressCheckpoint& checkpoint);
 std::optional<AddressCheckpoint> decode_address_checkpoint(std::string_view bytes);
+// Schemas 1 to 3, for the migration: a 24-byte key, a 32-byte traffic value.
+std::optional<ClientKey> decode_schema3_client_key(std::string_view bytes);
+std::optional<AddressCheckpoint> decode_schema3_address_checkpoint(std::string_view bytes);
 
 std::string interface_key(uint32_t ifindex);
 std::optional<uint32_t> decode_interface_key(std::string_view bytes);

@@ -27,9 +27,11 @@ Status check_user_key(MDB_env *env, const std::string &user)
 
 Status write_quota_records(lmdb::Txn &txn, const Databases &dbs, const CycleCommit &cycle)
 {
+    auto cursor = lmdb::WriteCursor::open(txn, *dbs.quota_usage); // users in key order: LMDB searches from the cursor
+    if (!cursor) return prefixed("store quota usage", cursor.error());
     for (const auto &[user, record] : cycle.quota_usage) {
         if (user.empty()) return Error{"store quota usage: empty user name"};
-        if (auto put = txn.put(*dbs.quota_usage, user, encoding::encode(record)); !put)
+        if (auto put = cursor->put(user, encoding::encode(record)); !put)
             return prefixed("store quota usage of user '" + user + "'", put.error());
     }
     for (const AlertRecord &alert : cycle.alerts_fired) {

@@ -1,4 +1,8 @@
 // Reads: each through one LMDB read transaction (a StoreSnapshot).
+#include <algorithm>
+#include <iterator>
+#include <limits>
+
 #include "store/encoding.h"
 #include "store/store.h"
 #include "store/store_impl.h"
@@ -61,35 +65,62 @@ Result<std::optional<Checkpoint>> StoreSnapshot::checkpoint() const
     return std::optional<Checkpoint>(std::move(checkpoint));
 }
 
-// Every session is decoded: fine for thousands. A store that keeps years of
-// closed sessions wants an index by user and an active set.
-Result<std::vector<Session>> StoreSnapshot::sessions(bool active_only, const std::optional<std::string>& user) const
+namespace {
+
+// The sessions of one database (`dbi` unset: none) that pass `keep`, in id order.
+template <class Keep>
+Result<std::vector<Session>> scan_sessions(const lmdb::Txn& txn, std::optional<MDB_dbi> dbi, Keep&& keep)
 {
     std::vector<Session> sessions;
-    if (!state_->dbs->sessions) return sessions;
-    auto scanned = scan(state_->txn, *state_->dbs->sessions, {}, [&](auto key, auto value) -> Result<bool> {
+    if (!dbi) return sessions;
+    auto scanned = scan(txn, *dbi, {}, [&](auto key, auto value) -> Result<bool> {
         auto session = encoding::decode_session(value);
         if (!session) return corrupt("session " + std::string(key) + ": " + session.error().context);
-        if (active_only && !session->active()) return true;
-        if (user && session->user != *user) return true;
-        sessions.push_back(std::move(*session));
+        if (keep(*session)) sessions.push_back(std::move(*session));
         return true;
     });
     if (!scanned) return scanned.error();
     return sessions;
 }
 
-Result<std::optional<Session>> StoreSnapshot::session(const std::string& id) const
+} // namespace
+
+// Every closed session is decoded: fine for thousands. A store that keeps
+// years of them wants an index by user.
+Result<std::vector<Session>> StoreSnapshot::sessions(bool active_only, const std::optional<std::string>& user) const
 {
-    if (!state_->dbs->sessions || id.empty()) return std::optional<Session>();
-    auto stored = state_->txn.get(*state_->dbs->sessions, id);
-    if (!stored) return stored.error();
-    if (!*stored) return std::optional<Session>();
-    auto session = encoding::decode_session(**stored);
-    if (!session) return corrupt("session " + id + ": " + session.error().context);
-    return std::optional<Session>(std::move(*session));
+    auto keep = [&](const Session& session) {
+        return (!active_only || session.active()) && (!user || session.user == *user);
+    };
+    auto active = scan_sessions(state_->txn, state_->dbs->sessions_active, keep);
+    if (!active || active_only) return active;
+    auto closed = scan_sessions(state_->txn, state_->dbs->sessions, keep);
+    if (!closed) return closed;
+    std::vector<Session> all;
+    all.reserve(active->size() + closed->size());
+    std::merge(std::make_move_iterator(active->begin()), std::make_move_iterator(active->end()),
+               std::make_move_iterator(closed->begin()), std::make_move_iterator(closed->end()),
+               std::back_inserter(all), [](const Session& a, const Session& b) { return a.id < b.id; });
+    return all;
 }
 
+Result<std::optional<Session>> StoreSnapshot::session(const std::string& id) const
+{
+    if (id.empty()) return std::optional<Session>();
+    for (auto dbi : {state_->dbs->sessions_active, state_->dbs->sessions}) {
+        if (!dbi) continue;
+        auto stored = state_->txn.get(*dbi, id);
+        if (!stored) return stored.error();
+        if (!*stored) continue;
+        auto session = encoding::decode_session(**stored);
+        if (!session) return corrupt("session " + id + ": " + session.error().context);
+        return std::optional<Session>(std::move(*session));
+    }
+    return std::optional<Session>();
+}
+
+// Two lookups per bucket start present in the store (for anyone): one for
+// the user's bucket, one to find the next start.
 Result<std::vector<UsageBucket>> StoreSnapshot::usage(const std::string& user, int64_t from, int64_t to,
                                                       Granularity granularity) const
 {
@@ -98,39 +129,44 @@ Result<std::vector<UsageBucket>> StoreSnapshot::usage(const std::string& user, i
     // A user too long for a key cannot have been stored.
     if (user.size() + encoding::kUsageKeyOverhead > static_cast<size_t>(mdb_env_get_maxkeysize(state_->env)))
         return buckets;
-    const std::string prefix = encoding::usage_prefix(user, granularity);
+    const lmdb::Txn& txn = state_->txn;
+    const MDB_dbi dbi = *state_->dbs->usage;
+    auto cursor = lmdb::Cursor::open(txn, dbi);
+    if (!cursor) return cursor.error();
     // The bucket holding `from` overlaps the range even if it starts before.
-    const std::string first = encoding::usage_key(user, granularity, state_->calendar->start(from, granularity));
-    auto scanned = scan(state_->txn, *state_->dbs->usage, first, [&](auto key, auto value) -> Result<bool> {
-        if (!key.starts_with(prefix)) return false;
-        auto decoded = encoding::decode_usage_key(key);
-        auto traffic = encoding::decode_traffic(value);
-        if (!decoded || !traffic) return corrupt("usage record of user '" + user + "'");
-        if (decoded->start >= to) return false;
-        buckets.push_back(UsageBucket{decoded->start, *traffic});
-        return true;
-    });
-    if (!scanned) return scanned.error();
+    int64_t start = state_->calendar->start(from, granularity);
+    while (start < to) {
+        auto entry = cursor->move(MDB_SET_RANGE, encoding::usage_key(granularity, start, {}));
+        if (!entry) return entry.error();
+        if (!*entry) break;
+        const auto present = encoding::decode_usage_key((*entry)->key);
+        if (!present) return corrupt("usage key");
+        if (present->granularity != granularity || present->start >= to) break;
+        start = present->start;
+        auto stored = txn.get(dbi, encoding::usage_key(granularity, start, user));
+        if (!stored) return stored.error();
+        if (*stored) {
+            auto traffic = encoding::decode_traffic(**stored);
+            if (!traffic) return corrupt("usage record of user '" + user + "'");
+            buckets.push_back(UsageBucket{start, *traffic});
+        }
+        if (start == std::numeric_limits<int64_t>::max()) break;
+        ++start;
+    }
     return buckets;
 }
 
-// One seek per user: past a user's last key (any granularity) is the key
-// of the same length and name followed by 0xff, above every granularity byte.
 Result<std::vector<std::string>> StoreSnapshot::users() const
 {
     std::vector<std::string> users;
-    if (!state_->dbs->usage) return users;
-    auto cursor = lmdb::Cursor::open(state_->txn, *state_->dbs->usage);
-    if (!cursor) return cursor.error();
-    auto entry = cursor->move(MDB_FIRST);
-    while (entry && *entry) {
-        auto decoded = encoding::decode_usage_key((*entry)->key);
-        if (!decoded) return corrupt("usage key");
-        users.emplace_back(decoded->user);
-        const std::string past = std::string((*entry)->key.substr(0, 2 + decoded->user.size())) + '\xff';
-        entry = cursor->move(MDB_SET_RANGE, past);
-    }
-    if (!entry) return entry.error();
+    if (!state_->dbs->users) return users;
+    auto scanned = scan(state_->txn, *state_->dbs->users, {}, [&](auto key, auto) -> Result<bool> {
+        auto user = encoding::decode_user_key(key);
+        if (!user) return corrupt("user key");
+        users.emplace_back(*user);
+        return true;
+    });
+    if (!scanned) return scanned.error();
     return users;
 }
 

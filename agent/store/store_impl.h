@@ -14,14 +14,19 @@
 
 namespace vpnmeter {
 
-constexpr uint32_t kSchemaVersion = 2; // 2: binary session records (store.cpp, migrate_1_to_2)
+// 2: binary session records (store.cpp, migrate_1_to_2); 3: time-major usage
+// keys, a users list, active sessions apart from closed ones (migrate_2_to_3);
+// 4: compact address checkpoints (migrate_3_to_4).
+constexpr uint32_t kSchemaVersion = 4;
 
 // The named databases. Opened read-only, a store the daemon never
 // initialised has none of them: reads then find nothing.
 struct Databases {
     std::optional<MDB_dbi> meta;
-    std::optional<MDB_dbi> sessions;
-    std::optional<MDB_dbi> usage;
+    std::optional<MDB_dbi> sessions;        // closed
+    std::optional<MDB_dbi> sessions_active;
+    std::optional<MDB_dbi> usage;           // "usage_by_time"
+    std::optional<MDB_dbi> users;
     std::optional<MDB_dbi> unattributed;
     std::optional<MDB_dbi> checkpoint_addresses;
     std::optional<MDB_dbi> checkpoint_interfaces;

@@ -305,7 +305,7 @@ TEST_CASE("a store from before quotas gains their databases when the daemon open
 
     auto reader_options = options;
     reader_options.read_only = true;
-    { // The CLI of this release before the daemon migrated it (schema 1 -> 2): a clear refusal.
+    { // The CLI of this release before the daemon migrated it (schema 1 -> 3): a clear refusal.
         auto reader = Store::open(reader_options);
         REQUIRE_FALSE(reader);
         CHECK_THAT(reader.error().message(), Catch::Contains("start this release's vpnmeterd once to upgrade it"));
@@ -313,7 +313,7 @@ TEST_CASE("a store from before quotas gains their databases when the daemon open
     open_store(options); // the daemon migrates it
     { // Then: no quota data yet, and nothing fails.
         Store reader = open_store(reader_options);
-        CHECK(reader.schema_version() == 2);
+        CHECK(reader.schema_version() == 4);
         CHECK(must(reader.quota_usage()).empty());
         CHECK(must(reader.quota_usage("alice")) == std::nullopt);
         CHECK(must(reader.alerts_fired("alice", kMay)).empty());
@@ -323,7 +323,7 @@ TEST_CASE("a store from before quotas gains their databases when the daemon open
     }
     {
         Store store = open_store(options);
-        CHECK(store.schema_version() == 2); // migrated: binary session records
+        CHECK(store.schema_version() == 4); // migrated
         const auto unattributed = must(store.unattributed()); // the old data is there
         REQUIRE(unattributed.size() == 1);
         CHECK(unattributed[0].traffic == traffic(40, 60));

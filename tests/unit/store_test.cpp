@@ -2,6 +2,7 @@
 
 #include <lmdb.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,7 +13,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <compare>
 #include <thread>
+#include <random>
+#include <tuple>
 
 #include "store/encoding.h"
 #include "store/store.h"
@@ -108,12 +112,12 @@ CycleCommit big_cycle(int64_t time, int users, const std::string& tag)
 
 } // namespace
 
-TEST_CASE("a new store has schema version 2 and private files", "[store]")
+TEST_CASE("a new store has schema version 4 and private files", "[store]")
 {
     TempDir dir;
     const auto options = options_in(dir);
     Store store = open_store(options);
-    CHECK(store.schema_version() == 2);
+    CHECK(store.schema_version() == 4);
     CHECK(mode_of(options.path) == 0700);
     CHECK(mode_of(options.path + "/data.mdb") == 0600);
     CHECK(mode_of(options.path + "/lock.mdb") == 0600);
@@ -629,7 +633,7 @@ TEST_CASE("read-only opens: missing, never written, uninitialised", "[store]")
             Store writer = open_store(writer_options);
         }
         Store reader = open_store(options);
-        CHECK(reader.schema_version() == 2);
+        CHECK(reader.schema_version() == 4);
         CHECK(must(reader.sessions()).empty());
         CHECK(must(reader.checkpoint()) == std::nullopt);
         CHECK(must(reader.unattributed()).empty());
@@ -672,7 +676,7 @@ TEST_CASE("a reopened store keeps everything", "[store]")
         must_commit(store, cycle);
     }
     Store store = open_store(options);
-    CHECK(store.schema_version() == 2);
+    CHECK(store.schema_version() == 4);
     CHECK(must(store.sessions()) == cycle.sessions);
     CHECK(usage(store, "kept-user-2", 0, t + kDay, Granularity::Day) ==
           std::vector<UsageBucket>{{utc(2024, 4, 30, 22), traffic(1, 100, 2, 200)}}); // midnight CEST
@@ -703,13 +707,13 @@ TEST_CASE("opening fails clearly on a newer schema, an unknown zone, a second op
         {
             Store store = open_store(options);
         }
-        put_raw(options.path, "meta", "schema_version", encoding::encode_u32(3));
+        put_raw(options.path, "meta", "schema_version", encoding::encode_u32(5));
         for (bool read_only : {false, true}) {
             options.read_only = read_only;
             const auto store = Store::open(options);
             REQUIRE_FALSE(store);
-            CHECK_THAT(store.error().message(), Catch::Contains("schema version 3") &&
-                                                    Catch::Contains("newer than this vpnmeter understands (2)"));
+            CHECK_THAT(store.error().message(), Catch::Contains("schema version 5") &&
+                                                    Catch::Contains("newer than this vpnmeter understands (4)"));
         }
     }
     SECTION("the same store twice in one process")
@@ -734,7 +738,7 @@ TEST_CASE("opening fails clearly on a newer schema, an unknown zone, a second op
 // package test does it for real; these pin down the schema checks.
 TEST_CASE("a store from a newer release is refused and left as it was", "[store]")
 {
-    constexpr uint32_t kSchemaVersion = 2; // this release's (store_impl.h)
+    constexpr uint32_t kSchemaVersion = 4; // this release's (store_impl.h)
     TempDir dir;
     auto options = options_in(dir);
     const int64_t t = utc(2026, 11, 1, 12);
@@ -799,22 +803,104 @@ TEST_CASE("prune drops hour and day buckets past retention, keeps months", "[sto
     CHECK(starts("carol", Granularity::Hour).size() == 2);
 }
 
-TEST_CASE("the usage key orders by user, granularity, then time", "[store]")
+TEST_CASE("the usage key orders by granularity, time, then user", "[store]")
 {
     using encoding::usage_key;
-    CHECK(usage_key("a", Granularity::Hour, -5) < usage_key("a", Granularity::Hour, 0));
-    CHECK(usage_key("a", Granularity::Hour, 0) < usage_key("a", Granularity::Hour, 1));
-    CHECK(usage_key("a", Granularity::Hour, 255) < usage_key("a", Granularity::Hour, 256));
-    const std::string bytes = usage_key(std::string("a\0b", 3), Granularity::Month, -42);
+    CHECK(usage_key(Granularity::Hour, -5, "b") < usage_key(Granularity::Hour, 0, "a"));
+    CHECK(usage_key(Granularity::Hour, 0, "zz") < usage_key(Granularity::Hour, 1, "a"));
+    CHECK(usage_key(Granularity::Hour, 255, "a") < usage_key(Granularity::Hour, 256, "a"));
+    CHECK(usage_key(Granularity::Hour, 7, "a") < usage_key(Granularity::Hour, 7, "ab"));
+    CHECK(usage_key(Granularity::Hour, 7, "ab") < usage_key(Granularity::Hour, 7, "b"));
+    // Every hour before every day and month bucket: runs per granularity.
+    CHECK(usage_key(Granularity::Day, 1LL << 40, "a") < usage_key(Granularity::Hour, 0, "a"));
+    CHECK(usage_key(Granularity::Hour, 1LL << 40, "a") < usage_key(Granularity::Month, 0, "a"));
+    const std::string bytes = usage_key(Granularity::Month, -42, std::string("a\0b", 3));
     const auto key = encoding::decode_usage_key(bytes); // views into `bytes`
     REQUIRE(key);
     CHECK(key->user == std::string("a\0b", 3));
     CHECK(key->granularity == Granularity::Month);
     CHECK(key->start == -42);
     CHECK(encoding::encode(traffic(1, 2, 3, 4)).size() == encoding::kTrafficSize);
-    CHECK(encoding::encode(v4(1, "10.0.0.1")).size() == encoding::kClientKeySize);
-    CHECK(encoding::decode_client_key(encoding::encode(ClientKey::parse(7, "fd00::1"))) ==
-          ClientKey::parse(7, "fd00::1"));
+}
+
+TEST_CASE("address checkpoint keys are compact and sort as client keys do", "[store]")
+{
+    CHECK(encoding::encode(v4(1, "10.0.0.1")).size() == 9);
+    CHECK(encoding::encode(ClientKey::parse(7, "fd00::1")).size() == 21);
+    // Random keys: IPv4 as the datapath writes them, IPv4 with bytes after the
+    // address (never written, still kept exactly), IPv6; a few interfaces.
+    std::mt19937_64 random(42);
+    std::vector<ClientKey> keys;
+    for (int i = 0; i < 5000; ++i) {
+        ClientKey key;
+        key.ifindex = static_cast<uint32_t>(random() % 3 + (random() % 2 ? 0 : 0x01000000));
+        const int kind = static_cast<int>(random() % 3);
+        key.family = kind == 2 ? AF_INET6 : AF_INET;
+        const size_t size = kind == 0 ? 4 : 16;
+        for (size_t b = 0; b < size; ++b) key.addr[b] = static_cast<uint8_t>(random() % 4); // collisions wanted
+        keys.push_back(key);
+    }
+    std::vector<std::string> encoded;
+    for (const ClientKey& key : keys) {
+        encoded.push_back(encoding::encode(key));
+        CHECK(encoding::decode_client_key(encoded.back()) == key);
+    }
+    for (size_t i = 1; i < keys.size(); ++i) {
+        INFO(keys[i - 1].address() << " / " << keys[i].address());
+        CHECK((keys[i - 1] <=> keys[i]) == (encoded[i - 1] <=> encoded[i]));
+    }
+    CHECK_FALSE(encoding::decode_client_key(std::string(9, '\0')));  // 4 address bytes but not IPv4
+    CHECK_FALSE(encoding::decode_client_key(std::string(24, '\0'))); // the schema 3 size
+}
+
+TEST_CASE("address checkpoints hold any counter value, and reject truncated records", "[store]")
+{
+    for (uint64_t value : {uint64_t{0}, uint64_t{1}, uint64_t{127}, uint64_t{128}, uint64_t{1} << 40, ~uint64_t{0}}) {
+        const AddressCheckpoint checkpoint{traffic(value, ~value, value / 3, 7), "udp:1:17"};
+        const std::string bytes = encoding::encode(checkpoint);
+        CHECK(encoding::decode_address_checkpoint(bytes) == checkpoint);
+        CHECK_FALSE(encoding::decode_address_checkpoint(bytes.substr(0, 3)));
+    }
+    CHECK(encoding::encode(AddressCheckpoint{traffic(1, 1500, 1, 1500), ""}).size() == 6);
+    CHECK_FALSE(encoding::decode_address_checkpoint(std::string(11, '\xff'))); // longer than a u64
+}
+
+TEST_CASE("a schema 3 store is migrated: address checkpoints rewritten compact", "[store]")
+{
+    TempDir dir;
+    auto options = options_in(dir);
+    REQUIRE(mkdir(options.path.c_str(), 0700) == 0);
+    // The schema 3 layout: a 24-byte key, a 32-byte traffic value, the owner.
+    auto old_key = [](const ClientKey& key) {
+        std::string out;
+        for (int i = 3; i >= 0; --i) out.push_back(static_cast<char>(key.ifindex >> (8 * i)));
+        out.push_back(static_cast<char>(key.family));
+        out.append(3, '\0');
+        out.append(reinterpret_cast<const char*>(key.addr.data()), key.addr.size());
+        return out;
+    };
+    const AddressCheckpoints expected = AddressCheckpoints::from_unsorted({
+        {v4(3, "10.8.0.2"), {traffic(5, 500, 6, 600), "udp:1:17"}},
+        {v4(3, "10.8.0.10"), {traffic(1, 2, 3, 4), ""}},
+        {ClientKey::parse(3, "fd00::2"), {traffic(~0ull, 1, 0, 0), "udp:1:17"}},
+        {v4(12, "10.9.0.1"), {traffic(0, 0, 0, 0), ""}},
+    });
+    put_raw(options.path, "meta", "schema_version", encoding::encode_u32(3));
+    for (const auto& [key, checkpoint] : expected)
+        put_raw(options.path, "checkpoint_addresses", old_key(key),
+                encoding::encode(checkpoint.raw) + checkpoint.owner);
+    {
+        Store store = open_store(options);
+        CHECK(store.schema_version() == 4);
+        auto checkpoint = must(store.checkpoint());
+        REQUIRE(checkpoint);
+        CHECK(checkpoint->addresses == expected);
+    }
+    CHECK(get_raw(options.path, "checkpoint_addresses", old_key(v4(3, "10.8.0.2"))).empty());
+    CHECK(get_raw(options.path, "checkpoint_addresses", encoding::encode(v4(3, "10.8.0.2"))) ==
+          encoding::encode(expected.find(v4(3, "10.8.0.2"))->second));
+    Store store = open_store(options); // as it is now
+    CHECK(must(store.checkpoint())->addresses == expected);
 }
 
 TEST_CASE("a full store says why, and a raised limit applies without reopening", "[store]")
@@ -844,4 +930,94 @@ TEST_CASE("a full store says why, and a raised limit applies without reopening",
     store.set_max_map_size(64 << 10); // lowered below the map: never shrunk, commits that fit go on
     must_commit(store, big_cycle(t, 1, "after"));
     CHECK(store.map_size() > (64 << 10));
+}
+
+namespace {
+
+// A usage key as schemas 1 and 2 wrote it: user-major.
+std::string schema2_usage_key(const std::string& user, char granularity, int64_t start)
+{
+    std::string key;
+    key.push_back(static_cast<char>(user.size() >> 8));
+    key.push_back(static_cast<char>(user.size()));
+    key += user;
+    key.push_back(granularity);
+    const uint64_t flipped = static_cast<uint64_t>(start) ^ (uint64_t(1) << 63);
+    for (int i = 7; i >= 0; --i) key.push_back(static_cast<char>(flipped >> (8 * i)));
+    return key;
+}
+
+} // namespace
+
+TEST_CASE("a schema 2 store is migrated: usage re-keyed by time, active sessions apart", "[store]")
+{
+    TempDir dir;
+    auto options = options_in(dir);
+    REQUIRE(mkdir(options.path.c_str(), 0700) == 0);
+    const int64_t may1 = utc(2024, 5, 1), may2 = utc(2024, 5, 2), jun1 = utc(2024, 6, 1);
+    const int64_t hour = utc(2024, 5, 2, 13);
+    put_raw(options.path, "meta", "schema_version", encoding::encode_u32(2));
+    const std::string alice("al\0ice", 6);
+    for (auto [user, granularity, start, t] :
+         {std::tuple{alice, 'h', hour, traffic(1, 10, 2, 20)}, {alice, 'd', may1, traffic(3, 30, 4, 40)},
+          {alice, 'd', may2, traffic(1, 10, 2, 20)}, {alice, 'm', may1, traffic(4, 40, 6, 60)},
+          {std::string("bob"), 'm', jun1, traffic(5, 50, 7, 70)}})
+        put_raw(options.path, "usage", schema2_usage_key(user, granularity, start), encoding::encode(t));
+    const Session open = session("udp:17:1700000000", alice);
+    const Session closed = session("udp:17:1600000000", alice, 1'600'000'500); // sorts first
+    put_raw(options.path, "sessions", open.id, encoding::encode(open));
+    put_raw(options.path, "sessions", closed.id, encoding::encode(closed));
+
+    auto read_only = options;
+    read_only.read_only = true;
+    { // The CLI leaves the migration to the daemon.
+        auto reader = Store::open(read_only);
+        REQUIRE_FALSE(reader);
+        CHECK_THAT(reader.error().message(), Catch::Contains("has schema version 2; start this release's vpnmeterd"));
+    }
+    auto check = [&](const Store& store) {
+        CHECK(store.schema_version() == 4);
+        const int64_t end = utc(2030, 1, 1);
+        CHECK(must(store.usage(alice, 0, end, Granularity::Hour)) ==
+              std::vector<UsageBucket>{{hour, traffic(1, 10, 2, 20)}});
+        CHECK(must(store.usage(alice, 0, end, Granularity::Day)) ==
+              std::vector<UsageBucket>{{may1, traffic(3, 30, 4, 40)}, {may2, traffic(1, 10, 2, 20)}});
+        CHECK(must(store.usage(alice, may2, end, Granularity::Day)) ==
+              std::vector<UsageBucket>{{may2, traffic(1, 10, 2, 20)}});
+        CHECK(must(store.usage(alice, 0, end, Granularity::Month)) ==
+              std::vector<UsageBucket>{{may1, traffic(4, 40, 6, 60)}});
+        CHECK(must(store.usage("bob", 0, end, Granularity::Month)) ==
+              std::vector<UsageBucket>{{jun1, traffic(5, 50, 7, 70)}});
+        CHECK(must(store.usage("bob", 0, end, Granularity::Day)).empty());
+        CHECK(must(store.users()) == std::vector<std::string>{"bob", alice}); // by length, then name
+        CHECK(must(store.sessions()) == std::vector<Session>{closed, open});
+        CHECK(must(store.sessions(true)) == std::vector<Session>{open});
+        CHECK(must(store.session(open.id)) == open);
+        CHECK(must(store.session(closed.id)) == closed);
+    };
+    {
+        Store store = open_store(options);
+        check(store);
+    }
+    check(open_store(read_only));
+    CHECK(get_raw(options.path, "usage", schema2_usage_key("bob", 'm', jun1)).empty()); // the old database is gone
+    CHECK(get_raw(options.path, "sessions", open.id).empty());
+    CHECK_FALSE(get_raw(options.path, "sessions_active", open.id).empty());
+
+    // The migrated buckets keep adding up, and the session closes into the closed ones.
+    Store store = open_store(options);
+    CycleCommit cycle;
+    cycle.time = hour + 60;
+    cycle.user_usage[alice] = traffic(1, 1, 1, 1);
+    Session ended = open;
+    ended.end = hour + 60;
+    cycle.sessions.push_back(ended);
+    must_commit(store, cycle);
+    CHECK(must(store.usage(alice, hour, hour + 1, Granularity::Hour)) ==
+          std::vector<UsageBucket>{{hour, traffic(2, 11, 3, 21)}});
+    CHECK(must(store.usage(alice, may2, may2 + 1, Granularity::Day)) ==
+          std::vector<UsageBucket>{{may2, traffic(2, 11, 3, 21)}});
+    CHECK(must(store.sessions(true)).empty());
+    CHECK(must(store.sessions()) == std::vector<Session>{closed, ended});
+    CHECK(get_raw(options.path, "sessions_active", open.id).empty());
 }

@@ -1,0 +1,102 @@
+// QuotaController without a kernel (no enforcer): period usage and alerts
+// planned into the commit, and what it remembers across a restart.
+#include <catch2/catch.hpp>
+
+#include "quota_controller.h"
+#include "store_support.h"
+
+using namespace vpnmeter;
+using namespace vpnmeter::testing;
+
+namespace {
+
+constexpr uint64_t kGB = 1'000'000'000;
+
+QuotaConfig one_plan()
+{
+    QuotaConfig config;
+    Plan plan;
+    plan.name = "10G";
+    plan.limit_bytes = 10 * kGB;
+    config.plans = {plan};
+    config.default_plan = plan.name;
+    config.thresholds = {50, 90, 100};
+    return config;
+}
+
+// One cycle in which each user in `moved` downloads that many bytes:
+// planned, committed, accepted. Returns the alerts it fired.
+std::vector<AlertRecord> cycle(QuotaController& quotas, Store& store, const std::map<std::string, uint64_t>& moved,
+                               int64_t now)
+{
+    CycleCommit commit;
+    commit.time = now;
+    for (const auto& [user, bytes] : moved) commit.user_usage[user] = Traffic{{}, {1, bytes}};
+    quotas.plan(commit, now);
+    must_commit(store, commit);
+    quotas.accept(commit, {}, {}, now);
+    return commit.alerts_fired;
+}
+
+std::vector<int> thresholds(const std::vector<AlertRecord>& alerts, const std::string& user)
+{
+    std::vector<int> out;
+    for (const auto& alert : alerts)
+        if (alert.user == user) out.push_back(alert.threshold);
+    return out;
+}
+
+} // namespace
+
+TEST_CASE("alerts fire once per period, also across a restart of the daemon", "[quota]")
+{
+    TempDir dir;
+    const auto options = options_in(dir);
+    const int64_t may = utc(2024, 5, 10, 12), june = utc(2024, 6, 2, 12);
+    {
+        Store store = open_store(options);
+        QuotaController quotas(one_plan(), store, nullptr, nullptr, nullptr);
+        REQUIRE(quotas.load());
+        CHECK(thresholds(cycle(quotas, store, {{"alice", 6 * kGB}, {"bob", 1 * kGB}}, may), "alice") ==
+              std::vector<int>{50});
+        CHECK(cycle(quotas, store, {{"alice", 1 * kGB}}, may + 60).empty()); // 70 %: nothing new
+    }
+    // A new daemon on the same store remembers what fired in May.
+    Store store = open_store(options);
+    QuotaController quotas(one_plan(), store, nullptr, nullptr, nullptr);
+    REQUIRE(quotas.load());
+    auto fired = cycle(quotas, store, {{"alice", 3 * kGB}, {"bob", 4 * kGB}}, may + 120); // alice 100 %, bob 50 %
+    CHECK(thresholds(fired, "alice") == std::vector<int>{90, 100});
+    CHECK(thresholds(fired, "bob") == std::vector<int>{50});
+    CHECK(cycle(quotas, store, {{"alice", 1}, {"bob", 1}}, may + 180).empty());
+    // June is a new period: the thresholds fire again, once.
+    CHECK(thresholds(cycle(quotas, store, {{"alice", 5 * kGB}}, june), "alice") == std::vector<int>{50});
+    CHECK(cycle(quotas, store, {{"alice", 1}}, june + 60).empty());
+    CHECK(must(store.alerts_fired("alice", utc(2024, 6, 1))) == std::set<int>{50});
+    CHECK(must(store.alerts_fired("alice", utc(2024, 5, 1))) == std::set<int>{50, 90, 100});
+}
+
+TEST_CASE("the users' quota states for /metrics: those with a plan among usage, grants and the connected",
+          "[quota]")
+{
+    TempDir dir;
+    Store store = open_store(options_in(dir));
+    QuotaConfig config = one_plan();
+    config.default_plan = kUnlimitedPlan;
+    config.users = {{"al*", "10G"}};
+    QuotaController quotas(config, store, nullptr, nullptr, nullptr);
+    REQUIRE(quotas.load());
+    const int64_t now = utc(2024, 5, 10, 12);
+    cycle(quotas, store, {{"alice", 6 * kGB}, {"bob", 1}}, now);                      // usage on record
+    REQUIRE(quotas.put_quota("dave", R"({"plan": "10G"})", now).status == 200);     // a grant
+    const std::vector<std::string_view> connected{"carol", "albert", "bob", "albert"}; // any order, repeats
+    std::vector<std::string> users;
+    for (const QuotaState& state : quotas.planned_states(connected, now)) users.push_back(state.user);
+    CHECK(users == std::vector<std::string>{"albert", "alice", "dave"}); // bob and carol have no plan
+    // Metering only: nobody has a plan.
+    QuotaController unplanned(QuotaConfig{}, store, nullptr, nullptr, nullptr);
+    REQUIRE(unplanned.load());
+    std::vector<std::string> with_grant;
+    for (const QuotaState& state : unplanned.planned_states(connected, now)) with_grant.push_back(state.user);
+    CHECK(with_grant.empty()); // dave's grant names a plan this config does not have
+}

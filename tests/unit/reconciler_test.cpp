@@ -1,6 +1,8 @@
 #include <catch2/catch.hpp>
 
 #include <numeric>
+#include <random>
+#include <set>
 
 #include "reconciler.h"
 
@@ -255,4 +257,141 @@ TEST_CASE("a session listed before it has its address takes the address once it 
     CHECK(h.sessions.at(alice.id).usage == Traffic{{2, 70}, {2, 70}});
     CHECK(h.unattributed.at("tun0") == Traffic{{2, 30}, {2, 30}});
     h.check_invariant();
+}
+
+namespace {
+
+// An independent model of the accounting rules: each cycle's bytes on an
+// address go to the session that held it when the cycle began (else to the
+// interface's unattributed bucket); a session holds what its source listed
+// for it at the end of the previous cycle.
+struct Model {
+    struct Instance {
+        std::string name, interface;
+        uint32_t ifindex;
+        std::vector<Session> listed; // as the source reports them
+    };
+    std::vector<Instance> instances{{"udp", "tun0", 7, {}}, {"tcp", "tun1", 8, {}}};
+    Interfaces interfaces{{{"tun0", 7}, {"tun1", 8}}, {{7, "tun0"}, {8, "tun1"}}};
+    std::map<ClientKey, std::string> owner;  // as of the start of the next cycle
+    std::map<std::string, Traffic> session_usage, user_usage, unattributed;
+    std::map<std::string, std::string> user_of;
+
+    void own_listed(const Instance& instance)
+    {
+        std::erase_if(owner, [&](const auto& entry) { return entry.first.ifindex == instance.ifindex; });
+        for (const Session& s : instance.listed)
+            for (const auto& address : s.addresses) owner[ClientKey::parse(instance.ifindex, address)] = s.id;
+    }
+};
+
+// What the daemon's store would hold: committed records, applied in order.
+struct Committed {
+    std::map<std::string, Session> sessions;
+    std::map<ClientKey, AddressCheckpoint> addresses;
+    std::map<std::string, Traffic> users, unattributed;
+
+    void apply(const CycleCommit& commit)
+    {
+        for (const auto& s : commit.sessions) sessions[s.id] = s;
+        for (const auto& key : commit.address_removals) addresses.erase(key);
+        for (const auto& [key, checkpoint] : commit.address_updates) addresses[key] = checkpoint;
+        for (const auto& [user, t] : commit.user_usage) users[user] += t;
+        for (const auto& [name, t] : commit.unattributed) unattributed[name] += t;
+    }
+    Reconciler resume() const
+    {
+        Checkpoint checkpoint;
+        for (const auto& [key, address] : addresses) checkpoint.addresses[key] = address;
+        std::vector<Session> open;
+        for (const auto& [id, s] : sessions)
+            if (s.active()) open.push_back(s);
+        return Reconciler(checkpoint, open);
+    }
+};
+
+} // namespace
+
+TEST_CASE("random connects, disconnects, late addresses, silent sources and restarts match the model",
+          "[reconciler]")
+{
+    const std::vector<std::string> pool{"10.8.0.2", "10.8.0.3", "10.8.0.4", "10.8.0.5", "10.8.0.6",
+                                        "10.8.0.7", "fd00:8::a", "fd00:8::b", "fd00:8::c"};
+    for (uint32_t seed = 1; seed <= 20; ++seed) {
+        CAPTURE(seed);
+        std::mt19937 rng(seed);
+        auto chance = [&](double p) { return std::uniform_real_distribution<>(0, 1)(rng) < p; };
+        auto pick = [&](size_t n) { return std::uniform_int_distribution<size_t>(0, n - 1)(rng); };
+        Model model;
+        Committed store;
+        Reconciler reconciler{std::nullopt, {}};
+        CounterSnapshot raw;
+        std::optional<CounterSnapshot> previous;
+        std::map<std::string, std::vector<std::string>> pending_address; // sessions listed before their address
+        uint64_t next_client = 1;
+
+        for (int64_t now = 1000; now < 1300; ++now) {
+            CAPTURE(now);
+            // Traffic under the ownership the cycle began with.
+            for (size_t i = pick(6); i > 0; --i) {
+                const Model::Instance& instance = model.instances[pick(2)];
+                const ClientKey key = ClientKey::parse(instance.ifindex, pool[pick(pool.size())]);
+                const Traffic t{{1, 1 + pick(1500)}, {1 + pick(2), 1 + pick(9000)}};
+                raw.clients[key].upload += t.upload;
+                raw.clients[key].download += t.download;
+                raw.interfaces[instance.ifindex].total += t;
+                if (auto it = model.owner.find(key); it != model.owner.end()) {
+                    model.session_usage[it->second] += t;
+                    model.user_usage[model.user_of.at(it->second)] += t;
+                } else {
+                    model.unattributed[instance.interface] += t;
+                }
+            }
+            // What the sources report at the end of the cycle.
+            ConnectedSessions reported;
+            for (Model::Instance& instance : model.instances) {
+                if (chance(0.1)) continue; // the source did not answer: nothing changes
+                if (!instance.listed.empty() && chance(0.3)) instance.listed.erase(instance.listed.begin() + pick(instance.listed.size()));
+                std::set<std::string> taken;
+                for (const Session& s : instance.listed) taken.insert(s.addresses.begin(), s.addresses.end());
+                std::vector<std::string> free;
+                for (const auto& address : pool)
+                    if (!taken.count(address)) free.push_back(address);
+                for (Session& s : instance.listed) {
+                    if (s.addresses.empty() && !free.empty() && chance(0.5)) {
+                        s.addresses = {free.back()};
+                        free.pop_back();
+                    }
+                }
+                if (!free.empty() && chance(0.35)) {
+                    Session s = connected("user" + std::to_string(pick(5)), next_client++, free.back(), now);
+                    s.id = session_id(instance.name, std::to_string(next_client), now);
+                    s.instance = instance.name;
+                    s.interface = instance.interface;
+                    if (chance(0.2)) s.addresses.clear(); // listed before its address
+                    model.user_of[s.id] = s.user;
+                    instance.listed.push_back(s);
+                }
+                reported[instance.name] = instance.listed;
+                model.own_listed(instance);
+            }
+            Cycle counters{raw, compute_delta(raw, previous.value_or(CounterSnapshot{}))};
+            const CycleCommit commit = reconciler.plan(counters, reported, model.interfaces, now);
+            reconciler.accept(commit);
+            store.apply(commit);
+            previous = raw;
+            if (chance(0.05)) reconciler = store.resume(); // the agent restarts
+
+            for (const auto& [id, usage] : model.session_usage) REQUIRE(store.sessions.at(id).usage == usage);
+            for (const auto& [id, s] : store.sessions)
+                REQUIRE(s.usage == (model.session_usage.count(id) ? model.session_usage.at(id) : Traffic{}));
+            REQUIRE(store.users == model.user_usage);
+            REQUIRE(store.unattributed == model.unattributed);
+            FlatMap<ClientKey, std::string> owners;
+            for (const auto& [key, id] : model.owner) owners.append(key, id);
+            REQUIRE(reconciler.owners() == owners);
+            for (const Model::Instance& instance : model.instances)
+                for (const Session& s : instance.listed) REQUIRE(store.sessions.at(s.id).active());
+        }
+    }
 }

@@ -4,7 +4,6 @@
 #include <stdexcept>
 #include <string_view>
 #include <unordered_map>
-#include <unordered_set>
 #include <utility>
 
 #include <spdlog/spdlog.h>
@@ -53,82 +52,144 @@ Reconciler::Reconciler(const std::optional<Checkpoint>& checkpoint, const std::v
 {
     for (const auto& session : open_sessions)
         if (session.active()) add_active(session);
-    if (checkpoint)
-        for (const auto& [key, address] : checkpoint->addresses)
-            if (!address.owner.empty()) owners_.emplace(key, address.owner);
+    rebuild_order();
+    if (!checkpoint) return;
+    for (const auto& [key, address] : checkpoint->addresses) {
+        // An owner that is not an open session owns nothing.
+        if (uint32_t slot = find_slot(address.owner); slot != kNone)
+            owners_.emplace(key, Owner{slot, slots_[slot].generation});
+    }
 }
 
-void Reconciler::add_active(const Session& session)
+uint32_t Reconciler::intern_user(const std::string& name)
 {
-    if (auto known = by_id_.find(session.id); known != by_id_.end()) {
-        Session& stored = *known->second.session; // hashed: no walk down active_'s tree
-        if (stored.addresses != session.addresses) known->second.addresses = parse_keys(session.addresses, 0);
-        stored = session;
-        return;
+    auto [it, inserted] = user_ids_.try_emplace(name, 0);
+    if (inserted) {
+        if (free_users_.empty()) {
+            it->second = static_cast<uint32_t>(users_.size());
+            users_.emplace_back();
+        } else {
+            it->second = free_users_.back();
+            free_users_.pop_back();
+        }
+        users_[it->second] = {it->first, 0};
     }
-    auto it = active_.emplace(session.id, session).first;
-    Active entry;
-    entry.session = &it->second;
+    ++users_[it->second].sessions;
+    return it->second;
+}
+
+void Reconciler::release_user(uint32_t user)
+{
+    if (--users_[user].sessions > 0) return;
+    user_ids_.erase(user_ids_.find(users_[user].name));
+    users_[user] = {};
+    free_users_.push_back(user);
+}
+
+bool Reconciler::add_active(const Session& session)
+{
+    if (uint32_t slot = find_slot(session.id); slot != kNone) {
+        Active& known = slots_[slot];
+        Session& stored = *known.session;
+        if (stored.addresses != session.addresses) known.addresses = parse_keys(session.addresses, 0);
+        if (stored.user != session.user) {
+            release_user(known.user);
+            known.user = intern_user(session.user);
+        }
+        stored = session;
+        return false;
+    }
+    uint32_t slot;
     if (free_slots_.empty()) {
-        entry.slot = slots_++;
+        slot = static_cast<uint32_t>(slots_.size());
+        slots_.emplace_back();
     } else {
-        entry.slot = free_slots_.back();
+        slot = free_slots_.back();
         free_slots_.pop_back();
     }
+    auto it = active_.emplace(session.id, session).first;
+    Active& entry = slots_[slot];
+    entry.session = &it->second;
+    entry.user = intern_user(session.user);
     entry.addresses = parse_keys(session.addresses, 0);
-    by_id_.emplace(it->first, std::move(entry));
+    by_id_.emplace(it->first, slot);
+    return true;
 }
 
-void Reconciler::remove_active(const std::string& id)
+bool Reconciler::remove_active(const std::string& id)
 {
     auto it = by_id_.find(id);
-    if (it == by_id_.end()) return;
-    free_slots_.push_back(it->second.slot);
+    if (it == by_id_.end()) return false;
+    Active& entry = slots_[it->second];
+    release_user(entry.user);
+    entry.session = nullptr;
+    entry.addresses.clear();
+    ++entry.generation; // owners still naming the slot now name nobody
+    free_slots_.push_back(it->second);
     by_id_.erase(it);
     active_.erase(id);
+    return true;
 }
 
-const Reconciler::Active* Reconciler::find_active(std::string_view id) const
+void Reconciler::rebuild_order()
+{
+    order_.clear();
+    order_.reserve(active_.size());
+    for (const auto& [id, session] : active_) order_.push_back(by_id_.at(id));
+}
+
+uint32_t Reconciler::find_slot(std::string_view id) const
 {
     auto it = by_id_.find(id);
-    return it != by_id_.end() ? &it->second : nullptr;
+    return it != by_id_.end() ? it->second : kNone;
+}
+
+uint32_t Reconciler::slot_of(const Owner& owner) const
+{
+    const Active& entry = slots_[owner.slot];
+    return entry.session && entry.generation == owner.generation ? owner.slot : kNone;
+}
+
+void Reconciler::put_in_id_order(std::vector<Session>& sessions, const std::vector<uint32_t>& touched) const
+{
+    auto by_id = [&](uint32_t a, uint32_t b) { return sessions[a].id < sessions[b].id; };
+    std::vector<uint8_t> known(sessions.size(), 0);
+    size_t known_count = 0;
+    for (uint32_t index : touched) {
+        if (index == kNone) continue;
+        known[index] = 1;
+        ++known_count;
+    }
+    // Known sessions: in the kept order when many moved, else sorted.
+    std::vector<uint32_t> order;
+    order.reserve(sessions.size());
+    if (known_count * 16 >= order_.size()) {
+        for (uint32_t slot : order_)
+            if (touched[slot] != kNone) order.push_back(touched[slot]);
+    } else {
+        for (uint32_t index : touched)
+            if (index != kNone) order.push_back(index);
+        std::sort(order.begin(), order.end(), by_id);
+    }
+    // New ones, never in the kept order, merged in.
+    const auto known_end = static_cast<std::ptrdiff_t>(order.size());
+    for (uint32_t index = 0; index < sessions.size(); ++index)
+        if (!known[index]) order.push_back(index);
+    std::sort(order.begin() + known_end, order.end(), by_id);
+    std::inplace_merge(order.begin(), order.begin() + known_end, order.end(), by_id);
+    std::vector<Session> sorted;
+    sorted.reserve(sessions.size());
+    for (uint32_t index : order) sorted.push_back(std::move(sessions[index]));
+    sessions = std::move(sorted);
 }
 
 FlatMap<ClientKey, std::string> Reconciler::owners() const
 {
-    return FlatMap<ClientKey, std::string>::from_unsorted({owners_.begin(), owners_.end()});
+    std::vector<std::pair<ClientKey, std::string>> owned;
+    for (const auto& [key, owner] : owners_)
+        if (uint32_t slot = slot_of(owner); slot != kNone) owned.emplace_back(key, slots_[slot].session->id);
+    return FlatMap<ClientKey, std::string>::from_unsorted(std::move(owned));
 }
-
-namespace {
-
-// The sessions one plan() changes, as copies in the commit: only these are
-// copied, never the whole table (at 100,000 sessions a copy per cycle cost
-// more than everything else the reconciler does).
-class TouchedSessions {
-public:
-    TouchedSessions(std::vector<Session>& out, size_t capacity) : out_(out)
-    {
-        out_.reserve(capacity); // no reallocation: the index holds views of the ids
-        index_.reserve(capacity);
-    }
-    Session* find(std::string_view id)
-    {
-        auto it = index_.find(id);
-        return it != index_.end() ? &out_[it->second] : nullptr;
-    }
-    Session& add(const Session& session)
-    {
-        out_.push_back(session);
-        index_.emplace(out_.back().id, out_.size() - 1);
-        return out_.back();
-    }
-
-private:
-    std::vector<Session>& out_;
-    std::unordered_map<std::string_view, size_t> index_;
-};
-
-} // namespace
 
 CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& connected, const Interfaces& interfaces,
                              int64_t now) const
@@ -137,49 +198,70 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     out.time = now;
     size_t reported_count = 0;
     for (const auto& [instance, list] : connected) reported_count += list.size();
-    TouchedSessions touched(out.sessions, active_.size() + reported_count);
-    // The session `id` as this cycle has made it so far (null: no such session).
-    auto session_of = [&](std::string_view id) -> Session* {
-        if (Session* session = touched.find(id)) return session;
-        const Active* known = find_active(id);
-        return known ? &touched.add(*known->session) : nullptr;
+    // The sessions this plan changes, as copies in the commit: only these
+    // are copied, never the whole table. No reallocation: references into
+    // out.sessions stay valid while it grows.
+    out.sessions.reserve(active_.size() + reported_count);
+    std::vector<uint32_t> touched(slots_.size(), kNone); // slot -> index in out.sessions
+    auto touch = [&](uint32_t slot) -> Session& {
+        uint32_t& at = touched[slot];
+        if (at == kNone) {
+            at = static_cast<uint32_t>(out.sessions.size());
+            out.sessions.push_back(*slots_[slot].session);
+        }
+        return out.sessions[at];
     };
-    std::unordered_map<std::string_view, Traffic> user_usage; // views of users in out.sessions (stable)
-    user_usage.reserve(counters.delta.clients.size());
+    auto owner_slot = [&](const ClientKey& key) {
+        auto it = owners_.find(key);
+        return it != owners_.end() ? slot_of(it->second) : kNone;
+    };
 
     // 1. Bytes first, under the ownership that held during the cycle.
+    std::vector<Traffic> user_moved(users_.size());
+    std::vector<uint8_t> user_seen(users_.size(), 0);
+    std::vector<uint32_t> users_seen;
+    std::map<uint32_t, Traffic> unattributed; // by ifindex; named once at the end
+    std::vector<uint32_t> update_slots;       // the owner of each address update of this step
     out.address_updates.reserve(counters.delta.clients.size());
+    update_slots.reserve(counters.delta.clients.size());
     auto raw = counters.snapshot.clients.begin();
     for (const auto& [key, moved] : counters.delta.clients) { // both in key order
         while (raw != counters.snapshot.clients.end() && raw->first < key) ++raw;
         if (raw == counters.snapshot.clients.end() || raw->first != key)
             throw std::out_of_range("reconciler: a moved client is missing from the snapshot");
-        auto owner = owners_.find(key);
-        Session* session = owner != owners_.end() ? session_of(owner->second) : nullptr;
-        if (session) {
-            session->usage += moved;
-            user_usage[session->user] += moved;
-        } else {
-            out.unattributed[interface_name(interfaces, key.ifindex)] += moved;
+        const uint32_t slot = owner_slot(key);
+        update_slots.push_back(slot);
+        if (slot == kNone) {
+            unattributed[key.ifindex] += moved;
+            out.address_updates.append(key, {raw->second, std::string()});
+            continue;
         }
-        out.address_updates.append(key, {raw->second, session ? session->id : std::string()});
+        Session& session = touch(slot);
+        session.usage += moved;
+        const uint32_t user = slots_[slot].user;
+        if (!user_seen[user]) {
+            user_seen[user] = 1;
+            users_seen.push_back(user);
+        }
+        user_moved[user] += moved;
+        out.address_updates.append(key, {raw->second, session.id});
     }
     for (const auto& [ifindex, moved] : counters.delta.interfaces) {
         // Not IP, truncated, or the client map was full: never a session's.
-        if (!moved.unattributed.empty()) out.unattributed[interface_name(interfaces, ifindex)] += moved.unattributed;
+        if (!moved.unattributed.empty()) unattributed[ifindex] += moved.unattributed;
         out.interface_updates[ifindex] = counters.snapshot.interfaces.at(ifindex);
     }
+    for (const auto& [ifindex, traffic] : unattributed) out.unattributed[interface_name(interfaces, ifindex)] += traffic;
     for (const auto& [ifindex, name] : interfaces.name_by_ifindex)
         if (counters.snapshot.interfaces.count(ifindex)) out.interface_names[ifindex] = name;
 
     // Ownership changes after step 1 (rare: sessions that start, end or
     // move), kept aside so the in-order updates above stay a flat append.
     std::map<ClientKey, AddressCheckpoint> owner_changes;
-    // Whether session `id`, known before this plan, owns an address as of now.
-    auto owns = [&](const ClientKey& key, std::string_view id) {
+    // Whether the session in `slot` (id `id`) owns an address as of now.
+    auto owns = [&](const ClientKey& key, uint32_t slot, std::string_view id) {
         if (auto it = owner_changes.find(key); it != owner_changes.end()) return it->second.owner == id;
-        auto owner = owners_.find(key);
-        return owner != owners_.end() && owner->second == id; // step 1 kept an active owner
+        return slot != kNone && owner_slot(key) == slot; // step 1 kept an active owner
     };
     // The checkpoint of an address as of now. The raw value is what the
     // kernel holds now (zero if it has no entry: e.g. the maps were
@@ -196,39 +278,50 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
 
     // Each reported session looked up once: known ones are marked (by slot)
     // for step 2 and kept for step 3.
-    std::vector<uint8_t> reported(slots_, 0);
-    std::vector<std::pair<const Session*, const Active*>> reports; // (as reported, known or null)
+    std::vector<uint8_t> reported(slots_.size(), 0);
+    std::vector<std::pair<const Session*, uint32_t>> reports; // (as reported, slot if known)
     reports.reserve(reported_count);
     for (const auto& [instance, list] : connected) {
         for (const Session& session : list) {
-            const Active* known = find_active(session.id);
-            if (known && known->session->instance == instance) reported[known->slot] = 1;
-            reports.emplace_back(&session, known);
+            const uint32_t slot = find_slot(session.id);
+            if (slot != kNone && slots_[slot].session->instance == instance) reported[slot] = 1;
+            reports.emplace_back(&session, slot);
         }
     }
 
     // 2. Sessions that ended: closed at the values just read.
-    std::unordered_set<std::string_view> ended; // views of ids in active_
-    for (const auto& [id, entry] : by_id_) {
-        if (reported[entry.slot] || !connected.count(entry.session->instance))
+    std::vector<uint8_t> ended(slots_.size(), 0);
+    bool any_ended = false;
+    for (uint32_t slot = 0; slot < slots_.size(); ++slot) {
+        const Session* session = slots_[slot].session;
+        if (!session || reported[slot] || !connected.count(session->instance))
             continue; // still there, or its source did not answer: unknown, not ended
-        session_of(id)->end = now;
-        ended.insert(id);
+        touch(slot).end = now;
+        ended[slot] = 1;
+        any_ended = true;
     }
     // Their addresses become nobody's: one pass for all of them, not one
     // per ended session (a VPN restart ends them all at once).
-    if (!ended.empty()) {
+    if (any_ended) {
         for (const auto& [key, owner] : owners_)
-            if (ended.count(owner)) set_owner(key, "");
-        for (auto& [key, checkpoint] : out.address_updates)
-            if (ended.count(checkpoint.owner)) checkpoint.owner.clear();
+            if (uint32_t slot = slot_of(owner); slot != kNone && ended[slot]) set_owner(key, "");
+        auto update = out.address_updates.begin(); // still step 1's, in the same order as update_slots
+        for (uint32_t slot : update_slots) {
+            if (slot != kNone && ended[slot]) update->second.owner.clear();
+            ++update;
+        }
     }
 
     // 3. New sessions start from the values just read; known ones get the
     //    source's latest outer counters.
-    for (auto [reported_session, active] : reports) {
+    std::unordered_map<std::string_view, size_t> started; // id -> index in out.sessions
+    for (auto [reported_session, slot] : reports) {
         const Session& reported = *reported_session;
-        const Session* known = active ? active->session : touched.find(reported.id); // reported twice?
+        const Session* known = slot != kNone ? slots_[slot].session : nullptr;
+        Session* repeated = nullptr; // a new session reported twice
+        if (!known) {
+            if (auto it = started.find(reported.id); it != started.end()) known = repeated = &out.sessions[it->second];
+        }
         if (!known) {
             Session session = reported;
             session.usage = {};
@@ -238,7 +331,8 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
                 spdlog::warn("session {}: some of its addresses {} are not IP addresses; ignored", session.id,
                              fmt::join(session.addresses, " "));
             for (const ClientKey& key : keys) set_owner(key, session.id);
-            touched.add(session);
+            out.sessions.push_back(std::move(session));
+            started.emplace(out.sessions.back().id, out.sessions.size() - 1);
             continue;
         }
         // OpenVPN can list a client before it has its virtual address: the
@@ -248,46 +342,65 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
         if (known->source_upload_bytes != reported.source_upload_bytes ||
             known->source_download_bytes != reported.source_download_bytes ||
             known->real_address != reported.real_address || readdressed) {
-            Session* session = session_of(reported.id);
-            session->source_upload_bytes = reported.source_upload_bytes;
-            session->source_download_bytes = reported.source_download_bytes;
-            session->real_address = reported.real_address;
-            if (readdressed) session->addresses = reported.addresses;
+            Session& session = repeated ? *repeated : touch(slot);
+            session.source_upload_bytes = reported.source_upload_bytes;
+            session.source_download_bytes = reported.source_download_bytes;
+            session.real_address = reported.real_address;
+            if (readdressed) session.addresses = reported.addresses;
         }
         // New addresses, or the tun device was recreated under the same session? (Re-)key.
         auto ifindex = interfaces.ifindex_by_name.find(known->interface);
         if (ifindex == interfaces.ifindex_by_name.end()) continue;
-        const bool cached = active && !readdressed;
+        const bool cached = slot != kNone && !readdressed;
         const std::vector<ClientKey> parsed =
             cached ? std::vector<ClientKey>() : parse_keys(readdressed ? reported.addresses : known->addresses, 0);
-        for (ClientKey key : cached ? active->addresses : parsed) {
+        for (ClientKey key : cached ? slots_[slot].addresses : parsed) {
             key.ifindex = ifindex->second;
-            if (!owns(key, known->id)) set_owner(key, known->id);
+            if (!owns(key, slot, known->id)) set_owner(key, known->id);
         }
     }
 
     out.address_updates.merge(std::move(owner_changes));
-    std::vector<std::pair<std::string_view, Traffic>> by_user(user_usage.begin(), user_usage.end());
-    std::sort(by_user.begin(), by_user.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-    out.user_usage.reserve(by_user.size());
-    for (const auto& [user, traffic] : by_user) out.user_usage.append(std::string(user), traffic);
+    put_in_id_order(out.sessions, touched); // the store writes them in key order
+    // Users in byte order (the commit's): a walk of all of them when many
+    // moved, else a sort of the few that did.
+    out.user_usage.reserve(users_seen.size());
+    if (users_seen.size() * 16 < user_ids_.size()) {
+        std::sort(users_seen.begin(), users_seen.end(),
+                  [&](uint32_t a, uint32_t b) { return users_[a].name < users_[b].name; });
+        for (uint32_t user : users_seen) out.user_usage.append(std::string(users_[user].name), user_moved[user]);
+    } else {
+        for (const auto& [name, user] : user_ids_)
+            if (user_seen[user]) out.user_usage.append(name, user_moved[user]);
+    }
     return out;
 }
 
 void Reconciler::accept(const CycleCommit& committed)
 {
-    for (const auto& session : committed.sessions) {
-        if (session.active()) add_active(session);
-        else remove_active(session.id);
-    }
+    bool came_or_went = false;
+    for (const auto& session : committed.sessions)
+        came_or_went |= session.active() ? add_active(session) : remove_active(session.id);
+    if (came_or_went) rebuild_order();
     for (const auto& key : committed.address_removals) owners_.erase(key);
     for (const auto& [key, checkpoint] : committed.address_updates) {
+        auto it = owners_.find(key);
         if (checkpoint.owner.empty()) {
-            owners_.erase(key);
+            if (it != owners_.end()) owners_.erase(it);
             continue;
         }
-        auto [it, inserted] = owners_.try_emplace(key, checkpoint.owner);
-        if (!inserted && it->second != checkpoint.owner) it->second = checkpoint.owner;
+        if (it != owners_.end()) {
+            const uint32_t slot = slot_of(it->second);
+            if (slot != kNone && slots_[slot].session->id == checkpoint.owner) continue; // unchanged
+        }
+        const uint32_t slot = find_slot(checkpoint.owner);
+        if (slot == kNone) { // not an open session: owns nothing
+            if (it != owners_.end()) owners_.erase(it);
+            continue;
+        }
+        const Owner owner{slot, slots_[slot].generation};
+        if (it != owners_.end()) it->second = owner;
+        else owners_.emplace(key, owner);
     }
 }
 

@@ -1,6 +1,7 @@
 // Attributes counter deltas to sessions and users: the billing logic.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -57,23 +58,47 @@ public:
     FlatMap<ClientKey, std::string> owners() const;
 
 private:
-    // An active session as plan() needs it, found with one hash lookup.
+    static constexpr uint32_t kNone = UINT32_MAX;
+    // An active session with what plan() needs at hand: a dense slot (the
+    // per-cycle marks and the address owners are by slot, not by id), its
+    // addresses parsed once and its user interned.
     struct Active {
-        Session* session = nullptr;       // in active_
-        uint32_t slot = 0;                // dense, for plan()'s per-session marks
+        Session* session = nullptr;       // in active_; null: a free slot
+        uint32_t generation = 0;          // bumped when the slot is freed
+        uint32_t user = 0;                // in users_
         std::vector<ClientKey> addresses; // parsed once; ifindex 0 (the interface's is set at use)
     };
-    const Active* find_active(std::string_view id) const;
-    void add_active(const Session& session);
-    void remove_active(const std::string& id);
+    // An address's owner: a slot, valid while the slot's generation is the same.
+    struct Owner {
+        uint32_t slot = 0;
+        uint32_t generation = 0;
+    };
+    struct User {
+        std::string_view name; // a key of user_ids_
+        uint32_t sessions = 0;
+    };
+    uint32_t find_slot(std::string_view id) const;
+    uint32_t slot_of(const Owner& owner) const; // kNone once the session is gone
+    bool add_active(const Session& session); // true: a new one
+    bool remove_active(const std::string& id); // true: it was active
+    void rebuild_order();
+    // Reorders a plan's sessions by id; `touched`: slot -> index in `sessions`.
+    void put_in_id_order(std::vector<Session>& sessions, const std::vector<uint32_t>& touched) const;
+    uint32_t intern_user(const std::string& name);
+    void release_user(uint32_t user);
 
     std::map<std::string, Session> active_;                // by session id
-    std::unordered_map<std::string_view, Active> by_id_;   // active_ hashed (views of its keys)
+    std::unordered_map<std::string_view, uint32_t> by_id_; // id (a key of active_) -> slot
+    std::vector<Active> slots_;
     std::vector<uint32_t> free_slots_;
-    uint32_t slots_ = 0;
+    std::vector<uint32_t> order_; // active slots in id order (the store's), rebuilt when sessions come or go
+    // The users of the active sessions, in byte order (commit order).
+    std::map<std::string, uint32_t, std::less<>> user_ids_;
+    std::vector<User> users_;
+    std::vector<uint32_t> free_users_;
     // Owners only: the raw values are the collector's (at 1,000,000 clients
     // a second copy of them cost 88 MB).
-    std::unordered_map<ClientKey, std::string, ClientKeyHash> owners_;
+    std::unordered_map<ClientKey, Owner, ClientKeyHash> owners_;
 };
 
 // The map keys of a session's addresses on its interface as it is now

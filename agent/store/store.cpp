@@ -531,7 +531,9 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure)
             if (session.id.empty()) return Error{"store session: empty session id (user '" + session.user + "')"};
             sessions.push_back(&session);
         }
-        std::sort(sessions.begin(), sessions.end(), [](const Session* a, const Session* b) { return a->id < b->id; });
+        auto by_id = [](const Session* a, const Session* b) { return a->id < b->id; };
+        if (!std::is_sorted(sessions.begin(), sessions.end(), by_id)) // the reconciler's come sorted
+            std::sort(sessions.begin(), sessions.end(), by_id);
         // Ended ones move to the closed sessions, before the active ones are
         // written (no cursor is open on sessions_active while they leave it).
         auto closed_cursor = lmdb::WriteCursor::open(txn, *dbs.sessions);

@@ -377,6 +377,8 @@ TEST_CASE("random connects, disconnects, late addresses, silent sources and rest
             }
             Cycle counters{raw, compute_delta(raw, previous.value_or(CounterSnapshot{}))};
             const CycleCommit commit = reconciler.plan(counters, reported, model.interfaces, now);
+            REQUIRE(std::is_sorted(commit.sessions.begin(), commit.sessions.end(),
+                                   [](const Session& a, const Session& b) { return a.id < b.id; }));
             reconciler.accept(commit);
             store.apply(commit);
             previous = raw;
@@ -394,4 +396,29 @@ TEST_CASE("random connects, disconnects, late addresses, silent sources and rest
                 for (const Session& s : instance.listed) REQUIRE(store.sessions.at(s.id).active());
         }
     }
+}
+
+TEST_CASE("a cycle's sessions and users come in id and name order, whether few or many moved", "[reconciler]")
+{
+    Harness h;
+    std::vector<Session> list;
+    for (uint64_t i = 0; i < 40; ++i) // ids and users out of byte order with respect to their addresses
+        list.push_back(connected("user" + std::to_string(97 - i), 1000 - i, "10.8.1." + std::to_string(i + 1)));
+    h.cycle({{"udp", list}});
+    auto in_order = [](const CycleCommit& commit) {
+        return std::is_sorted(commit.sessions.begin(), commit.sessions.end(),
+                              [](const Session& a, const Session& b) { return a.id < b.id; }) &&
+               std::is_sorted(commit.user_usage.begin(), commit.user_usage.end(),
+                              [](const auto& a, const auto& b) { return a.first < b.first; });
+    };
+    for (size_t moving : {1, 2, 40}) { // below and above the point where the kept order is walked
+        CAPTURE(moving);
+        for (size_t i = 0; i < moving; ++i) h.traffic("10.8.1." + std::to_string(i + 1), 1, 2);
+        list.push_back(connected("user" + std::to_string(moving), 2000 + moving, "10.8.2." + std::to_string(moving)));
+        const CycleCommit commit = h.cycle({{"udp", list}});
+        CHECK(commit.sessions.size() == moving + 1);
+        CHECK(commit.user_usage.size() == moving);
+        CHECK(in_order(commit));
+    }
+    h.check_invariant();
 }

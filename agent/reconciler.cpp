@@ -222,6 +222,7 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     std::vector<uint32_t> users_seen;
     std::map<uint32_t, Traffic> unattributed; // by ifindex; named once at the end
     std::vector<uint32_t> update_slots;       // the owner of each address update of this step
+    std::vector<uint32_t> owner_index(slots_.size(), kNone); // slot -> its id in out.address_updates
     out.address_updates.reserve(counters.delta.clients.size());
     update_slots.reserve(counters.delta.clients.size());
     auto raw = counters.snapshot.clients.begin();
@@ -233,7 +234,7 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
         update_slots.push_back(slot);
         if (slot == kNone) {
             unattributed[key.ifindex] += moved;
-            out.address_updates.append(key, {raw->second, std::string()});
+            out.address_updates.append(*raw, 0);
             continue;
         }
         Session& session = touch(slot);
@@ -244,7 +245,8 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
             users_seen.push_back(user);
         }
         user_moved[user] += moved;
-        out.address_updates.append(key, {raw->second, session.id});
+        if (owner_index[slot] == kNone) owner_index[slot] = out.address_updates.add_owner(session.id);
+        out.address_updates.append(*raw, owner_index[slot]);
     }
     for (const auto& [ifindex, moved] : counters.delta.interfaces) {
         // Not IP, truncated, or the client map was full: never a session's.
@@ -269,7 +271,7 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     auto set_owner = [&](const ClientKey& key, const std::string& owner) {
         AddressCheckpoint checkpoint;
         if (auto it = owner_changes.find(key); it != owner_changes.end()) checkpoint = it->second;
-        else if (auto it = out.address_updates.find(key); it != out.address_updates.end()) checkpoint = it->second;
+        else if (const auto* update = out.address_updates.find(key)) checkpoint.raw = update->raw();
         else if (auto it = counters.snapshot.clients.find(key); it != counters.snapshot.clients.end())
             checkpoint.raw = it->second;
         checkpoint.owner = owner;
@@ -307,7 +309,7 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
             if (uint32_t slot = slot_of(owner); slot != kNone && ended[slot]) set_owner(key, "");
         auto update = out.address_updates.begin(); // still step 1's, in the same order as update_slots
         for (uint32_t slot : update_slots) {
-            if (slot != kNone && ended[slot]) update->second.owner.clear();
+            if (slot != kNone && ended[slot]) update->owner = 0;
             ++update;
         }
     }
@@ -360,7 +362,7 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
         }
     }
 
-    out.address_updates.merge(std::move(owner_changes));
+    out.address_updates.merge(owner_changes);
     put_in_id_order(out.sessions, touched); // the store writes them in key order
     // Users in byte order (the commit's): a walk of all of them when many
     // moved, else a sort of the few that did.
@@ -383,17 +385,19 @@ void Reconciler::accept(const CycleCommit& committed)
         came_or_went |= session.active() ? add_active(session) : remove_active(session.id);
     if (came_or_went) rebuild_order();
     for (const auto& key : committed.address_removals) owners_.erase(key);
-    for (const auto& [key, checkpoint] : committed.address_updates) {
+    for (const auto& update : committed.address_updates) {
+        const ClientKey& key = update.key();
+        const std::string& owner_id = committed.address_updates.owner(update);
         auto it = owners_.find(key);
-        if (checkpoint.owner.empty()) {
+        if (owner_id.empty()) {
             if (it != owners_.end()) owners_.erase(it);
             continue;
         }
         if (it != owners_.end()) {
             const uint32_t slot = slot_of(it->second);
-            if (slot != kNone && slots_[slot].session->id == checkpoint.owner) continue; // unchanged
+            if (slot != kNone && slots_[slot].session->id == owner_id) continue; // unchanged
         }
-        const uint32_t slot = find_slot(checkpoint.owner);
+        const uint32_t slot = find_slot(owner_id);
         if (slot == kNone) { // not an open session: owns nothing
             if (it != owners_.end()) owners_.erase(it);
             continue;

@@ -282,12 +282,16 @@ std::optional<ClientKey> decode_schema3_client_key(std::string_view bytes)
 
 std::string encode(const AddressCheckpoint& checkpoint)
 {
+    return encode_address_checkpoint(checkpoint.raw, checkpoint.owner);
+}
+
+std::string encode_address_checkpoint(const Traffic& raw, std::string_view owner)
+{
     std::string out;
-    out.reserve(4 * 5 + checkpoint.owner.size());
-    for (uint64_t value : {checkpoint.raw.upload.packets, checkpoint.raw.upload.bytes,
-                           checkpoint.raw.download.packets, checkpoint.raw.download.bytes})
+    out.reserve(4 * 5 + owner.size());
+    for (uint64_t value : {raw.upload.packets, raw.upload.bytes, raw.download.packets, raw.download.bytes})
         put_varint(out, value);
-    out.append(checkpoint.owner);
+    out.append(owner);
     return out;
 }
 

@@ -118,6 +118,7 @@ std::optional<AlertKey> decode_alert_key(std::string_view bytes);
 std::string encode(const ClientKey& key); // 9 bytes for IPv4, 21 for IPv6
 std::optional<ClientKey> decode_client_key(std::string_view bytes);
 std::string encode(const AddressCheckpoint& checkpoint);
+std::string encode_address_checkpoint(const Traffic& raw, std::string_view owner);
 std::optional<AddressCheckpoint> decode_address_checkpoint(std::string_view bytes);
 // Schemas 1 to 3, for the migration: a 24-byte key, a 32-byte traffic value.
 std::optional<ClientKey> decode_schema3_client_key(std::string_view bytes);

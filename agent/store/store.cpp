@@ -590,9 +590,10 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure)
         }
         auto address_cursor = lmdb::WriteCursor::open(txn, *dbs.checkpoint_addresses);
         if (!address_cursor) return prefixed("store checkpoints", address_cursor.error());
-        for (const auto& [key, checkpoint] : cycle.address_updates) { // in key order: the encoding's order too
-            if (auto put = address_cursor->put(encoding::encode(key), encoding::encode(checkpoint)); !put)
-                return prefixed("store checkpoint of " + key.address(), put.error());
+        for (const auto& update : cycle.address_updates) { // in key order: the encoding's order too
+            const std::string value = encoding::encode_address_checkpoint(update.raw(), cycle.address_updates.owner(update));
+            if (auto put = address_cursor->put(encoding::encode(update.key()), value); !put)
+                return prefixed("store checkpoint of " + update.key().address(), put.error());
         }
         std::set<uint32_t> interfaces;
         for (const auto& [ifindex, traffic] : cycle.interface_updates)

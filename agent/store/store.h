@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "address_updates.h"
 #include "counters.h"
 #include "result.h"
 #include "session.h"
@@ -36,16 +37,6 @@ struct CounterIdentity {
     uint32_t ifaces_map_id = 0;
     bool operator==(const CounterIdentity&) const = default;
 };
-
-// The raw counter value last accounted for at one client address, and the
-// session that owned the address then (empty: nobody, so unattributed).
-struct AddressCheckpoint {
-    Traffic raw;
-    std::string owner;
-    bool operator==(const AddressCheckpoint&) const = default;
-};
-
-using AddressCheckpoints = FlatMap<ClientKey, AddressCheckpoint>; // by address, in key order
 
 struct Checkpoint {
     CounterIdentity identity;
@@ -90,7 +81,7 @@ struct CycleCommit {
     FlatMap<std::string, Traffic> user_usage;      // user -> increment (flat: a user per client)
     std::map<std::string, Traffic> unattributed;   // interface name -> increment
     std::optional<CounterIdentity> identity;       // set when it changed
-    AddressCheckpoints address_updates;
+    AddressUpdates address_updates; // views the snapshot plan() read: keep that alive until committed
     std::vector<ClientKey> address_removals;       // entries no longer tracked
     std::map<uint32_t, InterfaceTraffic> interface_updates;
     std::map<uint32_t, std::string> interface_names;

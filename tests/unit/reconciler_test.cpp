@@ -295,7 +295,8 @@ struct Committed {
     {
         for (const auto& s : commit.sessions) sessions[s.id] = s;
         for (const auto& key : commit.address_removals) addresses.erase(key);
-        for (const auto& [key, checkpoint] : commit.address_updates) addresses[key] = checkpoint;
+        for (const auto& update : commit.address_updates)
+            addresses[update.key()] = {update.raw(), commit.address_updates.owner(update)};
         for (const auto& [user, t] : commit.user_usage) users[user] += t;
         for (const auto& [name, t] : commit.unattributed) unattributed[name] += t;
     }

@@ -203,7 +203,7 @@ TEST_CASE("a commit reads back field by field", "[store]")
     const auto checkpoint = must(store.checkpoint());
     REQUIRE(checkpoint);
     CHECK(checkpoint->identity == *cycle.identity);
-    CHECK(checkpoint->addresses == cycle.address_updates);
+    CHECK(checkpoint->addresses == cycle.address_updates.checkpoints());
     CHECK(checkpoint->interfaces == cycle.interface_updates);
     CHECK(checkpoint->interface_names == cycle.interface_names);
 }
@@ -684,7 +684,7 @@ TEST_CASE("a reopened store keeps everything", "[store]")
     const auto checkpoint = must(store.checkpoint());
     REQUIRE(checkpoint);
     CHECK(checkpoint->identity == *cycle.identity);
-    CHECK(checkpoint->addresses == cycle.address_updates);
+    CHECK(checkpoint->addresses == cycle.address_updates.checkpoints());
     CHECK(checkpoint->interfaces == cycle.interface_updates);
     CHECK(checkpoint->interface_names == cycle.interface_names);
 }

@@ -2,7 +2,9 @@
 
 #include <date/tz.h>
 
+#include <array>
 #include <cstdio>
+#include <optional>
 #include <stdexcept>
 
 #include "time_format.h"
@@ -89,9 +91,7 @@ Period period_from(const Plan& plan, const LocalClock& clock, date::sys_days tod
     return {0, kForever};
 }
 
-} // namespace
-
-Period period_at(const Plan& plan, int64_t now, const std::string& timezone)
+Period period_containing(const Plan& plan, int64_t now, const std::string& timezone)
 {
     const LocalClock clock(timezone);
     const Period period = period_from(plan, clock, clock.local_day(now));
@@ -101,6 +101,34 @@ Period period_at(const Plan& plan, int64_t now, const std::string& timezone)
     if (now >= period.end) return period_from(plan, clock, clock.local_day(period.end));
     return period;
 }
+
+} // namespace
+
+Period period_at(const Plan& plan, int64_t now, const std::string& timezone)
+{
+    // Periods partition time: the one found for any moment inside it is
+    // the answer for all of them. Every user's state needs its period,
+    // several times a cycle; finding it takes a zone lookup and calendar
+    // arithmetic, so the last few found are kept (per thread: the API's
+    // threads ask too).
+    struct Found {
+        Plan::PeriodKind kind;
+        unsigned billing_day;
+        std::string timezone;
+        Period period;
+    };
+    thread_local std::array<std::optional<Found>, 4> found;
+    thread_local size_t next = 0;
+    for (const auto& entry : found)
+        if (entry && entry->kind == plan.period && entry->billing_day == plan.billing_day &&
+            entry->period.start <= now && now < entry->period.end && entry->timezone == timezone)
+            return entry->period;
+    const Period period = period_containing(plan, now, timezone);
+    found[next] = Found{plan.period, plan.billing_day, timezone, period};
+    next = (next + 1) % found.size();
+    return period;
+}
+
 
 void check_timezone(const std::string& timezone)
 {

@@ -1,6 +1,8 @@
 #include <catch2/catch.hpp>
 
+#include <random>
 #include <stdexcept>
+#include <thread>
 
 #include "quota/period.h"
 #include "time_format.h"
@@ -175,4 +177,33 @@ TEST_CASE("expiry dates end with their local day", "[quota]")
     CHECK_THROWS_AS(parse_expiry("2026-02-29", "UTC"), std::invalid_argument);
     CHECK_THROWS_AS(parse_expiry("2026-13-01", "UTC"), std::invalid_argument);
     CHECK_THROWS_AS(parse_expiry("next year", "UTC"), std::invalid_argument);
+}
+
+TEST_CASE("periods found again come from the kept ones and equal a fresh computation", "[quota]")
+{
+    // A fresh thread has nothing kept: its answer is computed from scratch.
+    auto fresh = [](const Plan& plan, int64_t now, const std::string& zone) {
+        Period out;
+        std::thread([&] { out = period_at(plan, now, zone); }).join();
+        return out;
+    };
+    std::mt19937 rng(7);
+    const std::vector<std::string> zones{"UTC", "Asia/Kolkata", "America/New_York", "Australia/Lord_Howe",
+                                         "Europe/Berlin"};
+    const std::vector<Plan> plans{plan_with(Plan::PeriodKind::daily), plan_with(Plan::PeriodKind::weekly),
+                                  plan_with(Plan::PeriodKind::monthly, 1), plan_with(Plan::PeriodKind::monthly, 31)};
+    const int64_t from = parse_time("2024-01-01T00:00:00Z");
+    std::uniform_int_distribution<int64_t> offset(0, 400 * 86400);
+    for (int i = 0; i < 400; ++i) {
+        // Interleaved zones and plans, and moments close together (kept ones
+        // hit) and far apart (missed), including across DST changes.
+        const Plan& plan = plans[rng() % plans.size()];
+        const std::string& zone = zones[rng() % zones.size()];
+        const int64_t now = from + (i % 2 ? offset(rng) : (i * 3571) % (30 * 86400));
+        INFO(zone << " " << to_string(plan.period) << " billing day " << plan.billing_day << " at "
+                  << format_rfc3339(now));
+        const Period kept = period_at(plan, now, zone);
+        REQUIRE(kept == fresh(plan, now, zone));
+        REQUIRE(period_at(plan, now, zone) == kept);
+    }
 }

@@ -607,14 +607,19 @@ void MetricsRecorder::account(const CycleCommit& commit)
         tracked.source = {session.source_upload_bytes, session.source_download_bytes};
         if (session.active()) continue;
         const bool own_series = config_.per_session && tracked.labels.session != "other";
-        if (own_series) tracked.ended = session.end;
-        else sessions_.erase(session.id);
+        if (!own_series) {
+            sessions_.erase(session.id);
+        } else if (!tracked.ended) {
+            tracked.ended = session.end;
+            ++ended_series_;
+        }
     }
     for (const auto& [interface, traffic] : commit.unattributed) unattributed_[interface] += traffic;
 }
 
 void MetricsRecorder::expire(int64_t now)
 {
+    if (ended_series_ == 0) return; // nothing to walk 100,000 sessions for
     for (auto it = sessions_.begin(); it != sessions_.end();) {
         if (!it->second.ended || now - *it->second.ended < kEndedSessionSeriesSeconds) {
             ++it;
@@ -622,6 +627,7 @@ void MetricsRecorder::expire(int64_t now)
         }
         clients_.erase(it->second.labels);
         --own_series_;
+        --ended_series_;
         it = sessions_.erase(it);
     }
 }
@@ -671,8 +677,15 @@ void MetricsRecorder::publish(LiveMetrics live)
     s->sessions_active = std::move(live.sessions_active);
     s->singbox = std::move(live.singbox);
     s->source_bytes = flat_copy(source_bytes_);
+    std::vector<std::pair<std::string, QuotaGauges>> quotas; // by user already, unless the labels are hashes
+    quotas.reserve(live.quotas.size());
     for (const QuotaState& quota : live.quotas)
-        s->quotas[user_label(quota.user)] = {quota.limit_bytes, quota.used_bytes, to_string(quota.state)};
+        quotas.emplace_back(user_label(quota.user), QuotaGauges{quota.limit_bytes, quota.used_bytes, to_string(quota.state)});
+    const bool in_order = std::adjacent_find(quotas.begin(), quotas.end(), [](const auto& a, const auto& b) {
+                              return !(a.first < b.first);
+                          }) == quotas.end();
+    s->quotas = in_order ? FlatMap<std::string, QuotaGauges>::adopt_sorted(std::move(quotas))
+                         : FlatMap<std::string, QuotaGauges>::from_unsorted(std::move(quotas));
     s->collection_duration = duration_;
     s->maps = std::move(live.maps);
     s->store_size_bytes = live.store_size_bytes;

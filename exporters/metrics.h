@@ -95,7 +95,7 @@ struct MetricsSnapshot {
     std::map<std::string, uint64_t> sessions_active;  // by OpenVPN or Sing-Box instance
     std::map<std::string, SingboxHealth> singbox;     // by Sing-Box instance
     FlatMap<std::pair<std::string, std::string>, SourceBytes> source_bytes; // (instance, user)
-    std::map<std::string, QuotaGauges> quotas;        // users with a plan
+    FlatMap<std::string, QuotaGauges> quotas;         // users with a plan
     DurationHistogram collection_duration;
     std::map<std::string, MapUsage> maps;             // by BPF map ("clients": vpnmeter_clients)
     std::optional<uint64_t> store_size_bytes;
@@ -216,6 +216,7 @@ private:
     std::map<std::string, std::string> hashed_; // user -> label, when hash_users
     std::unordered_map<std::string, Tracked> sessions_; // by session id
     size_t own_series_ = 0;                     // per_session: sessions with a series of their own
+    size_t ended_series_ = 0;                   // of those, ended ones kept a while (expire())
     std::map<ClientLabels, Traffic> clients_;
     std::map<std::string, Traffic> unattributed_;
     std::map<std::pair<std::string, std::string>, SourceBytes> source_bytes_;

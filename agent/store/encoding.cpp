@@ -12,16 +12,20 @@ namespace {
 
 constexpr uint32_t kSessionRecordVersion = 1;
 
+// Bytes gathered first and appended once: a push_back per byte checked the
+// capacity eight times per number (a cycle encodes millions of them).
 void put_le(std::string& out, uint64_t value, int width)
 {
-    for (int i = 0; i < width; ++i)
-        out.push_back(static_cast<char>(value >> (8 * i)));
+    char bytes[8];
+    for (int i = 0; i < width; ++i) bytes[i] = static_cast<char>(value >> (8 * i));
+    out.append(bytes, static_cast<size_t>(width));
 }
 
 void put_be(std::string& out, uint64_t value, int width)
 {
-    for (int i = width - 1; i >= 0; --i)
-        out.push_back(static_cast<char>(value >> (8 * i)));
+    char bytes[8];
+    for (int i = 0; i < width; ++i) bytes[i] = static_cast<char>(value >> (8 * (width - 1 - i)));
+    out.append(bytes, static_cast<size_t>(width));
 }
 
 uint64_t get_le(std::string_view in, size_t at, int width)

@@ -79,18 +79,50 @@ PeriodUsage QuotaController::usage_of(const std::string& user, const Period& per
 
 QuotaState QuotaController::state_of(const std::string& user, int64_t now) const
 {
-    const auto grant = grant_of(user);
-    const PeriodUsage used = usage_of(user, period_of(config_, user, grant, now));
+    auto it = usage_.find(user);
+    return state_with(user, grant_of(user), it != usage_.end() ? &it->second : nullptr, now);
+}
+
+QuotaState QuotaController::state_with(const std::string& user, const std::optional<Grant>& grant,
+                                       const PeriodUsage* stored, int64_t now) const
+{
+    const PeriodUsage used = roll(stored ? *stored : PeriodUsage{}, period_of(config_, user, grant, now));
     return evaluate(config_, user, grant, used.upload, used.download, now);
 }
+
+// Stored usage looked up by users in ascending order: a few steps along
+// usage_ from the last one found, a search only when it is further (at
+// 100,000 users a search each cost more than their states).
+class QuotaController::UsageWalk {
+public:
+    explicit UsageWalk(const std::map<std::string, PeriodUsage>& usage) : usage_(usage), at_(usage.begin()) {}
+    const PeriodUsage* find(std::string_view user)
+    {
+        for (int step = 0; at_ != usage_.end() && at_->first < user; ++step) {
+            if (step == 4) {
+                at_ = usage_.lower_bound(std::string(user));
+                break;
+            }
+            ++at_;
+        }
+        return at_ != usage_.end() && at_->first == user ? &at_->second : nullptr;
+    }
+
+private:
+    const std::map<std::string, PeriodUsage>& usage_;
+    std::map<std::string, PeriodUsage>::const_iterator at_;
+};
 
 void QuotaController::plan(CycleCommit& commit, int64_t now) const
 {
     std::lock_guard lock(mutex_);
-    for (const auto& [user, moved] : commit.user_usage) {
+    UsageWalk stored(usage_);
+    for (const auto& [user, moved] : commit.user_usage) { // in user order
         const auto grant = grant_of(user);
         const Period period = period_of(config_, user, grant, now);
-        const PeriodUsage used = add(usage_of(user, period), moved.upload.bytes, moved.download.bytes);
+        const PeriodUsage* before = stored.find(user);
+        const PeriodUsage used =
+            add(roll(before ? *before : PeriodUsage{}, period), moved.upload.bytes, moved.download.bytes);
         commit.quota_usage.insert_or_assign(commit.quota_usage.end(), user,
                                             QuotaUsageRecord{used.period_start, used.upload, used.download});
 
@@ -184,6 +216,7 @@ void QuotaController::enforce(const std::map<std::string, Session>& active, cons
 
     std::vector<std::pair<ClientKey, PolicyEntry>> wanted;
     wanted.reserve(keys.size());
+    UsageWalk stored(usage_);
     std::vector<std::string> unslotted; // every slot taken: not enforced
     for (auto group = keys.begin(); group != keys.end();) {
         auto group_end = std::find_if(group, keys.end(), [&](const auto& e) { return e.first != group->first; });
@@ -192,7 +225,7 @@ void QuotaController::enforce(const std::map<std::string, Session>& active, cons
         group = group_end;
         const auto grant = grant_of(user);
         const Plan* plan = plan_of(config_, user, grant);
-        const QuotaState state = state_of(user, now);
+        const QuotaState state = state_with(user, grant, stored.find(user), now);
         // `action: none` reports only: no budget in the kernel, which would
         // block at zero.
         const bool report_only = plan && plan->action == Plan::Action::none;
@@ -384,9 +417,11 @@ std::vector<QuotaState> QuotaController::planned_states(std::vector<std::string_
     std::inplace_merge(users.begin(), users.begin() + static_cast<std::ptrdiff_t>(merged_end), users.end());
     users.erase(std::unique(users.begin(), users.end()), users.end());
     std::vector<QuotaState> out;
+    UsageWalk stored(usage_);
     for (std::string_view name : users) {
         const std::string user(name);
-        if (plan_of(config_, user, grant_of(user))) out.push_back(state_of(user, now));
+        const auto grant = grant_of(user);
+        if (plan_of(config_, user, grant)) out.push_back(state_with(user, grant, stored.find(user), now));
     }
     return out;
 }

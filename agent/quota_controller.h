@@ -67,6 +67,10 @@ private:
     std::optional<Grant> grant_of(const std::string& user) const;
     PeriodUsage usage_of(const std::string& user, const Period& period) const;
     QuotaState state_of(const std::string& user, int64_t now) const;
+    // The state from what is already at hand: the user's grant and stored usage (null: none).
+    QuotaState state_with(const std::string& user, const std::optional<Grant>& grant, const PeriodUsage* stored,
+                          int64_t now) const;
+    class UsageWalk;
     void enforce(const std::map<std::string, Session>& active, const Interfaces& interfaces, int64_t now);
     Result<uint32_t> shaped_class(uint32_t ifindex, uint16_t minor, uint64_t rate_bps);
 

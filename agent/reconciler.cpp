@@ -86,9 +86,11 @@ void Reconciler::release_user(uint32_t user)
     free_users_.push_back(user);
 }
 
-bool Reconciler::add_active(const Session& session)
+bool Reconciler::add_active(const Session& session, uint32_t slot)
 {
-    if (uint32_t slot = find_slot(session.id); slot != kNone) {
+    const bool at_slot = slot != kNone && slots_[slot].session && slots_[slot].session->id == session.id;
+    if (!at_slot) slot = find_slot(session.id);
+    if (slot != kNone) {
         Active& known = slots_[slot];
         Session& stored = *known.session;
         if (stored.addresses != session.addresses) known.addresses = parse_keys(session.addresses, 0);
@@ -99,7 +101,6 @@ bool Reconciler::add_active(const Session& session)
         stored = session;
         return false;
     }
-    uint32_t slot;
     if (free_slots_.empty()) {
         slot = static_cast<uint32_t>(slots_.size());
         slots_.emplace_back();
@@ -380,9 +381,24 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
 
 void Reconciler::accept(const CycleCommit& committed)
 {
+    // The committed sessions' slots, found before anything changes. Ours
+    // come in id order, as order_ keeps the known ones: when many, a walk
+    // along both finds them without hashing every id (any not found this
+    // way is looked up).
+    std::vector<uint32_t> found(committed.sessions.size(), kNone);
+    if (committed.sessions.size() * 16 >= order_.size()) {
+        size_t at = 0;
+        for (size_t i = 0; i < committed.sessions.size(); ++i) {
+            const std::string& id = committed.sessions[i].id;
+            while (at < order_.size() && slots_[order_[at]].session->id < id) ++at;
+            if (at < order_.size() && slots_[order_[at]].session->id == id) found[i] = order_[at];
+        }
+    }
     bool came_or_went = false;
-    for (const auto& session : committed.sessions)
-        came_or_went |= session.active() ? add_active(session) : remove_active(session.id);
+    for (size_t i = 0; i < committed.sessions.size(); ++i) {
+        const Session& session = committed.sessions[i];
+        came_or_went |= session.active() ? add_active(session, found[i]) : remove_active(session.id);
+    }
     if (came_or_went) rebuild_order();
     for (const auto& key : committed.address_removals) owners_.erase(key);
     for (const auto& update : committed.address_updates) {

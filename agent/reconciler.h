@@ -79,7 +79,8 @@ private:
     };
     uint32_t find_slot(std::string_view id) const;
     uint32_t slot_of(const Owner& owner) const; // kNone once the session is gone
-    bool add_active(const Session& session); // true: a new one
+    // `slot`: where it probably is (checked), kNone: look it up. True: a new one.
+    bool add_active(const Session& session, uint32_t slot = kNone);
     bool remove_active(const std::string& id); // true: it was active
     void rebuild_order();
     // Reorders a plan's sessions by id; `touched`: slot -> index in `sessions`.

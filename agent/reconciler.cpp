@@ -57,7 +57,7 @@ Reconciler::Reconciler(const std::optional<Checkpoint>& checkpoint, const std::v
     for (const auto& [key, address] : checkpoint->addresses) {
         // An owner that is not an open session owns nothing.
         if (uint32_t slot = find_slot(address.owner); slot != kNone)
-            owners_.emplace(key, Owner{slot, slots_[slot].generation});
+            owners_.append(key, Owner{slot, slots_[slot].generation}); // in key order
     }
 }
 
@@ -227,11 +227,13 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     out.address_updates.reserve(counters.delta.clients.size());
     update_slots.reserve(counters.delta.clients.size());
     auto raw = counters.snapshot.clients.begin();
-    for (const auto& [key, moved] : counters.delta.clients) { // both in key order
+    auto owner = owners_.begin();
+    for (const auto& [key, moved] : counters.delta.clients) { // all three in key order
         while (raw != counters.snapshot.clients.end() && raw->first < key) ++raw;
         if (raw == counters.snapshot.clients.end() || raw->first != key)
             throw std::out_of_range("reconciler: a moved client is missing from the snapshot");
-        const uint32_t slot = owner_slot(key);
+        while (owner != owners_.end() && owner->first < key) ++owner;
+        const uint32_t slot = owner != owners_.end() && owner->first == key ? slot_of(owner->second) : kNone;
         update_slots.push_back(slot);
         if (slot == kNone) {
             unattributed[key.ifindex] += moved;
@@ -401,27 +403,28 @@ void Reconciler::accept(const CycleCommit& committed)
     }
     if (came_or_went) rebuild_order();
     for (const auto& key : committed.address_removals) owners_.erase(key);
+    // The owners after the commit: one merge of the kept ones with its
+    // updates (both in key order), dropping those whose session is gone.
+    std::vector<std::pair<ClientKey, Owner>> merged;
+    merged.reserve(owners_.size() + committed.address_updates.size());
+    auto kept = owners_.begin();
+    auto keep_until = [&](const ClientKey& key) {
+        for (; kept != owners_.end() && kept->first < key; ++kept)
+            if (slot_of(kept->second) != kNone) merged.push_back(*kept);
+    };
     for (const auto& update : committed.address_updates) {
         const ClientKey& key = update.key();
+        keep_until(key);
+        uint32_t slot = kNone;
+        if (kept != owners_.end() && kept->first == key) slot = slot_of((kept++)->second);
         const std::string& owner_id = committed.address_updates.owner(update);
-        auto it = owners_.find(key);
-        if (owner_id.empty()) {
-            if (it != owners_.end()) owners_.erase(it);
-            continue;
-        }
-        if (it != owners_.end()) {
-            const uint32_t slot = slot_of(it->second);
-            if (slot != kNone && slots_[slot].session->id == owner_id) continue; // unchanged
-        }
-        const uint32_t slot = find_slot(owner_id);
-        if (slot == kNone) { // not an open session: owns nothing
-            if (it != owners_.end()) owners_.erase(it);
-            continue;
-        }
-        const Owner owner{slot, slots_[slot].generation};
-        if (it != owners_.end()) it->second = owner;
-        else owners_.emplace(key, owner);
+        if (owner_id.empty()) continue; // nobody's
+        if (slot == kNone || slots_[slot].session->id != owner_id) slot = find_slot(owner_id); // a new owner
+        if (slot != kNone) merged.emplace_back(key, Owner{slot, slots_[slot].generation}); // else not an open session
     }
+    for (; kept != owners_.end(); ++kept)
+        if (slot_of(kept->second) != kNone) merged.push_back(*kept);
+    owners_ = FlatMap<ClientKey, Owner>::adopt_sorted(std::move(merged));
 }
 
 } // namespace vpnmeter

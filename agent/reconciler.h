@@ -99,7 +99,8 @@ private:
     std::vector<uint32_t> free_users_;
     // Owners only: the raw values are the collector's (at 1,000,000 clients
     // a second copy of them cost 88 MB).
-    std::unordered_map<ClientKey, Owner, ClientKeyHash> owners_;
+    // In key order: a cycle's moved addresses, also in key order, find their owners in one walk.
+    FlatMap<ClientKey, Owner> owners_;
 };
 
 // The map keys of a session's addresses on its interface as it is now

@@ -1,6 +1,7 @@
 #include "daemon.h"
 
 #include <bpf/bpf.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -44,6 +45,8 @@ Result<uint32_t> map_id(int fd, const char* what)
 
 } // namespace
 
+void map_large_allocations() { mallopt(M_MMAP_THRESHOLD, 15 << 20); }
+
 sigset_t daemon_signals()
 {
     sigset_t signals;
@@ -73,6 +76,7 @@ Daemon::Daemon(Config config, Datapath datapath, PinnedMaps maps, Store store)
 
 Result<std::unique_ptr<Daemon>> Daemon::start(Config config)
 {
+    map_large_allocations();
     StoreOptions store_options;
     store_options.path = config.storage_path;
     store_options.timezone = config.storage_timezone;
@@ -349,7 +353,6 @@ void Daemon::finish_cycle()
     const int64_t now = static_cast<int64_t>(std::time(nullptr));
     const Interfaces devices = interfaces();
     CycleCommit commit = reconciler_->plan(counters.value(), connected, devices, now);
-    counters->delta = {}; // planned: its memory back before the commit (at 1M clients, up to 56 MB)
     if (!identity_committed_) commit.identity = identity_;
     const auto singbox_changes = plan_singbox(commit);
     quotas_->plan(commit, now);

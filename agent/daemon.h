@@ -31,6 +31,15 @@
 
 namespace vpnmeter {
 
+// A cycle at 1M clients allocates and frees tables of 16-56 MB (address
+// updates, snapshots). Under glibc's adaptive thresholds, freed ones below
+// 32 MB stayed in the heap (untrimmed up to 64 MB) and the next cycle's peak
+// stacked on them. From 15 MB up they are now mapped and given back when
+// freed; the tables of a 100k-client cycle (under 15 MB) stay in the heap,
+// reused without page faults. For processes that run cycles: Daemon::start
+// calls it, and so does the cycle benchmark.
+void map_large_allocations();
+
 class Daemon {
 public:
     // Loads and pins the datapath, opens the store, resumes from its

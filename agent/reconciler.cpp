@@ -224,21 +224,19 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     std::map<uint32_t, Traffic> unattributed; // by ifindex; named once at the end
     std::vector<uint32_t> update_slots;       // the owner of each address update of this step
     std::vector<uint32_t> owner_index(slots_.size(), kNone); // slot -> its id in out.address_updates
-    out.address_updates.reserve(counters.delta.clients.size());
-    update_slots.reserve(counters.delta.clients.size());
-    auto raw = counters.snapshot.clients.begin();
+    // Sized for all moving, the case that sets the peak.
+    out.address_updates.reserve(counters.snapshot.clients.size());
+    update_slots.reserve(counters.snapshot.clients.size());
     auto owner = owners_.begin();
-    for (const auto& [key, moved] : counters.delta.clients) { // all three in key order
-        while (raw != counters.snapshot.clients.end() && raw->first < key) ++raw;
-        if (raw == counters.snapshot.clients.end() || raw->first != key)
-            throw std::out_of_range("reconciler: a moved client is missing from the snapshot");
+    for_each_moved(counters, [&](const ClientTraffic::value_type& raw, const Traffic& moved) { // in key order
+        const ClientKey& key = raw.first;
         while (owner != owners_.end() && owner->first < key) ++owner;
         const uint32_t slot = owner != owners_.end() && owner->first == key ? slot_of(owner->second) : kNone;
         update_slots.push_back(slot);
         if (slot == kNone) {
             unattributed[key.ifindex] += moved;
-            out.address_updates.append(*raw, 0);
-            continue;
+            out.address_updates.append(raw, 0);
+            return;
         }
         Session& session = touch(slot);
         session.usage += moved;
@@ -249,9 +247,9 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
         }
         user_moved[user] += moved;
         if (owner_index[slot] == kNone) owner_index[slot] = out.address_updates.add_owner(session.id);
-        out.address_updates.append(*raw, owner_index[slot]);
-    }
-    for (const auto& [ifindex, moved] : counters.delta.interfaces) {
+        out.address_updates.append(raw, owner_index[slot]);
+    });
+    for (const auto& [ifindex, moved] : counters.interfaces_moved) {
         // Not IP, truncated, or the client map was full: never a session's.
         if (!moved.unattributed.empty()) unattributed[ifindex] += moved.unattributed;
         out.interface_updates[ifindex] = counters.snapshot.interfaces.at(ifindex);

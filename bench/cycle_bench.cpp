@@ -43,6 +43,7 @@
 #include "bpf_maps.h"
 #include "collector.h"
 #include "counters.h"
+#include "daemon.h"
 #include "datapath.h"
 #include "enforcer.h"
 #include "metrics.h"
@@ -525,6 +526,7 @@ int run(const Options& o)
 
 int main(int argc, char** argv)
 {
+    vpnmeter::map_large_allocations(); // as the daemon does
     Options o;
     CLI::App app{"vpnmeter collection cycle benchmark: read, reconcile and commit N synthetic clients through the "
                  "daemon's own classes; /metrics render time and size; memory. Needs root."};

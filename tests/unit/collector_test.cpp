@@ -42,21 +42,21 @@ TEST_CASE("the collector reports what moved since the last read", "[collector]")
     Collector collector(source);
     auto c1 = collector.collect();
     REQUIRE(c1);
-    CHECK(c1->delta.clients.at(alice) == first.clients[alice]); // no baseline: all is new
+    CHECK(moved_clients(*c1).at(alice) == first.clients[alice]); // no baseline: all is new
     collector.accept(std::move(c1.value()));
 
     auto c2 = collector.collect();
     REQUIRE(c2);
-    CHECK(c2->delta.clients.size() == 2);
-    CHECK(c2->delta.clients.at(alice) == Traffic{{2, 300}, {0, 0}});
-    CHECK(c2->delta.clients.at(bob) == Traffic{{0, 0}, {1, 80}});
-    CHECK(c2->delta.interfaces.at(5).total == Traffic{{2, 300}, {1, 80}});
+    CHECK(moved_clients(*c2).size() == 2);
+    CHECK(moved_clients(*c2).at(alice) == Traffic{{2, 300}, {0, 0}});
+    CHECK(moved_clients(*c2).at(bob) == Traffic{{0, 0}, {1, 80}});
+    CHECK(c2->interfaces_moved.at(5).total == Traffic{{2, 300}, {1, 80}});
 
     collector.accept(std::move(c2.value()));
     auto c3 = collector.collect();
     REQUIRE(c3);
-    CHECK(c3->delta.clients.empty()); // nothing moved, nothing reported
-    CHECK(c3->delta.interfaces.empty());
+    CHECK(moved_clients(*c3).empty()); // nothing moved, nothing reported
+    CHECK(c3->interfaces_moved.empty());
 }
 
 TEST_CASE("a baseline from a checkpoint is not counted again", "[collector]")
@@ -71,7 +71,7 @@ TEST_CASE("a baseline from a checkpoint is not counted again", "[collector]")
     Collector collector(source, checkpoint);
     auto cycle = collector.collect();
     REQUIRE(cycle);
-    CHECK(cycle->delta.clients.at(alice) == Traffic{{0, 0}, {1, 500}});
+    CHECK(moved_clients(*cycle).at(alice) == Traffic{{0, 0}, {1, 500}});
 }
 
 TEST_CASE("a failed read changes nothing", "[collector]")
@@ -94,7 +94,7 @@ TEST_CASE("a failed read changes nothing", "[collector]")
     CHECK(failed.error().message() == "read vpnmeter_clients: Input/output error");
     auto cycle = collector.collect();
     REQUIRE(cycle);
-    CHECK(cycle->delta.clients.at(alice) == Traffic{{1, 150}, {0, 0}}); // nothing lost over the failure
+    CHECK(moved_clients(*cycle).at(alice) == Traffic{{1, 150}, {0, 0}}); // nothing lost over the failure
 }
 
 TEST_CASE("a cycle that is not accepted is counted again, not lost", "[collector]")
@@ -112,5 +112,5 @@ TEST_CASE("a cycle that is not accepted is counted again, not lost", "[collector
     REQUIRE(unaccepted);
     auto retried = collector.collect();
     REQUIRE(retried);
-    CHECK(retried->delta.clients.at(alice) == Traffic{{3, 300}, {0, 0}});
+    CHECK(moved_clients(*retried).at(alice) == Traffic{{3, 300}, {0, 0}});
 }

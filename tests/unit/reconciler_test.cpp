@@ -30,7 +30,8 @@ Session connected(const std::string& user, uint64_t cid, const std::string& addr
 // per cycle, with running totals to check the invariants.
 struct Harness {
     CounterSnapshot raw;
-    std::optional<CounterSnapshot> baseline;
+    CounterSnapshot baseline; // what the last cycle read
+    std::optional<Cycle> counters; // the last cycle: its commit's address updates view it
     Reconciler reconciler{std::nullopt, {}};
     std::map<std::string, Session> sessions;           // as committed
     std::map<std::string, Traffic> users, unattributed; // sums of increments
@@ -52,10 +53,10 @@ struct Harness {
 
     CycleCommit cycle(const ConnectedSessions& connected)
     {
-        Cycle counters{raw, compute_delta(raw, baseline.value_or(CounterSnapshot{}))};
-        CycleCommit commit = reconciler.plan(counters, connected, kInterfaces, now++);
+        if (counters) baseline = std::move(counters->snapshot);
+        counters = cycle_between(raw, baseline);
+        CycleCommit commit = reconciler.plan(*counters, connected, kInterfaces, now++);
         reconciler.accept(commit);
-        baseline = raw;
         for (const auto& s : commit.sessions) sessions[s.id] = s;
         for (const auto& [user, t] : commit.user_usage) users[user] += t;
         for (const auto& [name, t] : commit.unattributed) unattributed[name] += t;
@@ -376,7 +377,8 @@ TEST_CASE("random connects, disconnects, late addresses, silent sources and rest
                 reported[instance.name] = instance.listed;
                 model.own_listed(instance);
             }
-            Cycle counters{raw, compute_delta(raw, previous.value_or(CounterSnapshot{}))};
+            const CounterSnapshot before = previous.value_or(CounterSnapshot{});
+            const Cycle counters = cycle_between(raw, before);
             const CycleCommit commit = reconciler.plan(counters, reported, model.interfaces, now);
             REQUIRE(std::is_sorted(commit.sessions.begin(), commit.sessions.end(),
                                    [](const Session& a, const Session& b) { return a.id < b.id; }));

@@ -2,8 +2,10 @@
 #pragma once
 
 #include <array>
+#include <bit>
 #include <compare>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <span>
 #include <string>
@@ -64,7 +66,17 @@ struct ClientKey {
     uint8_t family = 0; // AF_INET or AF_INET6
     std::array<uint8_t, 16> addr{};
 
-    auto operator<=>(const ClientKey&) const = default;
+    // Ordered by ifindex, family, then the address bytes, compared as two
+    // big-endian words (the same order as byte by byte, without a memcmp
+    // call per comparison: every cycle sorts and merges 100,000s of keys).
+    std::strong_ordering operator<=>(const ClientKey& other) const
+    {
+        if (auto c = ifindex <=> other.ifindex; c != 0) return c;
+        if (auto c = family <=> other.family; c != 0) return c;
+        if (auto c = addr_word(0) <=> other.addr_word(0); c != 0) return c;
+        return addr_word(1) <=> other.addr_word(1);
+    }
+    bool operator==(const ClientKey&) const = default;
 
     static ClientKey from_bpf(const vpnmeter_client_key& key);
     vpnmeter_client_key to_bpf() const; // zeroed padding included
@@ -72,6 +84,15 @@ struct ClientKey {
     static ClientKey parse(uint32_t ifindex, const std::string& address);
     // IPv4 dotted quad or IPv6 in RFC 5952 form.
     std::string address() const;
+
+private:
+    uint64_t addr_word(int i) const
+    {
+        uint64_t word;
+        std::memcpy(&word, addr.data() + 8 * i, sizeof word);
+        if constexpr (std::endian::native == std::endian::little) word = __builtin_bswap64(word);
+        return word;
+    }
 };
 
 // Sums one entry's per-CPU values (the kernel keeps one copy per possible CPU).

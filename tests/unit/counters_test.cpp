@@ -3,6 +3,8 @@
 #include <sys/socket.h>
 
 #include <cstring>
+#include <random>
+#include <tuple>
 #include <vector>
 
 #include "counters.h"
@@ -74,4 +76,26 @@ TEST_CASE("deltas subtract, and a counter that went down is a reset", "[counters
     CHECK(delta(dn, db) == InterfaceTraffic{{{3, 300}, {0, 0}}, {}, {{2, 200}, {0, 0}}});
     const InterfaceTraffic dropped_reset{{{13, 1300}, {0, 0}}, {}, {{1, 100}, {0, 0}}};
     CHECK(delta(dropped_reset, db) == dropped_reset);
+}
+
+TEST_CASE("client keys order by interface, family, then address bytes", "[counters]")
+{
+    // Random keys from a small alphabet, so that long shared prefixes (and
+    // equal keys) are common; the order must be the plain lexicographic one.
+    std::mt19937 rng(11);
+    auto random_key = [&] {
+        ClientKey key;
+        key.ifindex = rng() % 3;
+        key.family = rng() % 2 ? AF_INET : AF_INET6;
+        for (auto& byte : key.addr) byte = static_cast<uint8_t>(rng() % 3 == 0 ? rng() : 0x80 * (rng() % 2));
+        return key;
+    };
+    auto bytewise = [](const ClientKey& a, const ClientKey& b) {
+        return std::tie(a.ifindex, a.family, a.addr) <=> std::tie(b.ifindex, b.family, b.addr);
+    };
+    for (int i = 0; i < 100000; ++i) {
+        const ClientKey a = random_key(), b = random_key();
+        REQUIRE((a <=> b) == bytewise(a, b));
+        REQUIRE((a == b) == (bytewise(a, b) == 0));
+    }
 }

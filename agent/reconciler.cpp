@@ -36,6 +36,14 @@ std::vector<ClientKey> parse_keys(const std::vector<std::string>& addresses, uin
 
 } // namespace
 
+namespace {
+
+// Whether walking a whole ordered table of `table` entries costs less than
+// searching it (or sorting) for `items` of them.
+bool walk_pays(size_t items, size_t table) { return items * 16 >= table; }
+
+} // namespace
+
 std::vector<ClientKey> session_keys(const Session& session, const Interfaces& interfaces)
 {
     auto it = interfaces.ifindex_by_name.find(session.interface);
@@ -164,7 +172,7 @@ void Reconciler::put_in_id_order(std::vector<Session>& sessions, const std::vect
     // Known sessions: in the kept order when many moved, else sorted.
     std::vector<uint32_t> order;
     order.reserve(sessions.size());
-    if (known_count * 16 >= order_.size()) {
+    if (walk_pays(known_count, order_.size())) {
         for (uint32_t slot : order_)
             if (touched[slot] != kNone) order.push_back(touched[slot]);
     } else {
@@ -222,17 +230,14 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     std::vector<uint8_t> user_seen(users_.size(), 0);
     std::vector<uint32_t> users_seen;
     std::map<uint32_t, Traffic> unattributed; // by ifindex; named once at the end
-    std::vector<uint32_t> update_slots;       // the owner of each address update of this step
-    std::vector<uint32_t> owner_index(slots_.size(), kNone); // slot -> its id in out.address_updates
-    // Sized for all moving, the case that sets the peak.
-    out.address_updates.reserve(counters.snapshot.clients.size());
-    update_slots.reserve(counters.snapshot.clients.size());
+    std::vector<uint32_t> owner_index(slots_.size(), kNone); // slot -> its owner index in out.address_updates
+    std::vector<uint32_t> owner_slots{kNone};                // and back (0: nobody)
+    out.address_updates.reserve(counters.snapshot.clients.size()); // sized for all moving: the peak
     auto owner = owners_.begin();
     for_each_moved(counters, [&](const ClientTraffic::value_type& raw, const Traffic& moved) { // in key order
         const ClientKey& key = raw.first;
         while (owner != owners_.end() && owner->first < key) ++owner;
         const uint32_t slot = owner != owners_.end() && owner->first == key ? slot_of(owner->second) : kNone;
-        update_slots.push_back(slot);
         if (slot == kNone) {
             unattributed[key.ifindex] += moved;
             out.address_updates.append(raw, 0);
@@ -246,7 +251,10 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
             users_seen.push_back(user);
         }
         user_moved[user] += moved;
-        if (owner_index[slot] == kNone) owner_index[slot] = out.address_updates.add_owner(session.id);
+        if (owner_index[slot] == kNone) {
+            owner_index[slot] = out.address_updates.add_owner(session.id);
+            owner_slots.push_back(slot);
+        }
         out.address_updates.append(raw, owner_index[slot]);
     });
     for (const auto& [ifindex, moved] : counters.interfaces_moved) {
@@ -308,11 +316,8 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     if (any_ended) {
         for (const auto& [key, owner] : owners_)
             if (uint32_t slot = slot_of(owner); slot != kNone && ended[slot]) set_owner(key, "");
-        auto update = out.address_updates.begin(); // still step 1's, in the same order as update_slots
-        for (uint32_t slot : update_slots) {
-            if (slot != kNone && ended[slot]) update->owner = 0;
-            ++update;
-        }
+        for (auto& update : out.address_updates) // still step 1's: every owner in owner_slots
+            if (update.owner != 0 && ended[owner_slots[update.owner]]) update.owner = 0;
     }
 
     // 3. New sessions start from the values just read; known ones get the
@@ -368,7 +373,7 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     // Users in byte order (the commit's): a walk of all of them when many
     // moved, else a sort of the few that did.
     out.user_usage.reserve(users_seen.size());
-    if (users_seen.size() * 16 < user_ids_.size()) {
+    if (!walk_pays(users_seen.size(), user_ids_.size())) {
         std::sort(users_seen.begin(), users_seen.end(),
                   [&](uint32_t a, uint32_t b) { return users_[a].name < users_[b].name; });
         for (uint32_t user : users_seen) out.user_usage.append(std::string(users_[user].name), user_moved[user]);
@@ -386,7 +391,7 @@ void Reconciler::accept(const CycleCommit& committed)
     // along both finds them without hashing every id (any not found this
     // way is looked up).
     std::vector<uint32_t> found(committed.sessions.size(), kNone);
-    if (committed.sessions.size() * 16 >= order_.size()) {
+    if (walk_pays(committed.sessions.size(), order_.size())) {
         size_t at = 0;
         for (size_t i = 0; i < committed.sessions.size(); ++i) {
             const std::string& id = committed.sessions[i].id;

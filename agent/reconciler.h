@@ -97,9 +97,9 @@ private:
     std::map<std::string, uint32_t, std::less<>> user_ids_;
     std::vector<User> users_;
     std::vector<uint32_t> free_users_;
-    // Owners only: the raw values are the collector's (at 1,000,000 clients
-    // a second copy of them cost 88 MB).
-    // In key order: a cycle's moved addresses, also in key order, find their owners in one walk.
+    // Owners only (the raw values are the collector's: at 1,000,000 clients
+    // a second copy of them cost 88 MB), in key order: a cycle's moved
+    // addresses, also in key order, find their owners in one walk.
     FlatMap<ClientKey, Owner> owners_;
 };
 

@@ -179,6 +179,17 @@ Result<uint32_t> QuotaController::shaped_class(uint32_t ifindex, uint16_t minor,
     return it->second.set_class(minor, rate_bps);
 }
 
+// The user's enforcement slot, if held, goes back (its budget zeroed; set
+// again from the committed usage if they need one).
+void QuotaController::give_back_slot(const std::string& user)
+{
+    if (auto slot = slots_.release(user)) {
+        if (auto released = enforcer_->release_slot(*slot); !released)
+            spdlog::error("quota: releasing the slot of {}: {}", user, released.error().message());
+    }
+    budget_basis_.erase(user);
+}
+
 void QuotaController::enforce(const std::map<std::string, Session>& active, const Interfaces& interfaces, int64_t now)
 {
     if (!enforcer_) return;
@@ -206,12 +217,7 @@ void QuotaController::enforce(const std::map<std::string, Session>& active, cons
     // zeroed; set again from the committed usage if they return): users come
     // and go by the thousand, and slots held by departed ones would run out.
     for (const std::string& user : slots_.users()) {
-        if (has_keys(user)) continue;
-        if (auto slot = slots_.release(user)) {
-            if (auto released = enforcer_->release_slot(*slot); !released)
-                spdlog::error("quota: releasing the slot of {}: {}", user, released.error().message());
-        }
-        budget_basis_.erase(user);
+        if (!has_keys(user)) give_back_slot(user);
     }
 
     std::vector<std::pair<ClientKey, PolicyEntry>> wanted;
@@ -231,11 +237,7 @@ void QuotaController::enforce(const std::map<std::string, Session>& active, cons
         const bool report_only = plan && plan->action == Plan::Action::none;
         const bool limited = state.remaining_bytes.has_value() && !report_only;
         if (!plan && !state.block) {
-            if (auto slot = slots_.release(user); slot) {
-                if (auto released = enforcer_->release_slot(*slot); !released)
-                    spdlog::error("quota: releasing the slot of {}: {}", user, released.error().message());
-            }
-            budget_basis_.erase(user);
+            give_back_slot(user);
             continue;
         }
         auto slot = slots_.acquire(user);

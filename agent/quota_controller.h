@@ -72,6 +72,7 @@ private:
                           int64_t now) const;
     class UsageWalk;
     void enforce(const std::map<std::string, Session>& active, const Interfaces& interfaces, int64_t now);
+    void give_back_slot(const std::string& user);
     Result<uint32_t> shaped_class(uint32_t ifindex, uint16_t minor, uint64_t rate_bps);
 
     mutable std::mutex mutex_; // the API's threads read what the cycle writes

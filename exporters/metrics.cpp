@@ -587,8 +587,7 @@ void MetricsRecorder::load(const std::vector<Session>& sessions, const std::vect
         *tracked.series += session.usage;
         tracked.usage = session.usage;
         tracked.source = {session.source_upload_bytes, session.source_download_bytes};
-        tracked.source_total->upload += tracked.source.upload;
-        tracked.source_total->download += tracked.source.download;
+        *tracked.source_total += tracked.source;
     }
     for (const auto& spare : unattributed) unattributed_[spare.interface] += spare.traffic;
 }

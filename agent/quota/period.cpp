@@ -129,7 +129,6 @@ Period period_at(const Plan& plan, int64_t now, const std::string& timezone)
     return period;
 }
 
-
 void check_timezone(const std::string& timezone)
 {
     zone_named(timezone);

@@ -376,7 +376,7 @@ void Daemon::finish_cycle()
     identity_committed_ = true;
     reconciler_->accept(commit);
     for (const auto& [server, change] : singbox_changes) server->accept(change);
-    quotas_->accept(commit, reconciler_->active(), devices, now);
+    quotas_->accept(commit, reconciler_->keys_by_user(devices), now);
     enforce_singbox(now);
     for (const auto& user : quotas_->take_disconnects())
         for (auto& source : sources_) source->disconnect(user);

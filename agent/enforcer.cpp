@@ -349,13 +349,6 @@ std::optional<uint32_t> UserSlots::find(const std::string &user) const
     return it != by_user_.end() ? std::optional(it->second) : std::nullopt;
 }
 
-std::vector<std::string> UserSlots::users() const
-{
-    std::vector<std::string> out;
-    for (const auto &[user, slot] : by_user_) out.push_back(user);
-    return out;
-}
-
 std::optional<uint32_t> UserSlots::release(const std::string &user)
 {
     auto it = by_user_.find(user);

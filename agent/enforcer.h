@@ -142,13 +142,14 @@ class UserSlots {
     // by someone else.
     Status adopt(const std::string &user, uint32_t slot);
     size_t size() const { return by_user_.size(); }
-    std::vector<std::string> users() const;
+    // Holders in name order.
+    const std::map<std::string, uint32_t, std::less<>> &by_user() const { return by_user_; }
 
   private:
     uint32_t capacity_;
     uint32_t next_ = 0;       // slots from here on were never handed out
     std::set<uint32_t> free_; // released (or skipped by adopt) below next_
-    std::map<std::string, uint32_t> by_user_;
+    std::map<std::string, uint32_t, std::less<>> by_user_;
     std::set<uint32_t> taken_;
 };
 

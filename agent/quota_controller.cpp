@@ -33,11 +33,52 @@ QuotaController::QuotaController(QuotaConfig config, Store& store, Enforcer* enf
 {
 }
 
+namespace {
+
+// Entries of a map by name looked up in ascending order of names: a few
+// steps along the map from the last one found, a search only when it is
+// further (at 100,000 users a search each cost more than their states).
+template <class Map>
+class NameWalk {
+public:
+    explicit NameWalk(Map& map) : map_(map), at_(map.begin()) {}
+    auto find(std::string_view name)
+    {
+        for (int step = 0; at_ != map_.end() && at_->first < name; ++step) {
+            if (step == 4) {
+                at_ = map_.lower_bound(name);
+                break;
+            }
+            ++at_;
+        }
+        return at_ != map_.end() && at_->first == name ? at_ : map_.end();
+    }
+    const typename Map::mapped_type* get(std::string_view name)
+    {
+        auto it = find(name);
+        return it != map_.end() ? &it->second : nullptr;
+    }
+    // The entry of `name`, a new empty one if it had none.
+    auto find_or_add(std::string_view name)
+    {
+        auto it = find(name);
+        if (it == map_.end()) it = at_ = map_.emplace_hint(at_, std::string(name), typename Map::mapped_type{});
+        return it;
+    }
+
+private:
+    Map& map_;
+    decltype(std::declval<Map&>().begin()) at_;
+};
+
+} // namespace
+
 Status QuotaController::load()
 {
     auto usage = store_.quota_usage();
     if (!usage) return usage.error();
-    for (const auto& [user, record] : usage.value()) usage_[user] = {record.period_start, record.upload, record.download};
+    for (const auto& [user, record] : usage.value())
+        users_[user].usage = PeriodUsage{record.period_start, record.upload, record.download};
     auto grants = store_.grants();
     if (!grants) return grants.error();
     // The thresholds fired in each user's latest period, so plan() needs no
@@ -47,7 +88,8 @@ Status QuotaController::load()
     for (const auto& alert : alerts.value()) remember_fired(alert); // by user, then period: the latest comes last
     for (const auto& [user, text] : grants.value()) {
         try {
-            grants_[user] = nlohmann::json::parse(text).get<Grant>();
+            users_[user].grant = nlohmann::json::parse(text).get<Grant>();
+            ++granted_;
         } catch (const std::exception& e) {
             spdlog::warn("quota: ignoring the stored grant of {}: {}", user, e.what());
         }
@@ -55,101 +97,72 @@ Status QuotaController::load()
     return ok();
 }
 
-// fired_ keeps each user's latest period only: an alert of a newer one
-// replaces what it held.
+// A user's record keeps their latest period's alerts only: an alert of a
+// newer one replaces what it held.
 void QuotaController::remember_fired(const AlertRecord& alert)
 {
-    auto& [period_start, thresholds] = fired_[alert.user];
-    if (period_start != alert.period_start) thresholds.clear();
-    period_start = alert.period_start;
-    thresholds.insert(alert.threshold);
+    UserQuota& record = users_[alert.user];
+    if (record.fired_period != alert.period_start) record.fired.clear();
+    record.fired_period = alert.period_start;
+    record.fired.insert(alert.threshold);
 }
 
-std::optional<Grant> QuotaController::grant_of(const std::string& user) const
+QuotaState QuotaController::evaluate_user(const std::string& user, const UserQuota* record, int64_t now) const
 {
-    auto it = grants_.find(user);
-    return it == grants_.end() ? std::nullopt : std::optional(it->second);
-}
-
-PeriodUsage QuotaController::usage_of(const std::string& user, const Period& period) const
-{
-    auto it = usage_.find(user);
-    return roll(it == usage_.end() ? PeriodUsage{} : it->second, period);
+    static const std::optional<Grant> no_grant;
+    const std::optional<Grant>& grant = record ? record->grant : no_grant;
+    const std::optional<PeriodUsage> stored = record ? record->usage : std::nullopt;
+    const PeriodUsage used = roll(stored.value_or(PeriodUsage{}), period_of(config_, user, grant, now));
+    return evaluate(config_, user, grant, used.upload, used.download, now);
 }
 
 QuotaState QuotaController::state_of(const std::string& user, int64_t now) const
 {
-    auto it = usage_.find(user);
-    return state_with(user, grant_of(user), it != usage_.end() ? &it->second : nullptr, now);
+    auto it = users_.find(user);
+    return evaluate_user(user, it != users_.end() ? &it->second : nullptr, now);
 }
 
-QuotaState QuotaController::state_with(const std::string& user, const std::optional<Grant>& grant,
-                                       const PeriodUsage* stored, int64_t now) const
+const QuotaState& QuotaController::kept_state(const std::string& user, const UserQuota& record, int64_t now) const
 {
-    const PeriodUsage used = roll(stored ? *stored : PeriodUsage{}, period_of(config_, user, grant, now));
-    return evaluate(config_, user, grant, used.upload, used.download, now);
+    const auto& kept = record.state;
+    if (!kept || now < kept->period.start || now >= kept->holds_until) record.state = evaluate_user(user, &record, now);
+    return *record.state;
 }
-
-// Stored usage looked up by users in ascending order: a few steps along
-// usage_ from the last one found, a search only when it is further (at
-// 100,000 users a search each cost more than their states).
-class QuotaController::UsageWalk {
-public:
-    explicit UsageWalk(const std::map<std::string, PeriodUsage>& usage) : usage_(usage), at_(usage.begin()) {}
-    const PeriodUsage* find(std::string_view user)
-    {
-        for (int step = 0; at_ != usage_.end() && at_->first < user; ++step) {
-            if (step == 4) {
-                at_ = usage_.lower_bound(std::string(user));
-                break;
-            }
-            ++at_;
-        }
-        return at_ != usage_.end() && at_->first == user ? &at_->second : nullptr;
-    }
-
-private:
-    const std::map<std::string, PeriodUsage>& usage_;
-    std::map<std::string, PeriodUsage>::const_iterator at_;
-};
 
 void QuotaController::plan(CycleCommit& commit, int64_t now) const
 {
     std::lock_guard lock(mutex_);
-    UsageWalk stored(usage_);
+    static const UserQuota nothing;
+    NameWalk records(users_);
     for (const auto& [user, moved] : commit.user_usage) { // in user order
-        const auto grant = grant_of(user);
-        const Period period = period_of(config_, user, grant, now);
-        const PeriodUsage* before = stored.find(user);
+        const UserQuota* found = records.get(user);
+        const UserQuota& record = found ? *found : nothing;
+        const Period period = period_of(config_, user, record.grant, now);
         const PeriodUsage used =
-            add(roll(before ? *before : PeriodUsage{}, period), moved.upload.bytes, moved.download.bytes);
+            add(roll(record.usage.value_or(PeriodUsage{}), period), moved.upload.bytes, moved.download.bytes);
         commit.quota_usage.insert_or_assign(commit.quota_usage.end(), user,
                                             QuotaUsageRecord{used.period_start, used.upload, used.download});
 
-        const QuotaState state = evaluate(config_, user, grant, used.upload, used.download, now);
+        const QuotaState state = evaluate(config_, user, record.grant, used.upload, used.download, now);
         if (!state.limit_bytes || *state.limit_bytes == 0) continue;
-        // fired_ holds every alert of the users' latest periods (load() and
+        // A record holds every alert of the user's latest period (load() and
         // accept()): none of another period is of this one.
         static const std::set<int> none;
-        auto fired = fired_.find(user);
-        const std::set<int>& already =
-            fired != fired_.end() && fired->second.first == period.start ? fired->second.second : none;
+        const std::set<int>& already = record.fired_period == period.start ? record.fired : none;
         for (int threshold : thresholds_to_fire(config_.thresholds, state.used_bytes, *state.limit_bytes, already))
             commit.alerts_fired.push_back({user, period.start, threshold, now});
     }
 }
 
-void QuotaController::accept(const CycleCommit& commit, const std::map<std::string, Session>& active,
-                             const Interfaces& interfaces, int64_t now)
+void QuotaController::accept(const CycleCommit& commit, const UserKeys& keys, int64_t now)
 {
     {
         std::lock_guard lock(mutex_);
-        auto known = usage_.begin(); // both in user order: one walk, not a lookup each
-        for (const auto& [user, record] : commit.quota_usage) {
-            while (known != usage_.end() && known->first < user) ++known;
-            const PeriodUsage used{record.period_start, record.upload, record.download};
-            if (known != usage_.end() && known->first == user) (known++)->second = used;
-            else usage_.emplace_hint(known, user, used);
+        NameWalk records(users_); // both in user order: one walk, not a lookup each
+        for (const auto& [user, stored] : commit.quota_usage) {
+            UserQuota& record = records.find_or_add(user)->second;
+            record.usage = PeriodUsage{stored.period_start, stored.upload, stored.download};
+            record.state.reset();
         }
         for (const auto& alert : commit.alerts_fired) {
             remember_fired(alert);
@@ -165,7 +178,7 @@ void QuotaController::accept(const CycleCommit& commit, const std::map<std::stri
                                                 alert.threshold, state.period.start, state.period.end));
         }
     }
-    enforce(active, interfaces, now);
+    enforce(keys, now);
 }
 
 Result<uint32_t> QuotaController::shaped_class(uint32_t ifindex, uint16_t minor, uint64_t rate_bps)
@@ -181,66 +194,64 @@ Result<uint32_t> QuotaController::shaped_class(uint32_t ifindex, uint16_t minor,
 
 // The user's enforcement slot, if held, goes back (its budget zeroed; set
 // again from the committed usage if they need one).
-void QuotaController::give_back_slot(const std::string& user)
+void QuotaController::give_back_slot(const std::string& user, UserQuota* record)
 {
     if (auto slot = slots_.release(user)) {
         if (auto released = enforcer_->release_slot(*slot); !released)
             spdlog::error("quota: releasing the slot of {}: {}", user, released.error().message());
     }
-    budget_basis_.erase(user);
+    if (record) {
+        record->slot.reset();
+        record->budget_basis.reset();
+    }
 }
 
-void QuotaController::enforce(const std::map<std::string, Session>& active, const Interfaces& interfaces, int64_t now)
+void QuotaController::enforce(const UserKeys& keys, int64_t now)
 {
     if (!enforcer_) return;
     std::lock_guard lock(mutex_);
     // Metering only (no plans, no grants): nobody can have a plan or a block,
     // so once whatever an earlier config set is undone there is nothing to
     // walk (at 100,000 users the walk cost ~115 ms a cycle).
-    if (config_.plans.empty() && grants_.empty() && slots_.size() == 0 && policies_.empty()) return;
-    // Every address of every active session, by user (sorted vectors: at
-    // 100,000 users maps of names cost more than the rest of this).
-    std::vector<std::pair<std::string_view, ClientKey>> keys;
-    keys.reserve(active.size());
-    for (const auto& [id, session] : active) {
-        // A user with no address on a present interface gets no entry at all.
-        for (const ClientKey& key : session_keys(session, interfaces)) keys.emplace_back(session.user, key);
-    }
-    std::stable_sort(keys.begin(), keys.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-    auto has_keys = [&](std::string_view user) {
-        auto it = std::lower_bound(keys.begin(), keys.end(), user,
-                                   [](const auto& entry, std::string_view name) { return entry.first < name; });
-        return it != keys.end() && it->first == user;
-    };
+    if (config_.plans.empty() && granted_ == 0 && slots_.size() == 0 && policies_.empty()) return;
 
     // Users with no session left give their slot back (its budget is
     // zeroed; set again from the committed usage if they return): users come
     // and go by the thousand, and slots held by departed ones would run out.
-    for (const std::string& user : slots_.users()) {
-        if (!has_keys(user)) give_back_slot(user);
+    std::vector<std::string> departed;
+    auto connected = keys.begin(); // both in name order
+    for (const auto& [user, slot] : slots_.by_user()) {
+        while (connected != keys.end() && connected->first < user) ++connected;
+        if (connected == keys.end() || connected->first != user) departed.push_back(user);
+    }
+    for (const std::string& user : departed) {
+        auto record = users_.find(user);
+        give_back_slot(user, record != users_.end() ? &record->second : nullptr);
     }
 
     std::vector<std::pair<ClientKey, PolicyEntry>> wanted;
     wanted.reserve(keys.size());
-    UsageWalk stored(usage_);
+    NameWalk records(users_);
     std::vector<std::string> unslotted; // every slot taken: not enforced
     for (auto group = keys.begin(); group != keys.end();) {
         auto group_end = std::find_if(group, keys.end(), [&](const auto& e) { return e.first != group->first; });
-        const std::string user(group->first);
+        auto found = records.find_or_add(group->first);
+        const std::string& user = found->first;
+        UserQuota& record = found->second;
         const std::span<const std::pair<std::string_view, ClientKey>> user_keys(group, group_end);
         group = group_end;
-        const auto grant = grant_of(user);
-        const Plan* plan = plan_of(config_, user, grant);
-        const QuotaState state = state_with(user, grant, stored.find(user), now);
+        const Plan* plan = plan_of(config_, user, record.grant);
+        const QuotaState& state = kept_state(user, record, now);
         // `action: none` reports only: no budget in the kernel, which would
         // block at zero.
         const bool report_only = plan && plan->action == Plan::Action::none;
         const bool limited = state.remaining_bytes.has_value() && !report_only;
         if (!plan && !state.block) {
-            give_back_slot(user);
+            give_back_slot(user, &record);
             continue;
         }
-        auto slot = slots_.acquire(user);
+        if (!record.slot) record.slot = slots_.acquire(user);
+        const std::optional<uint32_t> slot = record.slot;
         if (!slot) {
             unslotted.push_back(user);
             continue;
@@ -280,7 +291,7 @@ void QuotaController::enforce(const std::map<std::string, Session>& active, cons
         // its basis changes (new user, new period, new limit or top-up).
         if (limited && !state.block) {
             const std::pair<int64_t, uint64_t> basis{state.period.start, state.limit_bytes.value_or(0)};
-            if (budget_basis_[user] != basis) {
+            if (record.budget_basis != basis) {
                 BudgetEntry budget;
                 budget.remaining_bytes = static_cast<int64_t>(*state.remaining_bytes);
                 if (plan && plan->action == Plan::Action::throttle && plan->throttle_bps) {
@@ -293,7 +304,7 @@ void QuotaController::enforce(const std::map<std::string, Session>& active, cons
                 }
                 if (auto status = enforcer_->set_budget(*slot, budget); !status)
                     spdlog::error("quota: budget of {}: {}", user, status.error().message());
-                else budget_basis_[user] = basis;
+                else record.budget_basis = basis;
             }
         }
     }
@@ -357,13 +368,11 @@ std::optional<nlohmann::json> QuotaController::quota(const std::string& user, in
 std::map<std::string, nlohmann::json> QuotaController::quotas(int64_t now) const
 {
     std::lock_guard lock(mutex_);
-    std::set<std::string> users;
-    for (const auto& [user, usage] : usage_) users.insert(user);
-    for (const auto& [user, grant] : grants_) users.insert(user);
     std::map<std::string, nlohmann::json> out;
-    for (const auto& user : users) {
-        const QuotaState state = state_of(user, now);
-        const PeriodUsage used = usage_of(user, period_of(config_, user, grant_of(user), now));
+    for (const auto& [user, record] : users_) {
+        if (!record.usage && !record.grant) continue;
+        const QuotaState state = evaluate_user(user, &record, now);
+        const PeriodUsage used = roll(record.usage.value_or(PeriodUsage{}), state.period);
         nlohmann::json entry = quota_json(state);
         entry["upload_bytes"] = used.upload;
         entry["download_bytes"] = used.download;
@@ -377,14 +386,19 @@ std::map<std::string, nlohmann::json> QuotaController::quotas(int64_t now) const
 http::Response QuotaController::put_quota(const std::string& user, const std::string& body, int64_t now)
 {
     std::lock_guard lock(mutex_);
-    auto applied = apply_grant_request(config_, user, grant_of(user).value_or(Grant{}), body, now);
+    auto existing = users_.find(user);
+    const std::optional<Grant> before = existing != users_.end() ? existing->second.grant : std::nullopt;
+    auto applied = apply_grant_request(config_, user, before.value_or(Grant{}), body, now);
     if (!applied) return http::error(400, applied.error().message());
     const Grant& grant = applied.value();
     // User names come from certificates: not necessarily UTF-8.
     const std::string text = nlohmann::json(grant).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     if (auto status = store_.put_grant(user, text); !status)
         return http::error(503, "store: " + status.error().message());
-    grants_[user] = grant;
+    UserQuota& record = users_[user];
+    if (!record.grant) ++granted_;
+    record.grant = grant;
+    record.state.reset();
     spdlog::info("quota: grant for {} set: {}", user, text);
     return http::json(200, quota_json(state_of(user, now)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 }
@@ -393,7 +407,10 @@ void QuotaController::reload(QuotaConfig config)
 {
     std::lock_guard lock(mutex_);
     config_ = std::move(config);
-    budget_basis_.clear(); // limits may have changed: set budgets afresh
+    for (auto& [user, record] : users_) { // plans may have changed: evaluate and set budgets afresh
+        record.state.reset();
+        record.budget_basis.reset();
+    }
 }
 
 QuotaState QuotaController::current_state(const std::string& user, int64_t now) const
@@ -405,26 +422,26 @@ QuotaState QuotaController::current_state(const std::string& user, int64_t now) 
 std::vector<QuotaState> QuotaController::planned_states(std::vector<std::string_view> also, int64_t now) const
 {
     std::lock_guard lock(mutex_);
-    if (config_.plans.empty() && grants_.empty()) return {}; // nobody has a plan
-    // The union of three sorted lists of names, without copying one (repeats go at the end).
+    if (config_.plans.empty() && granted_ == 0) return {}; // nobody has a plan
     std::sort(also.begin(), also.end());
-    std::vector<std::string_view> users;
-    users.reserve(also.size() + usage_.size() + grants_.size());
-    for (const auto& [user, usage] : usage_) users.push_back(user);
-    const auto usage_end = users.size();
-    users.insert(users.end(), also.begin(), also.end());
-    std::inplace_merge(users.begin(), users.begin() + static_cast<std::ptrdiff_t>(usage_end), users.end());
-    const auto merged_end = users.size();
-    for (const auto& [user, grant] : grants_) users.push_back(user);
-    std::inplace_merge(users.begin(), users.begin() + static_cast<std::ptrdiff_t>(merged_end), users.end());
-    users.erase(std::unique(users.begin(), users.end()), users.end());
+    also.erase(std::unique(also.begin(), also.end()), also.end());
+    // The union of the users on record (with usage or a grant) and `also`,
+    // both in name order: one walk.
     std::vector<QuotaState> out;
-    UsageWalk stored(usage_);
-    for (std::string_view name : users) {
-        const std::string user(name);
-        const auto grant = grant_of(user);
-        if (plan_of(config_, user, grant)) out.push_back(state_with(user, grant, stored.find(user), now));
+    out.reserve(std::max(users_.size(), also.size()));
+    auto extra = also.begin();
+    auto add = [&](const std::string& user, const UserQuota* record) {
+        const Plan* plan = plan_of(config_, user, record ? record->grant : std::nullopt);
+        if (!plan) return;
+        out.push_back(record ? kept_state(user, *record, now) : evaluate_user(user, nullptr, now));
+    };
+    for (const auto& [user, record] : users_) {
+        for (; extra != also.end() && *extra < user; ++extra) add(std::string(*extra), nullptr);
+        const bool connected = extra != also.end() && *extra == user;
+        if (connected) ++extra;
+        if (connected || record.usage || record.grant) add(user, &record);
     }
+    for (; extra != also.end(); ++extra) add(std::string(*extra), nullptr);
     return out;
 }
 

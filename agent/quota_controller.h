@@ -35,9 +35,9 @@ public:
     // thresholds go into the same transaction as the usage.
     void plan(CycleCommit& commit, int64_t now) const;
     // After the commit: remember it, send its alerts, and bring the kernel's
-    // policies in line with every active user's state.
-    void accept(const CycleCommit& commit, const std::map<std::string, Session>& active,
-                const Interfaces& interfaces, int64_t now);
+    // policies in line with the state of every user in `keys` (the active
+    // sessions' addresses by user in name order: Reconciler::keys_by_user).
+    void accept(const CycleCommit& commit, const UserKeys& keys, int64_t now);
 
     // Users whose plan says disconnect and who are over: their sessions
     // should be ended by their identity source.
@@ -63,16 +63,32 @@ public:
     uint64_t webhook_failures() const;
 
 private:
+    // Everything kept about one user, found with one lookup, or a step of
+    // a walk in name order (at 100,000 users a map by name per kind of
+    // record cost more than the states themselves).
+    struct UserQuota {
+        std::optional<PeriodUsage> usage; // as committed: this period's or an earlier one's
+        std::optional<Grant> grant;
+        int64_t fired_period = 0; // the latest period with alerts fired,
+        std::set<int> fired;      // and their thresholds
+        std::optional<uint32_t> slot; // as held in slots_ (no search by name each cycle)
+        // What the kernel's budget was last set from: it is only set again
+        // when this changes, since the datapath spends it in between.
+        std::optional<std::pair<int64_t, uint64_t>> budget_basis;
+        // The state as last evaluated, kept until its holds_until or a
+        // change of usage, grant or config (none: evaluate again).
+        mutable std::optional<QuotaState> state;
+    };
+    using Users = std::map<std::string, UserQuota, std::less<>>;
+
     void remember_fired(const AlertRecord& alert);
-    std::optional<Grant> grant_of(const std::string& user) const;
-    PeriodUsage usage_of(const std::string& user, const Period& period) const;
+    // Where `user` (the key of `record`, or one without a record: null) stands at `now`.
+    QuotaState evaluate_user(const std::string& user, const UserQuota* record, int64_t now) const;
     QuotaState state_of(const std::string& user, int64_t now) const;
-    // The state from what is already at hand: the user's grant and stored usage (null: none).
-    QuotaState state_with(const std::string& user, const std::optional<Grant>& grant, const PeriodUsage* stored,
-                          int64_t now) const;
-    class UsageWalk;
-    void enforce(const std::map<std::string, Session>& active, const Interfaces& interfaces, int64_t now);
-    void give_back_slot(const std::string& user);
+    // The record's kept state, evaluated again only when it may have changed.
+    const QuotaState& kept_state(const std::string& user, const UserQuota& record, int64_t now) const;
+    void enforce(const UserKeys& keys, int64_t now);
+    void give_back_slot(const std::string& user, UserQuota* record);
     Result<uint32_t> shaped_class(uint32_t ifindex, uint16_t minor, uint64_t rate_bps);
 
     mutable std::mutex mutex_; // the API's threads read what the cycle writes
@@ -81,13 +97,9 @@ private:
     Enforcer* enforcer_;
     PinnedMaps* registry_;
     std::unique_ptr<WebhookSender> webhook_;
-    std::map<std::string, PeriodUsage> usage_;
-    std::map<std::string, Grant> grants_;
-    std::map<std::string, std::pair<int64_t, std::set<int>>> fired_; // user -> (period start, thresholds)
+    Users users_;
+    size_t granted_ = 0; // users with a grant
     UserSlots slots_;
-    // What the kernel's budget of a user was last set from: it is only set
-    // again when this changes, since the datapath spends it in between.
-    std::map<std::string, std::pair<int64_t, uint64_t>> budget_basis_;
     std::map<ClientKey, PolicyEntry> policies_;
     std::map<uint32_t, HtbShaper> shapers_; // by ifindex
     std::set<std::string> disconnects_;

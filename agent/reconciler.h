@@ -29,6 +29,9 @@ struct Interfaces {
     std::map<uint32_t, std::string> name_by_ifindex;
 };
 
+// Map keys with the user whose session holds them.
+using UserKeys = std::vector<std::pair<std::string_view, ClientKey>>;
+
 // Rules (docs/architecture.md, "Accounting rules"):
 // - each address's delta goes to the session that held the address during
 //   the cycle, else to its interface's unattributed bucket;
@@ -53,6 +56,10 @@ public:
     void accept(const CycleCommit& committed);
 
     const std::map<std::string, Session>& active() const { return active_; }
+    // Every active session's addresses on its interface as it is now, by
+    // user in name order (views of the user names: valid until the next
+    // accept()). The same keys as session_keys() gives for each session.
+    UserKeys keys_by_user(const Interfaces& interfaces) const;
     // The session owning each address that has one (the others are
     // nobody's), in key order: a copy, for tests and diagnostics.
     FlatMap<ClientKey, std::string> owners() const;
@@ -67,6 +74,9 @@ private:
         uint32_t generation = 0;          // bumped when the slot is freed
         uint32_t user = 0;                // in users_
         std::vector<ClientKey> addresses; // parsed once; ifindex 0 (the interface's is set at use)
+        // The ifindex on which it owned every one of `addresses` at the last
+        // accept(); 0: not so (some are another's or nobody's, or it has none).
+        uint32_t owned_on = 0;
     };
     // An address's owner: a slot, valid while the slot's generation is the same.
     struct Owner {
@@ -83,6 +93,7 @@ private:
     bool add_active(const Session& session, uint32_t slot = kNone);
     bool remove_active(const std::string& id); // true: it was active
     void rebuild_order();
+    void note_full_owners(); // sets each Active's owned_on from owners_
     // Reorders a plan's sessions by id; `touched`: slot -> index in `sessions`.
     void put_in_id_order(std::vector<Session>& sessions, const std::vector<uint32_t>& touched) const;
     uint32_t intern_user(const std::string& name);

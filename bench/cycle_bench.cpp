@@ -295,7 +295,7 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         const auto t3 = Clock::now();
         reconciler.accept(commit);
         const auto t3q = Clock::now();
-        quotas.accept(commit, reconciler.active(), devices, now);
+        quotas.accept(commit, reconciler.keys_by_user(devices), now);
         const auto t3e = Clock::now();
         collector.accept(std::move(counters.value()));
         metrics.account(commit);

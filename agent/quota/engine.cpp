@@ -124,6 +124,7 @@ QuotaState evaluate(const QuotaConfig& config, const std::string& user, const st
         out.remaining_bytes = out.used_bytes < *out.limit_bytes ? *out.limit_bytes - out.used_bytes : 0;
 
     const std::optional<int64_t> expires = grant && grant->expires ? grant->expires : plan.expires;
+    out.holds_until = expires && now < *expires ? std::min(out.period.end, *expires) : out.period.end;
     if (expires && now >= *expires) {
         out.state = State::expired;
         out.block = true;

@@ -2,6 +2,9 @@
 // planned into the commit, and what it remembers across a restart.
 #include <catch2/catch.hpp>
 
+#include <random>
+#include <tuple>
+
 #include "quota_controller.h"
 #include "store_support.h"
 
@@ -34,7 +37,7 @@ std::vector<AlertRecord> cycle(QuotaController& quotas, Store& store, const std:
     for (const auto& [user, bytes] : moved) commit.user_usage[user] = Traffic{{}, {1, bytes}};
     quotas.plan(commit, now);
     must_commit(store, commit);
-    quotas.accept(commit, {}, {}, now);
+    quotas.accept(commit, {}, now);
     return commit.alerts_fired;
 }
 
@@ -99,4 +102,51 @@ TEST_CASE("the users' quota states for /metrics: those with a plan among usage, 
     std::vector<std::string> with_grant;
     for (const QuotaState& state : unplanned.planned_states(connected, now)) with_grant.push_back(state.user);
     CHECK(with_grant.empty()); // dave's grant names a plan this config does not have
+}
+
+TEST_CASE("kept quota states change with usage, time, grants and reloads as fresh ones do", "[quota]")
+{
+    TempDir dir;
+    Store store = open_store(options_in(dir));
+    QuotaConfig daily = one_plan();
+    daily.plans[0].period = Plan::PeriodKind::daily;
+    std::vector<QuotaConfig> configs{one_plan(), daily};
+    size_t config = 0;
+    QuotaController kept(configs[config], store, nullptr, nullptr, nullptr);
+    REQUIRE(kept.load());
+    const std::vector<std::string> users{"alice", "bob", "carol", "dave"};
+    const std::vector<std::string_view> connected(users.begin(), users.end());
+    auto fields = [](const QuotaState& s) {
+        return std::tuple(s.user, s.plan, s.limit_bytes, s.used_bytes, s.period.start, s.period.end, s.state,
+                          s.remaining_bytes, s.block, s.download_bps, s.holds_until);
+    };
+    std::mt19937 rng(7);
+    auto pick = [&](uint64_t n) { return std::uniform_int_distribution<uint64_t>(0, n - 1)(rng); };
+    int64_t now = utc(2024, 5, 30, 20);
+    for (int step = 0; step < 400; ++step) {
+        CAPTURE(step, now);
+        switch (pick(8)) {
+        case 0: // a top-up, or an expiry soon
+            REQUIRE(kept.put_quota(users[pick(4)], pick(2) ? R"({"topup_bytes": 3000000000})"
+                                                             : R"({"expires": )" + std::to_string(now + 60 * pick(600)) + "}",
+                                   now).status == 200);
+            break;
+        case 1:
+            config = 1 - config;
+            kept.reload(configs[config]);
+            break;
+        default: {
+            std::map<std::string, uint64_t> moved;
+            for (const auto& user : users)
+                if (pick(3) == 0) moved[user] = pick(2 * kGB);
+            if (!moved.empty()) cycle(kept, store, moved, now);
+        }
+        }
+        QuotaController fresh(configs[config], store, nullptr, nullptr, nullptr);
+        REQUIRE(fresh.load());
+        const auto a = kept.planned_states(connected, now), b = fresh.planned_states(connected, now);
+        REQUIRE(a.size() == b.size());
+        for (size_t i = 0; i < a.size(); ++i) REQUIRE(fields(a[i]) == fields(b[i]));
+        now += static_cast<int64_t>(pick(4) == 0 ? pick(3 * 86400) : pick(1800)); // across days and months
+    }
 }

@@ -98,6 +98,33 @@ TEST_CASE("bytes go to the session holding the address", "[reconciler]")
     h.check_invariant();
 }
 
+TEST_CASE("an address listed for two sessions goes to the one listed last, every cycle", "[reconciler]")
+{
+    Harness h;
+    const Session alice = connected("alice", 1, "10.8.0.2");
+    Session two = connected("alice", 3, "10.8.0.4");
+    two.addresses.push_back("10.8.0.5");
+    h.cycle({{"udp", {alice, two}}});
+    const ClientKey shared = ClientKey::parse(kTun0, "10.8.0.2"), fifth = ClientKey::parse(kTun0, "10.8.0.5");
+    CHECK(h.reconciler.owners().at(shared) == alice.id);
+    // A new session listed before alice with her address (a reconnect the
+    // server has not finished): alice, listed after it, keeps the address.
+    const Session bob = connected("bob", 2, "10.8.0.2", 1001);
+    h.cycle({{"udp", {bob, alice, two}}});
+    CHECK(h.reconciler.owners().at(shared) == alice.id);
+    // Listed after her, the newcomer takes it; from then on the order decides.
+    const Session carol = connected("carol", 4, "10.8.0.5", 1002);
+    h.cycle({{"udp", {bob, alice, two, carol}}});
+    CHECK(h.reconciler.owners().at(fifth) == carol.id);
+    h.cycle({{"udp", {bob, carol, alice, two}}});
+    CHECK(h.reconciler.owners().at(fifth) == two.id);
+    CHECK(h.reconciler.owners().at(shared) == alice.id);
+    h.traffic("10.8.0.5", 10, 10);
+    h.cycle({{"udp", {bob, carol, alice, two}}});
+    CHECK(h.sessions.at(two.id).usage == Traffic{{1, 10}, {1, 10}});
+    h.check_invariant();
+}
+
 TEST_CASE("a disconnected session is closed at the last value; the next owner starts from it", "[reconciler]")
 {
     Harness h;
@@ -397,6 +424,18 @@ TEST_CASE("random connects, disconnects, late addresses, silent sources and rest
             REQUIRE(reconciler.owners() == owners);
             for (const Model::Instance& instance : model.instances)
                 for (const Session& s : instance.listed) REQUIRE(store.sessions.at(s.id).active());
+            // The quota engine's view: each active session's keys, by user
+            // (tun1 is gone now and then: its sessions have none).
+            const Interfaces now_present = chance(0.2) ? Interfaces{{{"tun0", 7}}, {{7, "tun0"}}} : model.interfaces;
+            UserKeys expected;
+            for (const auto& [id, s] : reconciler.active())
+                for (const ClientKey& key : session_keys(s, now_present)) expected.emplace_back(s.user, key);
+            UserKeys keys = reconciler.keys_by_user(now_present);
+            REQUIRE(std::is_sorted(keys.begin(), keys.end(),
+                                   [](const auto& a, const auto& b) { return a.first < b.first; }));
+            std::sort(keys.begin(), keys.end());
+            std::sort(expected.begin(), expected.end());
+            REQUIRE(keys == expected);
         }
     }
 }

@@ -470,11 +470,14 @@ void Daemon::publish_metrics(const Interfaces& devices, int64_t now)
     std::vector<std::string> instances;
     for (const auto& instance : config_.openvpn) instances.push_back(instance.name);
     live.sessions_active = sessions_by_instance(reconciler_->active(), instances);
-    std::vector<std::string_view> connected; // users (a set of 100,000 names cost ~50 ms)
-    for (const auto& [id, session] : reconciler_->active()) connected.push_back(session.user);
+    // The connected users, in name order as each source lists them: merged,
+    // not sorted (a set of 100,000 names cost ~50 ms, a sort ~10 ms).
+    std::vector<std::string_view> connected = reconciler_->users();
     for (const auto& server : singbox_) {
         live.sessions_active[server->ledger.instance()] = server->ledger.open().size();
+        const auto merged_from = static_cast<std::ptrdiff_t>(connected.size());
         for (const auto& [user, session] : server->ledger.open()) connected.push_back(user);
+        std::inplace_merge(connected.begin(), connected.begin() + merged_from, connected.end());
         const auto health = server->poller.health();
         live.singbox[server->ledger.instance()] = {health.up, health.failures, server->restarts};
     }

@@ -423,7 +423,7 @@ std::vector<QuotaState> QuotaController::planned_states(std::vector<std::string_
 {
     std::lock_guard lock(mutex_);
     if (config_.plans.empty() && granted_ == 0) return {}; // nobody has a plan
-    std::sort(also.begin(), also.end());
+    if (!std::is_sorted(also.begin(), also.end())) std::sort(also.begin(), also.end());
     also.erase(std::unique(also.begin(), also.end()), also.end());
     // The union of the users on record (with usage or a grant) and `also`,
     // both in name order: one walk.

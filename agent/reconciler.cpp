@@ -202,6 +202,14 @@ UserKeys Reconciler::keys_by_user(const Interfaces& interfaces) const
     return out;
 }
 
+std::vector<std::string_view> Reconciler::users() const
+{
+    std::vector<std::string_view> out;
+    out.reserve(user_ids_.size());
+    for (const auto& [name, user] : user_ids_) out.push_back(name);
+    return out;
+}
+
 uint32_t Reconciler::find_slot(std::string_view id) const
 {
     auto it = by_id_.find(id);

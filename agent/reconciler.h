@@ -60,6 +60,9 @@ public:
     // user in name order (views of the user names: valid until the next
     // accept()). The same keys as session_keys() gives for each session.
     UserKeys keys_by_user(const Interfaces& interfaces) const;
+    // The users with an active session, in name order (views, valid until
+    // the next accept()).
+    std::vector<std::string_view> users() const;
     // The session owning each address that has one (the others are
     // nobody's), in key order: a copy, for tests and diagnostics.
     FlatMap<ClientKey, std::string> owners() const;

@@ -209,7 +209,7 @@ constexpr uint32_t kPartialStride = 10;
 
 struct SizeResult {
     uint32_t clients = 0;
-    double fill_s = 0, history_s = 0, first_cycle_ms = 0, all_end_ms = 0;
+    double fill_s = 0, history_s = 0, first_cycle_ms = 0, new_hour_ms = 0, all_end_ms = 0;
     Phases phases;
     Phases partial; // one client in kPartialStride moves
     double render_ms = 0, prometheus_ms = 0, cached_ms = 0;
@@ -281,12 +281,13 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
     if (auto st = quotas.load(); !st) return st.error();
 
     // One cycle as Daemon::finish_cycle() runs it (without the quota engine).
-    auto cycle = [&](uint64_t moves, uint32_t movers, Phases* phases) -> Status {
+    // `ahead`: seconds added to the clock (a cycle in a later hour).
+    auto cycle = [&](uint64_t moves, uint32_t movers, Phases* phases, int64_t ahead = 0) -> Status {
         const auto t0 = Clock::now();
         auto counters = collector.collect();
         if (!counters) return counters.error();
         const auto t1 = Clock::now();
-        const int64_t now = static_cast<int64_t>(std::time(nullptr));
+        const int64_t now = static_cast<int64_t>(std::time(nullptr)) + ahead;
         vpnmeter::CycleCommit commit = reconciler.plan(counters.value(), connected, devices, now);
         const auto t2 = Clock::now();
         quotas.plan(commit, now);
@@ -304,9 +305,7 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         live.interfaces = vpnmeter::interface_totals(collector.last(), devices);
         live.drops.emplace();
         live.sessions_active = vpnmeter::sessions_by_instance(reconciler.active(), {kInstance});
-        std::vector<std::string_view> users_connected; // as Daemon::publish_metrics
-        for (const auto& [id, session] : reconciler.active()) users_connected.push_back(session.user);
-        live.quotas = quotas.planned_states(std::move(users_connected), now);
+        live.quotas = quotas.planned_states(reconciler.users(), now); // as Daemon::publish_metrics
         live.maps["clients"] = {collector.last().clients.size(), maps.max_clients()};
         metrics.publish(std::move(live));
         const auto t4 = Clock::now();
@@ -355,12 +354,22 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
                          std::to_string(o.cycles * kUpBytes) + " B up"};
     }
 
+    // The first cycle of the next hour, every client active: its commit
+    // also adds the hour just over to the users' days and months (once an
+    // hour). The cycles after it are in that hour too.
+    constexpr int64_t kNextHour = 3600;
+    if (auto st = set_counters(maps.clients_fd(), n, o.cycles + 1, ncpus); !st) return st.error();
+    const auto next_hour = Clock::now();
+    if (auto st = cycle(o.cycles + 1, n, nullptr, kNextHour); !st) return st.error();
+    out.new_hour_ms = ms_since(next_hour);
+
     // Then one client in kPartialStride moves per cycle: 0, 10, 20, ...
     // (their store totals are no longer the ones checked above).
     const uint32_t partial_movers = (n + kPartialStride - 1) / kPartialStride;
     for (uint32_t c = 1; c <= o.cycles; ++c) {
-        if (auto st = set_counters(maps.clients_fd(), n, o.cycles + c, ncpus, kPartialStride); !st) return st.error();
-        if (auto st = cycle(o.cycles + c, partial_movers, &out.partial); !st) return st.error();
+        const uint64_t moves = o.cycles + 1 + c;
+        if (auto st = set_counters(maps.clients_fd(), n, moves, ncpus, kPartialStride); !st) return st.error();
+        if (auto st = cycle(moves, partial_movers, &out.partial, kNextHour); !st) return st.error();
     }
 
     // /metrics: the renderer GET /metrics uses (the exporter renders a
@@ -402,7 +411,7 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         if (!counters) return counters.error();
         const auto t = Clock::now();
         vpnmeter::CycleCommit commit =
-            reconciler.plan(counters.value(), none, devices, static_cast<int64_t>(std::time(nullptr)));
+            reconciler.plan(counters.value(), none, devices, static_cast<int64_t>(std::time(nullptr)) + kNextHour);
         if (auto st = store->commit(commit); !st) return st.error();
         reconciler.accept(commit);
         out.all_end_ms = ms_since(t);
@@ -432,12 +441,12 @@ void print_machine(const Options& o, uint32_t capacity)
 void print_table(const std::vector<SizeResult>& results)
 {
     std::printf("\ncollection cycle, median ms over the timed cycles:\n");
-    std::printf("%9s %8s %10s %8s %8s %8s %8s %13s %9s\n", "clients", "read", "reconcile", "quota", "commit",
-                "publish", "total", "first cycle", "all end");
+    std::printf("%9s %8s %10s %8s %8s %8s %8s %13s %9s %9s\n", "clients", "read", "reconcile", "quota", "commit",
+                "publish", "total", "first cycle", "new hour", "all end");
     for (const auto& r : results)
-        std::printf("%9u %8.1f %10.1f %8.1f %8.1f %8.1f %8.1f %13.1f %9.1f\n", r.clients, median(r.phases.read),
+        std::printf("%9u %8.1f %10.1f %8.1f %8.1f %8.1f %8.1f %13.1f %9.1f %9.1f\n", r.clients, median(r.phases.read),
                     median(r.phases.reconcile), median(r.phases.quota), median(r.phases.commit),
-                    median(r.phases.publish), median(r.phases.total), r.first_cycle_ms, r.all_end_ms);
+                    median(r.phases.publish), median(r.phases.total), r.first_cycle_ms, r.new_hour_ms, r.all_end_ms);
     std::printf("\nthe same with one client in %u moving (the others idle), median ms:\n", kPartialStride);
     std::printf("%9s %8s %8s %10s %8s %8s %8s %8s\n", "clients", "moved", "read", "reconcile", "quota", "commit",
                 "publish", "total");
@@ -456,7 +465,9 @@ void print_table(const std::vector<SizeResult>& results)
                 "quota: QuotaController::plan + accept (period usage, alerts, kernel policies and budgets; every\n"
                 "user on a 1 TB/month plan unless --no-quotas); commit: Store::commit (one LMDB write\n"
                 "transaction, fsync); publish: accept + metrics snapshot with the users' quota states;\n"
-                "first cycle: N new sessions; all end: every session ends at once (reconcile + commit).\n"
+                "first cycle: N new sessions; new hour: the first cycle of the next hour, all active (its\n"
+                "commit also adds the hour just over to the users' days and months); all end: every session\n"
+                "ends at once (reconcile + commit).\n"
                 "render: render_metrics, what a scrape costs after a new snapshot; prometheus-cpp: its\n"
                 "TextSerializer over metric_families, the same bytes (the old path); cached: a repeated scrape\n"
                 "(MetricsExporter::render copying the kept text).\n"

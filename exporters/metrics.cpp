@@ -532,7 +532,11 @@ std::map<std::string, uint64_t> sessions_by_instance(const std::map<std::string,
 {
     std::map<std::string, uint64_t> out;
     for (const auto& instance : instances) out[instance] = 0;
-    for (const auto& [id, session] : active) ++out[session.instance];
+    auto counted = out.end(); // ids begin with their instance: runs of one instance
+    for (const auto& [id, session] : active) {
+        if (counted == out.end() || counted->first != session.instance) counted = out.try_emplace(session.instance).first;
+        ++counted->second;
+    }
     return out;
 }
 

@@ -133,26 +133,48 @@ Result<std::vector<UsageBucket>> StoreSnapshot::usage(const std::string& user, i
     const MDB_dbi dbi = *state_->dbs->usage;
     auto cursor = lmdb::Cursor::open(txn, dbi);
     if (!cursor) return cursor.error();
-    // The bucket holding `from` overlaps the range even if it starts before.
-    int64_t start = state_->calendar->start(from, granularity);
-    while (start < to) {
-        auto entry = cursor->move(MDB_SET_RANGE, encoding::usage_key(granularity, start, {}));
-        if (!entry) return entry.error();
-        if (!*entry) break;
-        const auto present = encoding::decode_usage_key((*entry)->key);
-        if (!present) return corrupt("usage key");
-        if (present->granularity != granularity || present->start >= to) break;
-        start = present->start;
-        auto stored = txn.get(dbi, encoding::usage_key(granularity, start, user));
-        if (!stored) return stored.error();
-        if (*stored) {
-            auto traffic = encoding::decode_traffic(**stored);
-            if (!traffic) return corrupt("usage record of user '" + user + "'");
-            buckets.push_back(UsageBucket{start, *traffic});
+    // Calls add(start, traffic) for each of the user's buckets of `run`
+    // from `start` on, until past(start).
+    auto each_bucket = [&](Granularity run, int64_t start, auto&& past, auto&& add) -> Status {
+        while (!past(start)) {
+            auto entry = cursor->move(MDB_SET_RANGE, encoding::usage_key(run, start, {}));
+            if (!entry) return entry.error();
+            if (!*entry) break;
+            const auto present = encoding::decode_usage_key((*entry)->key);
+            if (!present) return corrupt("usage key");
+            if (present->granularity != run || past(present->start)) break;
+            start = present->start;
+            auto stored = txn.get(dbi, encoding::usage_key(run, start, user));
+            if (!stored) return stored.error();
+            if (*stored) {
+                auto traffic = encoding::decode_traffic(**stored);
+                if (!traffic) return corrupt("usage record of user '" + user + "'");
+                add(start, *traffic);
+            }
+            if (start == std::numeric_limits<int64_t>::max()) break;
+            ++start;
         }
-        if (start == std::numeric_limits<int64_t>::max()) break;
-        ++start;
-    }
+        return ok();
+    };
+    // The bucket holding `from` overlaps the range even if it starts before.
+    const int64_t first = state_->calendar->start(from, granularity);
+    auto stored = each_bucket(granularity, first, [&](int64_t start) { return start >= to; },
+                              [&](int64_t start, const Traffic& traffic) { buckets.push_back(UsageBucket{start, traffic}); });
+    if (!stored) return stored.error();
+    if (granularity == Granularity::Hour) return buckets;
+    // The hours not yet rolled up into their days and months (kRolledToKey).
+    auto rolled = read_rolled_to(txn, *state_->dbs->meta);
+    if (!rolled) return rolled.error();
+    // An hour belongs to the range if the day or month it goes into does.
+    auto past = [&](int64_t hour) { return state_->calendar->start(hour, granularity) >= to; };
+    auto unrolled = each_bucket(Granularity::Hour, std::max(first, *rolled), past, [&](int64_t hour, const Traffic& traffic) {
+        const int64_t start = state_->calendar->start(hour, granularity);
+        auto it = std::lower_bound(buckets.begin(), buckets.end(), start,
+                                   [](const UsageBucket& bucket, int64_t at) { return bucket.start < at; });
+        if (it == buckets.end() || it->start != start) it = buckets.insert(it, UsageBucket{start, {}});
+        it->traffic += traffic;
+    });
+    if (!unrolled) return unrolled.error();
     return buckets;
 }
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <ctime>
 #include <limits>
 #include <map>
 #include <set>
@@ -185,9 +186,22 @@ Status migrate_3_to_4(lmdb::Txn& txn, const Databases& dbs)
     return ok();
 }
 
+// Schema 5: a cycle adds to its hour bucket only, and the hour is added to
+// its day and month once it is over (roll_up), instead of three buckets
+// rewritten per user per cycle. Schema 4 added every hour to them, the
+// current one too: that one counts as rolled up, and the next is the first
+// rolled up later.
+Status migrate_4_to_5(lmdb::Txn& txn, const Databases& dbs, const BucketCalendar& calendar, int64_t now)
+{
+    const int64_t next_hour = calendar.start(calendar.start(now, Granularity::Hour) + 3600, Granularity::Hour);
+    if (auto put = txn.put(*dbs.meta, kRolledToKey, encoding::encode_i64(next_hour)); !put) return put;
+    spdlog::info("store: schema 4 -> 5: hours from {} on are rolled up into days and months once over", next_hour);
+    return ok();
+}
+
 // Upgrades a store written by an older vpnmeter, inside the open's write
 // transaction (all or nothing). Each step takes version N to N + 1.
-Status migrate(lmdb::Txn& txn, const Databases& dbs, uint32_t from)
+Status migrate(lmdb::Txn& txn, const Databases& dbs, uint32_t from, const BucketCalendar& calendar, int64_t now)
 {
     for (uint32_t version = from; version < kSchemaVersion; ++version) {
         Status step = ok();
@@ -200,6 +214,9 @@ Status migrate(lmdb::Txn& txn, const Databases& dbs, uint32_t from)
             break;
         case 3:
             step = migrate_3_to_4(txn, dbs);
+            break;
+        case 4:
+            step = migrate_4_to_5(txn, dbs, calendar, now);
             break;
         default:
             return Error{"no migration from schema version " + std::to_string(version)};
@@ -298,7 +315,8 @@ Status Store::Impl::initialise()
         if (auto known = check_version_known(version, options.path); !known) return known;
         if (version == kSchemaVersion) return ok();
         if (version != 0) {
-            if (auto migrated = migrate(txn, opened, version); !migrated) return migrated;
+            const int64_t now = static_cast<int64_t>(std::time(nullptr));
+            if (auto migrated = migrate(txn, opened, version, calendar, now); !migrated) return migrated;
         }
         version = kSchemaVersion;
         return txn.put(*opened.meta, kSchemaVersionKey, encoding::encode_u32(kSchemaVersion));
@@ -513,6 +531,57 @@ int64_t Store::bucket_start(int64_t time, Granularity granularity) const
     return impl_->calendar.start(time, granularity);
 }
 
+Result<int64_t> read_rolled_to(const lmdb::Txn& txn, MDB_dbi meta)
+{
+    auto stored = txn.get(meta, kRolledToKey);
+    if (!stored) return prefixed("read where usage is rolled up to", stored.error());
+    if (!*stored) return std::numeric_limits<int64_t>::min();
+    auto rolled = encoding::decode_i64(**stored);
+    if (!rolled) return corrupt("the record of where usage is rolled up to");
+    return *rolled;
+}
+
+namespace {
+
+// Adds the hour buckets starting in [from, to) to their days and months.
+// Hours come in (start, user) order: the usual single hour gives each run
+// already in key order; several are summed after a sort.
+Status roll_up(lmdb::Txn& txn, const Databases& dbs, const BucketCalendar& calendar, int64_t from, int64_t to)
+{
+    std::array<std::vector<std::pair<std::string, Traffic>>, 2> adds; // day, month
+    constexpr std::array kWholes{Granularity::Day, Granularity::Month};
+    auto read = scan(txn, *dbs.usage, encoding::usage_key(Granularity::Hour, from, {}),
+                     [&](auto key, auto value) -> Result<bool> {
+                         const auto bucket = encoding::decode_usage_key(key);
+                         if (!bucket) return corrupt("usage key");
+                         if (bucket->granularity != Granularity::Hour || bucket->start >= to) return false;
+                         const auto traffic = encoding::decode_traffic(value);
+                         if (!traffic) return corrupt("usage record of user '" + std::string(bucket->user) + "'");
+                         for (size_t i = 0; i < kWholes.size(); ++i)
+                             adds[i].emplace_back(
+                                 encoding::usage_key(kWholes[i], calendar.start(bucket->start, kWholes[i]), bucket->user),
+                                 *traffic);
+                         return true;
+                     });
+    if (!read) return read;
+    auto cursor = lmdb::WriteCursor::open(txn, *dbs.usage);
+    if (!cursor) return cursor.error();
+    for (auto& run : adds) { // days, then months: key order
+        auto by_key = [](const auto& a, const auto& b) { return a.first < b.first; };
+        if (!std::is_sorted(run.begin(), run.end(), by_key)) std::stable_sort(run.begin(), run.end(), by_key);
+        for (auto it = run.begin(); it != run.end();) {
+            Traffic sum;
+            auto same = it;
+            for (; same != run.end() && same->first == it->first; ++same) sum += same->second;
+            if (auto added = add_traffic(*cursor, it->first, sum); !added) return added;
+            it = same;
+        }
+    }
+    return ok();
+}
+
+} // namespace
+
 Status Store::commit(const CycleCommit& cycle, StoreFailure* failure)
 {
     if (failure) *failure = StoreFailure::other;
@@ -552,19 +621,32 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure)
             if (auto put = active_cursor->put(session->id, encoding::encode(*session)); !put)
                 return prefixed("store session " + session->id, put.error());
         }
-        // Usage: a run per granularity, users in byte order within it (the
-        // key order). A user without this month's bucket may be new: listed.
+        // Usage: the hours before this one go to their days and months once
+        // (at 100,000 users a day and a month bucket rewritten per user
+        // every cycle cost ~50 ms a cycle).
+        auto rolled = read_rolled_to(txn, *dbs.meta);
+        if (!rolled) return rolled.error();
+        const int64_t hour = starts[0];
+        if (hour > *rolled) {
+            if (auto up = roll_up(txn, dbs, impl_->calendar, *rolled, hour); !up) return prefixed("roll up usage", up.error());
+            if (auto put = txn.put(*dbs.meta, kRolledToKey, encoding::encode_i64(hour)); !put) return put;
+        }
+        // An hour already rolled up (the last hour of a schema 4 store, or
+        // the clock went back) adds to its day and month directly.
+        const size_t runs = hour < *rolled ? kGranularities.size() : 1;
+        // A run per granularity, users in byte order within it (the key
+        // order). A user without this hour's bucket may be new: listed.
         auto usage_cursor = lmdb::WriteCursor::open(txn, *dbs.usage);
         if (!usage_cursor) return prefixed("store usage", usage_cursor.error());
         std::vector<std::string_view> maybe_new_users;
-        for (size_t i = 0; i < kGranularities.size(); ++i) {
+        for (size_t i = 0; i < runs; ++i) {
             for (const auto& entry : cycle.user_usage) { // not a structured binding: the lambda captures it
                 const std::string& user = entry.first;
                 const Traffic& increment = entry.second;
                 if (increment == Traffic{}) continue; // buckets hold only traffic
                 const auto key = encoding::usage_key(kGranularities[i], starts[i], user);
                 auto add = [&](std::optional<std::string_view> stored) -> Result<std::string> {
-                    if (!stored && kGranularities[i] == Granularity::Month) maybe_new_users.push_back(user);
+                    if (!stored && kGranularities[i] == Granularity::Hour) maybe_new_users.push_back(user);
                     return add_traffic(stored, increment);
                 };
                 auto added = usage_cursor->update(key, add);
@@ -572,7 +654,11 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure)
             }
         }
         for (std::string_view user : maybe_new_users) {
-            if (auto put = txn.put(*dbs.users, encoding::user_key(user), {}); !put)
+            const std::string key = encoding::user_key(user);
+            auto listed = txn.get(*dbs.users, key); // a read: a page rewritten only for a new user
+            if (!listed) return prefixed("list user '" + std::string(user) + "'", listed.error());
+            if (*listed) continue;
+            if (auto put = txn.put(*dbs.users, key, {}); !put)
                 return prefixed("list user '" + std::string(user) + "'", put.error());
         }
         auto unattributed_cursor = lmdb::WriteCursor::open(txn, *dbs.unattributed);
@@ -634,12 +720,17 @@ Status Store::prune(int64_t now)
 {
     if (impl_->options.read_only) return Error{"prune: the store is open read-only"};
     const auto& options = impl_->options;
-    const int64_t hour_cutoff = bucket_start(now - int64_t{options.hourly_retention_days} * 86400, Granularity::Hour);
+    const int64_t hour_cutoff_by_age =
+        bucket_start(now - int64_t{options.hourly_retention_days} * 86400, Granularity::Hour);
     const int64_t day_cutoff = bucket_start(now - int64_t{options.daily_retention_days} * 86400, Granularity::Day);
     const MDB_dbi usage = *impl_->dbs.usage;
 
     return impl_->write("prune", [&](lmdb::Txn& txn) -> Status {
         if (auto pruned = prune_alerts(txn, impl_->dbs, day_cutoff); !pruned) return prefixed("alerts", pruned.error());
+        // Hours not yet in their days and months stay, however old.
+        auto rolled = read_rolled_to(txn, *impl_->dbs.meta);
+        if (!rolled) return rolled.error();
+        const int64_t hour_cutoff = std::min(hour_cutoff_by_age, *rolled);
         // Time-major keys: what is past retention is a prefix of each
         // granularity's run. Months are kept.
         for (auto [granularity, cutoff] : {std::pair{Granularity::Hour, hour_cutoff}, {Granularity::Day, day_cutoff}}) {

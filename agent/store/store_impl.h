@@ -16,8 +16,14 @@ namespace vpnmeter {
 
 // 2: binary session records (store.cpp, migrate_1_to_2); 3: time-major usage
 // keys, a users list, active sessions apart from closed ones (migrate_2_to_3);
-// 4: compact address checkpoints (migrate_3_to_4).
-constexpr uint32_t kSchemaVersion = 4;
+// 4: compact address checkpoints (migrate_3_to_4); 5: day and month buckets
+// rolled up from the hour buckets once the hour is over (migrate_4_to_5).
+constexpr uint32_t kSchemaVersion = 5;
+
+// In "meta": hour buckets that start before this (unix seconds) are added to
+// their day and month buckets; those from it on are not yet (commit() rolls
+// them up when a later hour begins; readers add them). None: nothing is.
+constexpr const char* kRolledToKey = "usage_rolled_to";
 
 // The named databases. Opened read-only, a store the daemon never
 // initialised has none of them: reads then find nothing.
@@ -62,6 +68,10 @@ template <class Visit> Status scan(const lmdb::Txn& txn, MDB_dbi dbi, std::strin
     if (!entry) return entry.error();
     return ok();
 }
+
+// Where the hour buckets are rolled up to (kRolledToKey); the smallest
+// int64 when nothing is yet.
+Result<int64_t> read_rolled_to(const lmdb::Txn& txn, MDB_dbi meta);
 
 // The quota parts of commit() and prune() (quota.cpp), inside their
 // transactions.

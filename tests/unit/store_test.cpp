@@ -112,12 +112,12 @@ CycleCommit big_cycle(int64_t time, int users, const std::string& tag)
 
 } // namespace
 
-TEST_CASE("a new store has schema version 4 and private files", "[store]")
+TEST_CASE("a new store has schema version 5 and private files", "[store]")
 {
     TempDir dir;
     const auto options = options_in(dir);
     Store store = open_store(options);
-    CHECK(store.schema_version() == 4);
+    CHECK(store.schema_version() == 5);
     CHECK(mode_of(options.path) == 0700);
     CHECK(mode_of(options.path + "/data.mdb") == 0600);
     CHECK(mode_of(options.path + "/lock.mdb") == 0600);
@@ -633,7 +633,7 @@ TEST_CASE("read-only opens: missing, never written, uninitialised", "[store]")
             Store writer = open_store(writer_options);
         }
         Store reader = open_store(options);
-        CHECK(reader.schema_version() == 4);
+        CHECK(reader.schema_version() == 5);
         CHECK(must(reader.sessions()).empty());
         CHECK(must(reader.checkpoint()) == std::nullopt);
         CHECK(must(reader.unattributed()).empty());
@@ -676,7 +676,7 @@ TEST_CASE("a reopened store keeps everything", "[store]")
         must_commit(store, cycle);
     }
     Store store = open_store(options);
-    CHECK(store.schema_version() == 4);
+    CHECK(store.schema_version() == 5);
     CHECK(must(store.sessions()) == cycle.sessions);
     CHECK(usage(store, "kept-user-2", 0, t + kDay, Granularity::Day) ==
           std::vector<UsageBucket>{{utc(2024, 4, 30, 22), traffic(1, 100, 2, 200)}}); // midnight CEST
@@ -707,13 +707,13 @@ TEST_CASE("opening fails clearly on a newer schema, an unknown zone, a second op
         {
             Store store = open_store(options);
         }
-        put_raw(options.path, "meta", "schema_version", encoding::encode_u32(5));
+        put_raw(options.path, "meta", "schema_version", encoding::encode_u32(6));
         for (bool read_only : {false, true}) {
             options.read_only = read_only;
             const auto store = Store::open(options);
             REQUIRE_FALSE(store);
-            CHECK_THAT(store.error().message(), Catch::Contains("schema version 5") &&
-                                                    Catch::Contains("newer than this vpnmeter understands (4)"));
+            CHECK_THAT(store.error().message(), Catch::Contains("schema version 6") &&
+                                                    Catch::Contains("newer than this vpnmeter understands (5)"));
         }
     }
     SECTION("the same store twice in one process")
@@ -738,7 +738,7 @@ TEST_CASE("opening fails clearly on a newer schema, an unknown zone, a second op
 // package test does it for real; these pin down the schema checks.
 TEST_CASE("a store from a newer release is refused and left as it was", "[store]")
 {
-    constexpr uint32_t kSchemaVersion = 4; // this release's (store_impl.h)
+    constexpr uint32_t kSchemaVersion = 5; // this release's (store_impl.h)
     TempDir dir;
     auto options = options_in(dir);
     const int64_t t = utc(2026, 11, 1, 12);
@@ -891,7 +891,7 @@ TEST_CASE("a schema 3 store is migrated: address checkpoints rewritten compact",
                 encoding::encode(checkpoint.raw) + checkpoint.owner);
     {
         Store store = open_store(options);
-        CHECK(store.schema_version() == 4);
+        CHECK(store.schema_version() == 5);
         auto checkpoint = must(store.checkpoint());
         REQUIRE(checkpoint);
         CHECK(checkpoint->addresses == expected);
@@ -976,7 +976,7 @@ TEST_CASE("a schema 2 store is migrated: usage re-keyed by time, active sessions
         CHECK_THAT(reader.error().message(), Catch::Contains("has schema version 2; start this release's vpnmeterd"));
     }
     auto check = [&](const Store& store) {
-        CHECK(store.schema_version() == 4);
+        CHECK(store.schema_version() == 5);
         const int64_t end = utc(2030, 1, 1);
         CHECK(must(store.usage(alice, 0, end, Granularity::Hour)) ==
               std::vector<UsageBucket>{{hour, traffic(1, 10, 2, 20)}});
@@ -1020,4 +1020,100 @@ TEST_CASE("a schema 2 store is migrated: usage re-keyed by time, active sessions
     CHECK(must(store.sessions(true)).empty());
     CHECK(must(store.sessions()) == std::vector<Session>{closed, ended});
     CHECK(get_raw(options.path, "sessions_active", open.id).empty());
+}
+
+// Schema 5: a cycle adds to its hour only; the hour goes into its day and
+// month when a later hour is committed. Readers must see the same as if all
+// three were written every cycle.
+TEST_CASE("days and months include every hour, rolled up or not, across zones, gaps and a clock going back",
+          "[store]")
+{
+    for (const char* zone : {"UTC", "Asia/Kolkata", "America/New_York"}) {
+        CAPTURE(zone);
+        TempDir dir;
+        auto options = options_in(dir, zone);
+        Store store = open_store(options);
+        std::mt19937 rng(11);
+        auto pick = [&](uint64_t n) { return std::uniform_int_distribution<uint64_t>(0, n - 1)(rng); };
+        const std::vector<std::string> users{"alice", "bob", "carol"};
+        std::map<std::tuple<Granularity, int64_t, std::string>, Traffic> model;
+        int64_t now = utc(2024, 3, 9, 20); // a DST change in New York on the 10th
+        for (int step = 0; step < 300; ++step) {
+            CAPTURE(step, now);
+            CycleCommit cycle;
+            cycle.time = now;
+            for (const auto& user : users) {
+                if (pick(2) == 0) continue;
+                const Traffic t = traffic(1, 1 + pick(1000), 1, 1 + pick(1000));
+                cycle.user_usage[user] = t;
+                for (Granularity g : {Granularity::Hour, Granularity::Day, Granularity::Month})
+                    model[{g, store.bucket_start(now, g), user}] += t;
+            }
+            must_commit(store, cycle);
+            const int64_t from = utc(2024, 2, 1), to = utc(2025, 1, 1);
+            for (const Store* view : {&store}) {
+                for (Granularity g : {Granularity::Hour, Granularity::Day, Granularity::Month}) {
+                    for (const auto& user : users) {
+                        std::vector<UsageBucket> expected;
+                        for (const auto& [key, t] : model)
+                            if (std::get<0>(key) == g && std::get<2>(key) == user)
+                                expected.push_back({std::get<1>(key), t});
+                        std::sort(expected.begin(), expected.end(),
+                                  [](const auto& a, const auto& b) { return a.start < b.start; });
+                        REQUIRE(usage(*view, user, from, to, g) == expected);
+                    }
+                }
+            }
+            // Mostly minutes; now and then hours or days later, or back an hour.
+            const uint64_t jump = pick(10);
+            now += jump < 6 ? 60 * static_cast<int64_t>(pick(30)) : jump < 9 ? 3600 * static_cast<int64_t>(pick(40)) : -3600;
+        }
+    }
+}
+
+TEST_CASE("a schema 4 store is migrated: its current hour, already in its day and month, is not added again",
+          "[store]")
+{
+    TempDir dir;
+    auto options = options_in(dir);
+    const int64_t now = static_cast<int64_t>(std::time(nullptr)); // the migration goes by the clock
+    const int64_t hour = now / 3600 * 3600, day = now / kDay * kDay;
+    // As schema 4 left it: this hour's usage in the hour, day and month
+    // buckets, and no record of a roll-up.
+    int64_t month = 0, next_month = 0;
+    {
+        Store before = open_store(options);
+        month = before.bucket_start(now, Granularity::Month);
+        next_month = before.bucket_start(hour + 3600, Granularity::Month);
+    }
+    put_raw(options.path, "meta", "schema_version", encoding::encode_u32(4));
+    for (auto [g, start] : {std::pair{Granularity::Hour, hour}, {Granularity::Day, day}, {Granularity::Month, month}})
+        put_raw(options.path, "usage_by_time", encoding::usage_key(g, start, "alice"),
+                encoding::encode(traffic(1, 10, 1, 10)));
+    put_raw(options.path, "users", encoding::user_key("alice"), "");
+
+    Store store = open_store(options);
+    CHECK(store.schema_version() == 5);
+    CycleCommit cycle;
+    cycle.time = now; // the same hour: taken as rolled up, so added to all three
+    cycle.user_usage["alice"] = traffic(1, 5, 1, 5);
+    must_commit(store, cycle);
+    cycle.time = hour + 3600 + 60; // the next hour: into its hour only, until it is over
+    must_commit(store, cycle);
+    const Traffic both = traffic(2, 15, 2, 15), all = traffic(3, 20, 3, 20);
+    CHECK(usage(store, "alice", hour, hour + 7200, Granularity::Hour) ==
+          std::vector<UsageBucket>{{hour, both}, {hour + 3600, traffic(1, 5, 1, 5)}});
+    const auto days = usage(store, "alice", day, day + 2 * kDay, Granularity::Day);
+    Traffic summed;
+    for (const auto& bucket : days) summed += bucket.traffic;
+    CHECK(summed == all);
+    Traffic months;
+    for (const auto& bucket : usage(store, "alice", month, next_month + 1, Granularity::Month)) months += bucket.traffic;
+    CHECK(months == all);
+    CHECK(usage(store, "alice", month, month + 1, Granularity::Month).front().traffic == (next_month == month ? all : both));
+    cycle.time = hour + 2 * 3600 + 60; // rolls the previous hour up
+    must_commit(store, cycle);
+    summed = {};
+    for (const auto& bucket : usage(store, "alice", day, day + 2 * kDay, Granularity::Day)) summed += bucket.traffic;
+    CHECK(summed == traffic(4, 25, 4, 25));
 }

@@ -35,17 +35,22 @@ QuotaController::QuotaController(QuotaConfig config, Store& store, Enforcer* enf
 
 namespace {
 
-// Entries of a map by name looked up in ascending order of names: a few
-// steps along the map from the last one found, a search only when it is
-// further (at 100,000 users a search each cost more than their states).
+// Entries of a map by name looked up in ascending order of names: steps
+// along the map from the last one found, a search only when it is further
+// (at 100,000 users a search each cost more than their states). For
+// `lookups` names in all, when walking the whole map costs less than
+// searching for each, it only steps.
 template <class Map>
 class NameWalk {
 public:
-    explicit NameWalk(Map& map) : map_(map), at_(map.begin()) {}
+    explicit NameWalk(Map& map, size_t lookups = 0)
+        : map_(map), at_(map.begin()), max_steps_(lookups * 16 >= map.size() ? SIZE_MAX : 4)
+    {
+    }
     auto find(std::string_view name)
     {
-        for (int step = 0; at_ != map_.end() && at_->first < name; ++step) {
-            if (step == 4) {
+        for (size_t step = 0; at_ != map_.end() && at_->first < name; ++step) {
+            if (step == max_steps_) {
                 at_ = map_.lower_bound(name);
                 break;
             }
@@ -69,6 +74,7 @@ public:
 private:
     Map& map_;
     decltype(std::declval<Map&>().begin()) at_;
+    size_t max_steps_;
 };
 
 } // namespace
@@ -133,7 +139,7 @@ void QuotaController::plan(CycleCommit& commit, int64_t now) const
 {
     std::lock_guard lock(mutex_);
     static const UserQuota nothing;
-    NameWalk records(users_);
+    NameWalk records(users_, commit.user_usage.size());
     for (const auto& [user, moved] : commit.user_usage) { // in user order
         const UserQuota* found = records.get(user);
         const UserQuota& record = found ? *found : nothing;
@@ -158,7 +164,7 @@ void QuotaController::accept(const CycleCommit& commit, const UserKeys& keys, in
 {
     {
         std::lock_guard lock(mutex_);
-        NameWalk records(users_); // both in user order: one walk, not a lookup each
+        NameWalk records(users_, commit.quota_usage.size()); // both in user order: one walk, not a lookup each
         for (const auto& [user, stored] : commit.quota_usage) {
             UserQuota& record = records.find_or_add(user)->second;
             record.usage = PeriodUsage{stored.period_start, stored.upload, stored.download};
@@ -231,7 +237,7 @@ void QuotaController::enforce(const UserKeys& keys, int64_t now)
 
     std::vector<std::pair<ClientKey, PolicyEntry>> wanted;
     wanted.reserve(keys.size());
-    NameWalk records(users_);
+    NameWalk records(users_, keys.size());
     std::vector<std::string> unslotted; // every slot taken: not enforced
     for (auto group = keys.begin(); group != keys.end();) {
         auto group_end = std::find_if(group, keys.end(), [&](const auto& e) { return e.first != group->first; });

@@ -67,31 +67,6 @@ Reconciler::Reconciler(const std::optional<Checkpoint>& checkpoint, const std::v
         if (uint32_t slot = find_slot(address.owner); slot != kNone)
             owners_.append(key, Owner{slot, slots_[slot].generation}); // in key order
     }
-    note_full_owners();
-}
-
-// One walk of the owners: which sessions own every one of their addresses,
-// all on one interface.
-void Reconciler::note_full_owners()
-{
-    constexpr uint32_t kMixed = UINT32_MAX;
-    std::vector<uint32_t> owned(slots_.size(), 0);
-    for (Active& entry : slots_) entry.owned_on = 0;
-    for (const auto& [key, owner] : owners_) {
-        const uint32_t slot = slot_of(owner);
-        if (slot == kNone) continue;
-        Active& entry = slots_[slot];
-        ClientKey address = key;
-        address.ifindex = 0; // as the session's addresses are kept
-        if (std::find(entry.addresses.begin(), entry.addresses.end(), address) == entry.addresses.end())
-            continue; // one it held before: not what plan() asks
-        if (owned[slot]++ == 0) entry.owned_on = key.ifindex;
-        else if (entry.owned_on != key.ifindex) entry.owned_on = kMixed;
-    }
-    for (size_t slot = 0; slot < slots_.size(); ++slot) {
-        Active& entry = slots_[slot];
-        if (entry.owned_on == kMixed || owned[slot] != entry.addresses.size()) entry.owned_on = 0;
-    }
 }
 
 uint32_t Reconciler::intern_user(const std::string& name)
@@ -423,15 +398,6 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
         auto ifindex = interfaces.ifindex_by_name.find(known->interface);
         if (ifindex == interfaces.ifindex_by_name.end()) continue;
         const bool cached = slot != kNone && !readdressed;
-        // The usual case, without a search of the owners per address (at
-        // 100,000 sessions ~30 ms a cycle): it owned every one of them on
-        // this interface at the last accept(), and none changed hands since.
-        if (cached && slots_[slot].owned_on == ifindex->second &&
-            std::none_of(slots_[slot].addresses.begin(), slots_[slot].addresses.end(), [&](ClientKey key) {
-                key.ifindex = ifindex->second;
-                return owner_changes.count(key) != 0;
-            }))
-            continue;
         const std::vector<ClientKey> parsed =
             cached ? std::vector<ClientKey>() : parse_keys(readdressed ? reported.addresses : known->addresses, 0);
         for (ClientKey key : cached ? slots_[slot].addresses : parsed) {
@@ -500,7 +466,6 @@ void Reconciler::accept(const CycleCommit& committed)
     for (; kept != owners_.end(); ++kept)
         if (slot_of(kept->second) != kNone) merged.push_back(*kept);
     owners_ = FlatMap<ClientKey, Owner>::adopt_sorted(std::move(merged));
-    note_full_owners();
 }
 
 } // namespace vpnmeter

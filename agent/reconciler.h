@@ -77,9 +77,6 @@ private:
         uint32_t generation = 0;          // bumped when the slot is freed
         uint32_t user = 0;                // in users_
         std::vector<ClientKey> addresses; // parsed once; ifindex 0 (the interface's is set at use)
-        // The ifindex on which it owned every one of `addresses` at the last
-        // accept(); 0: not so (some are another's or nobody's, or it has none).
-        uint32_t owned_on = 0;
     };
     // An address's owner: a slot, valid while the slot's generation is the same.
     struct Owner {
@@ -96,7 +93,6 @@ private:
     bool add_active(const Session& session, uint32_t slot = kNone);
     bool remove_active(const std::string& id); // true: it was active
     void rebuild_order();
-    void note_full_owners(); // sets each Active's owned_on from owners_
     // Reorders a plan's sessions by id; `touched`: slot -> index in `sessions`.
     void put_in_id_order(std::vector<Session>& sessions, const std::vector<uint32_t>& touched) const;
     uint32_t intern_user(const std::string& name);

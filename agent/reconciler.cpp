@@ -197,8 +197,9 @@ uint32_t Reconciler::slot_of(const Owner& owner) const
     return entry.session && entry.generation == owner.generation ? owner.slot : kNone;
 }
 
-void Reconciler::put_in_id_order(std::vector<Session>& sessions, const std::vector<uint32_t>& touched) const
+void Reconciler::put_in_id_order(CycleCommit& out, const std::vector<uint32_t>& touched) const
 {
+    std::vector<Session>& sessions = out.sessions;
     auto by_id = [&](uint32_t a, uint32_t b) { return sessions[a].id < sessions[b].id; };
     std::vector<uint8_t> known(sessions.size(), 0);
     size_t known_count = 0;
@@ -225,9 +226,15 @@ void Reconciler::put_in_id_order(std::vector<Session>& sessions, const std::vect
     std::sort(order.begin() + known_end, order.end(), by_id);
     std::inplace_merge(order.begin(), order.begin() + known_end, order.end(), by_id);
     std::vector<Session> sorted;
+    std::vector<uint8_t> totals_only;
     sorted.reserve(sessions.size());
-    for (uint32_t index : order) sorted.push_back(std::move(sessions[index]));
+    totals_only.reserve(sessions.size());
+    for (uint32_t index : order) {
+        sorted.push_back(std::move(sessions[index]));
+        totals_only.push_back(out.sessions_totals_only[index]);
+    }
     sessions = std::move(sorted);
+    out.sessions_totals_only = std::move(totals_only);
 }
 
 FlatMap<ClientKey, std::string> Reconciler::owners() const
@@ -255,9 +262,12 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
         if (at == kNone) {
             at = static_cast<uint32_t>(out.sessions.size());
             out.sessions.push_back(*slots_[slot].session);
+            out.sessions_totals_only.push_back(1); // until more than its totals changes
         }
         return out.sessions[at];
     };
+    // The store rewrites the whole record of the session in `slot`, not only its totals.
+    auto changed_more = [&](uint32_t slot) { out.sessions_totals_only[touched[slot]] = 0; };
     auto owner_slot = [&](const ClientKey& key) {
         auto it = owners_.find(key);
         return it != owners_.end() ? slot_of(it->second) : kNone;
@@ -346,6 +356,7 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
         if (!session || reported[slot] || !connected.count(session->instance))
             continue; // still there, or its source did not answer: unknown, not ended
         touch(slot).end = now;
+        changed_more(slot);
         ended[slot] = 1;
         any_ended = true;
     }
@@ -378,6 +389,7 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
                              fmt::join(session.addresses, " "));
             for (const ClientKey& key : keys) set_owner(key, session.id);
             out.sessions.push_back(std::move(session));
+            out.sessions_totals_only.push_back(0);
             started.emplace(out.sessions.back().id, out.sessions.size() - 1);
             continue;
         }
@@ -389,6 +401,7 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
             known->source_download_bytes != reported.source_download_bytes ||
             known->real_address != reported.real_address || readdressed) {
             Session& session = repeated ? *repeated : touch(slot);
+            if (!repeated && (readdressed || known->real_address != reported.real_address)) changed_more(slot);
             session.source_upload_bytes = reported.source_upload_bytes;
             session.source_download_bytes = reported.source_download_bytes;
             session.real_address = reported.real_address;
@@ -407,7 +420,7 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     }
 
     out.address_updates.merge(owner_changes);
-    put_in_id_order(out.sessions, touched); // the store writes them in key order
+    put_in_id_order(out, touched); // the store writes them in key order
     // Users in byte order (the commit's): a walk of all of them when many
     // moved, else a sort of the few that did.
     out.user_usage.reserve(users_seen.size());

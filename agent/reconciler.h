@@ -93,8 +93,8 @@ private:
     bool add_active(const Session& session, uint32_t slot = kNone);
     bool remove_active(const std::string& id); // true: it was active
     void rebuild_order();
-    // Reorders a plan's sessions by id; `touched`: slot -> index in `sessions`.
-    void put_in_id_order(std::vector<Session>& sessions, const std::vector<uint32_t>& touched) const;
+    // Reorders a plan's sessions (and their marks) by id; `touched`: slot -> index in `out.sessions`.
+    void put_in_id_order(CycleCommit& out, const std::vector<uint32_t>& touched) const;
     uint32_t intern_user(const std::string& name);
     void release_user(uint32_t user);
 

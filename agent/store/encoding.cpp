@@ -311,6 +311,33 @@ std::optional<AddressCheckpoint> decode_address_checkpoint(std::string_view byte
     return AddressCheckpoint{Traffic{{values[0], values[1]}, {values[2], values[3]}}, std::string(bytes.substr(at))};
 }
 
+std::string encode_session_totals(const Session& session)
+{
+    std::string out;
+    out.reserve(6 * 5);
+    const Traffic& u = session.usage;
+    for (uint64_t value : {u.upload.packets, u.upload.bytes, u.download.packets, u.download.bytes,
+                           session.source_upload_bytes, session.source_download_bytes})
+        put_varint(out, value);
+    return out;
+}
+
+bool decode_session_totals(std::string_view bytes, Session& session)
+{
+    size_t at = 0;
+    std::array<uint64_t, 6> values{};
+    for (uint64_t& value : values) {
+        auto decoded = get_varint(bytes, at);
+        if (!decoded) return false;
+        value = *decoded;
+    }
+    if (at != bytes.size()) return false;
+    session.usage = Traffic{{values[0], values[1]}, {values[2], values[3]}};
+    session.source_upload_bytes = values[4];
+    session.source_download_bytes = values[5];
+    return true;
+}
+
 std::optional<AddressCheckpoint> decode_schema3_address_checkpoint(std::string_view bytes)
 {
     if (bytes.size() < kTrafficSize) return std::nullopt;

@@ -6,9 +6,12 @@
 // numeric order. A format change needs a schema version bump and a migration
 // (store.cpp).
 //
-//   meta                   "schema_version"       -> u32
+//   meta                   "schema_version"       -> u32; "usage_rolled_to" -> i64
 //   sessions               session id (bytes)     -> session record (below): closed sessions
 //   sessions_active        session id (bytes)     -> session record: the active ones
+//   session_totals         session id (bytes)     -> session totals (six varints: usage, the
+//                                                    VPN's counters) of active ones, which
+//                                                    override their record's
 //   usage_by_time          usage key (below)      -> traffic
 //   users                  user key (below)       -> nothing: every user with usage
 //   unattributed           interface name (bytes) -> traffic
@@ -141,6 +144,12 @@ std::optional<CounterIdentity> decode_identity(std::string_view bytes);
 
 std::string encode(const Session& session);
 Result<Session> decode_session(std::string_view bytes);
+// What changes every cycle of an active session: its usage and the VPN's
+// counters, six varints (schema 6: beside the full record, which then only
+// changes when the session starts, moves or ends).
+std::string encode_session_totals(const Session& session);
+// Sets those fields of `session`; false if the bytes are not a record.
+bool decode_session_totals(std::string_view bytes, Session& session);
 std::string encode(const StatsCheckpoint& checkpoint);
 Result<StatsCheckpoint> decode_stats_checkpoint(std::string_view bytes);
 

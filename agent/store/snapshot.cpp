@@ -83,6 +83,30 @@ Result<std::vector<Session>> scan_sessions(const lmdb::Txn& txn, std::optional<M
     return sessions;
 }
 
+// Active sessions (in id order) take their totals from their totals records:
+// one walk of both.
+Status take_totals(const lmdb::Txn& txn, std::optional<MDB_dbi> totals, std::vector<Session>& active)
+{
+    if (!totals || active.empty()) return ok();
+    if (active.size() < 64) { // a few (one user's): looked up
+        for (Session& session : active) {
+            auto stored = txn.get(*totals, session.id);
+            if (!stored) return stored.error();
+            if (*stored && !encoding::decode_session_totals(**stored, session))
+                return corrupt("totals of session " + session.id);
+        }
+        return ok();
+    }
+    auto next = active.begin();
+    return scan(txn, *totals, active.front().id, [&](auto key, auto value) -> Result<bool> {
+        while (next != active.end() && next->id < key) ++next;
+        if (next == active.end()) return false;
+        if (next->id == key && !encoding::decode_session_totals(value, *next))
+            return corrupt("totals of session " + next->id);
+        return true;
+    });
+}
+
 } // namespace
 
 // Every closed session is decoded: fine for thousands. A store that keeps
@@ -93,7 +117,9 @@ Result<std::vector<Session>> StoreSnapshot::sessions(bool active_only, const std
         return (!active_only || session.active()) && (!user || session.user == *user);
     };
     auto active = scan_sessions(state_->txn, state_->dbs->sessions_active, keep);
-    if (!active || active_only) return active;
+    if (!active) return active;
+    if (auto totals = take_totals(state_->txn, state_->dbs->session_totals, *active); !totals) return totals.error();
+    if (active_only) return active;
     auto closed = scan_sessions(state_->txn, state_->dbs->sessions, keep);
     if (!closed) return closed;
     std::vector<Session> all;
@@ -114,6 +140,12 @@ Result<std::optional<Session>> StoreSnapshot::session(const std::string& id) con
         if (!*stored) continue;
         auto session = encoding::decode_session(**stored);
         if (!session) return corrupt("session " + id + ": " + session.error().context);
+        if (dbi == state_->dbs->sessions_active && state_->dbs->session_totals) {
+            auto totals = state_->txn.get(*state_->dbs->session_totals, id);
+            if (!totals) return totals.error();
+            if (*totals && !encoding::decode_session_totals(**totals, *session))
+                return corrupt("totals of session " + id);
+        }
         return std::optional<Session>(std::move(*session));
     }
     return std::optional<Session>();

@@ -21,7 +21,7 @@
 namespace vpnmeter {
 namespace {
 
-constexpr unsigned kMaxDatabases = 16; // 13 used (and "usage" of schema 2 while migrating)
+constexpr unsigned kMaxDatabases = 16; // 14 used (and "usage" of schema 2 while migrating)
 constexpr int kMaxResizedRetries = 3;
 constexpr auto kResizeWait = std::chrono::seconds(5);
 constexpr const char* kSchemaVersionKey = "schema_version";
@@ -36,6 +36,7 @@ constexpr std::array kDatabases{
     NamedDatabase{"meta", &Databases::meta},
     NamedDatabase{"sessions", &Databases::sessions},
     NamedDatabase{"sessions_active", &Databases::sessions_active},
+    NamedDatabase{"session_totals", &Databases::session_totals},
     NamedDatabase{"usage_by_time", &Databases::usage},
     NamedDatabase{"users", &Databases::users},
     NamedDatabase{"unattributed", &Databases::unattributed},
@@ -218,6 +219,8 @@ Status migrate(lmdb::Txn& txn, const Databases& dbs, uint32_t from, const Bucket
         case 4:
             step = migrate_4_to_5(txn, dbs, calendar, now);
             break;
+        case 5:
+            break; // schema 6 adds a database, empty at first
         default:
             return Error{"no migration from schema version " + std::to_string(version)};
         }
@@ -611,14 +614,25 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure)
             if (session->active()) continue;
             if (auto del = txn.del(*dbs.sessions_active, session->id); !del)
                 return prefixed("close session " + session->id, del.error());
+            if (auto del = txn.del(*dbs.session_totals, session->id); !del)
+                return prefixed("close session " + session->id, del.error());
             if (auto put = closed_cursor->put(session->id, encoding::encode(*session)); !put)
                 return prefixed("store session " + session->id, put.error());
         }
+        // An active session's totals always; its full record when more
+        // than they changed (it started, or its addresses did).
         auto active_cursor = lmdb::WriteCursor::open(txn, *dbs.sessions_active);
         if (!active_cursor) return prefixed("store sessions", active_cursor.error());
         for (const Session* session : sessions) {
-            if (!session->active()) continue;
+            if (!session->active() || cycle.totals_only(*session)) continue;
             if (auto put = active_cursor->put(session->id, encoding::encode(*session)); !put)
+                return prefixed("store session " + session->id, put.error());
+        }
+        auto totals_cursor = lmdb::WriteCursor::open(txn, *dbs.session_totals);
+        if (!totals_cursor) return prefixed("store sessions", totals_cursor.error());
+        for (const Session* session : sessions) {
+            if (!session->active()) continue;
+            if (auto put = totals_cursor->put(session->id, encoding::encode_session_totals(*session)); !put)
                 return prefixed("store session " + session->id, put.error());
         }
         // Usage: the hours before this one go to their days and months once

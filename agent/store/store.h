@@ -78,6 +78,15 @@ struct AlertRecord {
 struct CycleCommit {
     int64_t time = 0; // unix seconds: which hour/day/month the increments go to
     std::vector<Session> sessions;                 // upserts: new, updated totals, closed
+    // Parallel to `sessions` (past its end: false): true where only a
+    // session's totals (usage, the VPN's counters) changed since it was last
+    // committed, so the store rewrites a small record, not the whole session.
+    std::vector<uint8_t> sessions_totals_only;
+    bool totals_only(const Session& session) const // `session`: an element of `sessions`
+    {
+        const auto i = static_cast<size_t>(&session - sessions.data());
+        return i < sessions_totals_only.size() && sessions_totals_only[i];
+    }
     FlatMap<std::string, Traffic> user_usage;      // user -> increment (flat: a user per client)
     std::map<std::string, Traffic> unattributed;   // interface name -> increment
     std::optional<CounterIdentity> identity;       // set when it changed

@@ -17,8 +17,11 @@ namespace vpnmeter {
 // 2: binary session records (store.cpp, migrate_1_to_2); 3: time-major usage
 // keys, a users list, active sessions apart from closed ones (migrate_2_to_3);
 // 4: compact address checkpoints (migrate_3_to_4); 5: day and month buckets
-// rolled up from the hour buckets once the hour is over (migrate_4_to_5).
-constexpr uint32_t kSchemaVersion = 5;
+// rolled up from the hour buckets once the hour is over (migrate_4_to_5);
+// 6: active sessions' totals in a small record of their own, the full record
+// rewritten only when something else changes (nothing to migrate: without a
+// totals record the full one holds them).
+constexpr uint32_t kSchemaVersion = 6;
 
 // In "meta": hour buckets that start before this (unix seconds) are added to
 // their day and month buckets; those from it on are not yet (commit() rolls
@@ -31,6 +34,7 @@ struct Databases {
     std::optional<MDB_dbi> meta;
     std::optional<MDB_dbi> sessions;        // closed
     std::optional<MDB_dbi> sessions_active;
+    std::optional<MDB_dbi> session_totals;  // of active sessions: override the full record's
     std::optional<MDB_dbi> usage;           // "usage_by_time"
     std::optional<MDB_dbi> users;
     std::optional<MDB_dbi> unattributed;

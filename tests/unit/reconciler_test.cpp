@@ -387,6 +387,8 @@ TEST_CASE("random connects, disconnects, late addresses, silent sources and rest
                 for (const auto& address : pool)
                     if (!taken.count(address)) free.push_back(address);
                 for (Session& s : instance.listed) {
+                    if (chance(0.3)) s.source_download_bytes += 1 + pick(100); // the VPN's own counters
+                    if (chance(0.05)) s.real_address = "192.0.2." + std::to_string(pick(250)) + ":1194"; // roamed
                     if (s.addresses.empty() && !free.empty() && chance(0.5)) {
                         s.addresses = {free.back()};
                         free.pop_back();
@@ -409,6 +411,19 @@ TEST_CASE("random connects, disconnects, late addresses, silent sources and rest
             const CycleCommit commit = reconciler.plan(counters, reported, model.interfaces, now);
             REQUIRE(std::is_sorted(commit.sessions.begin(), commit.sessions.end(),
                                    [](const Session& a, const Session& b) { return a.id < b.id; }));
+            // A session marked totals-only differs from what was committed
+            // before in its usage and the VPN's counters alone.
+            REQUIRE(commit.sessions_totals_only.size() == commit.sessions.size());
+            for (const Session& s : commit.sessions) {
+                if (!commit.totals_only(s)) continue;
+                REQUIRE(store.sessions.count(s.id));
+                Session before = store.sessions.at(s.id), now_ = s;
+                for (Session* x : {&before, &now_}) {
+                    x->usage = {};
+                    x->source_upload_bytes = x->source_download_bytes = 0;
+                }
+                REQUIRE(before == now_);
+            }
             reconciler.accept(commit);
             store.apply(commit);
             previous = raw;

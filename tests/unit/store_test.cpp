@@ -112,12 +112,12 @@ CycleCommit big_cycle(int64_t time, int users, const std::string& tag)
 
 } // namespace
 
-TEST_CASE("a new store has schema version 5 and private files", "[store]")
+TEST_CASE("a new store has schema version 6 and private files", "[store]")
 {
     TempDir dir;
     const auto options = options_in(dir);
     Store store = open_store(options);
-    CHECK(store.schema_version() == 5);
+    CHECK(store.schema_version() == 6);
     CHECK(mode_of(options.path) == 0700);
     CHECK(mode_of(options.path + "/data.mdb") == 0600);
     CHECK(mode_of(options.path + "/lock.mdb") == 0600);
@@ -633,7 +633,7 @@ TEST_CASE("read-only opens: missing, never written, uninitialised", "[store]")
             Store writer = open_store(writer_options);
         }
         Store reader = open_store(options);
-        CHECK(reader.schema_version() == 5);
+        CHECK(reader.schema_version() == 6);
         CHECK(must(reader.sessions()).empty());
         CHECK(must(reader.checkpoint()) == std::nullopt);
         CHECK(must(reader.unattributed()).empty());
@@ -676,7 +676,7 @@ TEST_CASE("a reopened store keeps everything", "[store]")
         must_commit(store, cycle);
     }
     Store store = open_store(options);
-    CHECK(store.schema_version() == 5);
+    CHECK(store.schema_version() == 6);
     CHECK(must(store.sessions()) == cycle.sessions);
     CHECK(usage(store, "kept-user-2", 0, t + kDay, Granularity::Day) ==
           std::vector<UsageBucket>{{utc(2024, 4, 30, 22), traffic(1, 100, 2, 200)}}); // midnight CEST
@@ -707,13 +707,13 @@ TEST_CASE("opening fails clearly on a newer schema, an unknown zone, a second op
         {
             Store store = open_store(options);
         }
-        put_raw(options.path, "meta", "schema_version", encoding::encode_u32(6));
+        put_raw(options.path, "meta", "schema_version", encoding::encode_u32(7));
         for (bool read_only : {false, true}) {
             options.read_only = read_only;
             const auto store = Store::open(options);
             REQUIRE_FALSE(store);
-            CHECK_THAT(store.error().message(), Catch::Contains("schema version 6") &&
-                                                    Catch::Contains("newer than this vpnmeter understands (5)"));
+            CHECK_THAT(store.error().message(), Catch::Contains("schema version 7") &&
+                                                    Catch::Contains("newer than this vpnmeter understands (6)"));
         }
     }
     SECTION("the same store twice in one process")
@@ -738,7 +738,7 @@ TEST_CASE("opening fails clearly on a newer schema, an unknown zone, a second op
 // package test does it for real; these pin down the schema checks.
 TEST_CASE("a store from a newer release is refused and left as it was", "[store]")
 {
-    constexpr uint32_t kSchemaVersion = 5; // this release's (store_impl.h)
+    constexpr uint32_t kSchemaVersion = 6; // this release's (store_impl.h)
     TempDir dir;
     auto options = options_in(dir);
     const int64_t t = utc(2026, 11, 1, 12);
@@ -891,7 +891,7 @@ TEST_CASE("a schema 3 store is migrated: address checkpoints rewritten compact",
                 encoding::encode(checkpoint.raw) + checkpoint.owner);
     {
         Store store = open_store(options);
-        CHECK(store.schema_version() == 5);
+        CHECK(store.schema_version() == 6);
         auto checkpoint = must(store.checkpoint());
         REQUIRE(checkpoint);
         CHECK(checkpoint->addresses == expected);
@@ -976,7 +976,7 @@ TEST_CASE("a schema 2 store is migrated: usage re-keyed by time, active sessions
         CHECK_THAT(reader.error().message(), Catch::Contains("has schema version 2; start this release's vpnmeterd"));
     }
     auto check = [&](const Store& store) {
-        CHECK(store.schema_version() == 5);
+        CHECK(store.schema_version() == 6);
         const int64_t end = utc(2030, 1, 1);
         CHECK(must(store.usage(alice, 0, end, Granularity::Hour)) ==
               std::vector<UsageBucket>{{hour, traffic(1, 10, 2, 20)}});
@@ -1093,7 +1093,7 @@ TEST_CASE("a schema 4 store is migrated: its current hour, already in its day an
     put_raw(options.path, "users", encoding::user_key("alice"), "");
 
     Store store = open_store(options);
-    CHECK(store.schema_version() == 5);
+    CHECK(store.schema_version() == 6);
     CycleCommit cycle;
     cycle.time = now; // the same hour: taken as rolled up, so added to all three
     cycle.user_usage["alice"] = traffic(1, 5, 1, 5);
@@ -1116,4 +1116,65 @@ TEST_CASE("a schema 4 store is migrated: its current hour, already in its day an
     summed = {};
     for (const auto& bucket : usage(store, "alice", day, day + 2 * kDay, Granularity::Day)) summed += bucket.traffic;
     CHECK(summed == traffic(4, 25, 4, 25));
+}
+
+// Schema 6: an active session's totals in a record of their own.
+TEST_CASE("totals-only commits keep every read of a session exact, through changes, closing and reopening",
+          "[store]")
+{
+    TempDir dir;
+    const auto options = options_in(dir);
+    const int64_t t = utc(2026, 11, 1, 12);
+    Session alice = session("udp:1:1", "alice"), bob = session("udp:2:1", "bob");
+    auto commit = [&](std::vector<Session> sessions, std::vector<uint8_t> totals_only, Store& store) {
+        CycleCommit cycle;
+        cycle.time = t;
+        cycle.sessions = std::move(sessions);
+        cycle.sessions_totals_only = std::move(totals_only);
+        must_commit(store, cycle);
+    };
+    auto read_back = [](const Store& store, const Session& expected) {
+        CHECK(must(store.session(expected.id)) == std::optional(expected));
+        auto all = must(store.sessions());
+        auto active = must(store.sessions(true));
+        auto of_user = must(store.sessions(false, expected.user));
+        for (const auto* list : {&all, &active, &of_user}) {
+            auto it = std::find_if(list->begin(), list->end(), [&](const Session& s) { return s.id == expected.id; });
+            if (!expected.active() && list == &active) {
+                CHECK(it == list->end());
+                continue;
+            }
+            REQUIRE(it != list->end());
+            CHECK(*it == expected);
+        }
+    };
+    {
+        Store store = open_store(options);
+        commit({alice, bob}, {0, 0}, store); // new: whole records
+        for (int i = 1; i <= 3; ++i) {
+            alice.usage += traffic(1, 100, 1, 1000);
+            alice.source_download_bytes += 1500;
+            bob.usage += traffic(1, 7, 0, 0);
+            commit({alice, bob}, {1, 1}, store);
+        }
+        read_back(store, alice);
+        read_back(store, bob);
+        alice.real_address = "198.51.100.7:4444"; // roamed: the whole record again
+        alice.usage += traffic(1, 1, 1, 1);
+        commit({alice}, {0}, store);
+        read_back(store, alice);
+        alice.usage += traffic(1, 1, 1, 1);
+        commit({alice}, {1}, store);
+        read_back(store, alice);
+        bob.usage += traffic(2, 2, 2, 2);
+        bob.end = t + 60; // closed: the whole record, and no totals left behind
+        commit({bob}, {1}, store);
+        read_back(store, bob);
+    }
+    CHECK_FALSE(get_raw(options.path, "session_totals", alice.id).empty()); // in use
+    CHECK(get_raw(options.path, "session_totals", bob.id).empty());
+    CHECK(get_raw(options.path, "sessions_active", bob.id).empty());
+    Store reopened = open_store(options); // what the daemon resumes from
+    read_back(reopened, alice);
+    read_back(reopened, bob);
 }

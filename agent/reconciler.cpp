@@ -453,6 +453,16 @@ void Reconciler::accept(const CycleCommit& committed)
     bool came_or_went = false;
     for (size_t i = 0; i < committed.sessions.size(); ++i) {
         const Session& session = committed.sessions[i];
+        if (session.active() && committed.totals_only(session)) { // the usual: only its totals moved
+            const uint32_t slot = found[i] != kNone ? found[i] : find_slot(session.id);
+            if (slot != kNone) {
+                Session& stored = *slots_[slot].session;
+                stored.usage = session.usage;
+                stored.source_upload_bytes = session.source_upload_bytes;
+                stored.source_download_bytes = session.source_download_bytes;
+                continue;
+            }
+        }
         came_or_went |= session.active() ? add_active(session, found[i]) : remove_active(session.id);
     }
     if (came_or_went) rebuild_order();

@@ -34,10 +34,6 @@ std::vector<ClientKey> parse_keys(const std::vector<std::string>& addresses, uin
     return keys;
 }
 
-} // namespace
-
-namespace {
-
 // Whether walking a whole ordered table of `table` entries costs less than
 // searching it (or sorting) for `items` of them.
 bool walk_pays(size_t items, size_t table) { return items * 16 >= table; }

@@ -280,7 +280,7 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
                                      &maps, nullptr);
     if (auto st = quotas.load(); !st) return st.error();
 
-    // One cycle as Daemon::finish_cycle() runs it (without the quota engine).
+    // One cycle as Daemon::finish_cycle() runs it.
     // `ahead`: seconds added to the clock (a cycle in a later hour).
     auto cycle = [&](uint64_t moves, uint32_t movers, Phases* phases, int64_t ahead = 0) -> Status {
         const auto t0 = Clock::now();

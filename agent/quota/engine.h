@@ -69,7 +69,8 @@ struct QuotaState {
     bool disconnect = false; // and end their sessions (action disconnect)
     // Bytes (of `direction`) left before the limit, for the datapath: 0 at
     // or past it and once expired; none when there is no limit.
-    std::optional<uint64_t> remaining_bytes;    // With the same usage, grant and config the state stays as it is until
+    std::optional<uint64_t> remaining_bytes;
+    // With the same usage, grant and config the state stays as it is until
     // then: the period's end, or an expiry still to come if sooner.
     int64_t holds_until = kForever;
 };

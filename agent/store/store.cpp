@@ -620,7 +620,7 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure)
                 return prefixed("store session " + session->id, put.error());
         }
         // An active session's totals always; its full record when more
-        // than they changed (it started, or its addresses did).
+        // than they changed (it started, roamed or changed addresses).
         auto active_cursor = lmdb::WriteCursor::open(txn, *dbs.sessions_active);
         if (!active_cursor) return prefixed("store sessions", active_cursor.error());
         for (const Session* session : sessions) {

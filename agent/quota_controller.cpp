@@ -113,10 +113,15 @@ void QuotaController::remember_fired(const AlertRecord& alert)
     record.fired.insert(alert.threshold);
 }
 
+const std::optional<Grant>& QuotaController::grant_in(const UserQuota* record)
+{
+    static const std::optional<Grant> none;
+    return record ? record->grant : none;
+}
+
 QuotaState QuotaController::evaluate_user(const std::string& user, const UserQuota* record, int64_t now) const
 {
-    static const std::optional<Grant> no_grant;
-    const std::optional<Grant>& grant = record ? record->grant : no_grant;
+    const std::optional<Grant>& grant = grant_in(record);
     const std::optional<PeriodUsage> stored = record ? record->usage : std::nullopt;
     const PeriodUsage used = roll(stored.value_or(PeriodUsage{}), period_of(config_, user, grant, now));
     return evaluate(config_, user, grant, used.upload, used.download, now);
@@ -437,7 +442,7 @@ std::vector<QuotaState> QuotaController::planned_states(std::vector<std::string_
     out.reserve(std::max(users_.size(), also.size()));
     auto extra = also.begin();
     auto add = [&](const std::string& user, const UserQuota* record) {
-        const Plan* plan = plan_of(config_, user, record ? record->grant : std::nullopt);
+        const Plan* plan = plan_of(config_, user, grant_in(record)); // no copy of the grant
         if (!plan) return;
         out.push_back(record ? kept_state(user, *record, now) : evaluate_user(user, nullptr, now));
     };

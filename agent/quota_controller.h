@@ -82,6 +82,7 @@ private:
     using Users = std::map<std::string, UserQuota, std::less<>>;
 
     void remember_fired(const AlertRecord& alert);
+    static const std::optional<Grant>& grant_in(const UserQuota* record); // none without a record
     // Where `user` (the key of `record`, or one without a record: null) stands at `now`.
     QuotaState evaluate_user(const std::string& user, const UserQuota* record, int64_t now) const;
     QuotaState state_of(const std::string& user, int64_t now) const;

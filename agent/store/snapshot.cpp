@@ -83,18 +83,23 @@ Result<std::vector<Session>> scan_sessions(const lmdb::Txn& txn, std::optional<M
     return sessions;
 }
 
-// Active sessions (in id order) take their totals from their totals records:
-// one walk of both.
+// An active session takes its totals from its totals record, if it has one.
+Status take_totals(const lmdb::Txn& txn, MDB_dbi totals, Session& session)
+{
+    auto stored = txn.get(totals, session.id);
+    if (!stored) return stored.error();
+    if (*stored && !encoding::decode_session_totals(**stored, session))
+        return corrupt("totals of session " + session.id);
+    return ok();
+}
+
+// Active sessions (in id order) likewise: one walk of both.
 Status take_totals(const lmdb::Txn& txn, std::optional<MDB_dbi> totals, std::vector<Session>& active)
 {
     if (!totals || active.empty()) return ok();
     if (active.size() < 64) { // a few (one user's): looked up
-        for (Session& session : active) {
-            auto stored = txn.get(*totals, session.id);
-            if (!stored) return stored.error();
-            if (*stored && !encoding::decode_session_totals(**stored, session))
-                return corrupt("totals of session " + session.id);
-        }
+        for (Session& session : active)
+            if (auto taken = take_totals(txn, *totals, session); !taken) return taken;
         return ok();
     }
     auto next = active.begin();
@@ -141,10 +146,8 @@ Result<std::optional<Session>> StoreSnapshot::session(const std::string& id) con
         auto session = encoding::decode_session(**stored);
         if (!session) return corrupt("session " + id + ": " + session.error().context);
         if (dbi == state_->dbs->sessions_active && state_->dbs->session_totals) {
-            auto totals = state_->txn.get(*state_->dbs->session_totals, id);
-            if (!totals) return totals.error();
-            if (*totals && !encoding::decode_session_totals(**totals, *session))
-                return corrupt("totals of session " + id);
+            if (auto taken = take_totals(state_->txn, *state_->dbs->session_totals, *session); !taken)
+                return taken.error();
         }
         return std::optional<Session>(std::move(*session));
     }

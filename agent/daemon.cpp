@@ -481,14 +481,14 @@ void Daemon::publish_metrics(const Interfaces& devices, int64_t now)
         const auto health = server->poller.health();
         live.singbox[server->ledger.instance()] = {health.up, health.failures, server->restarts};
     }
-    live.quotas = quotas_->planned_states(std::move(connected), now);
+    live.quotas = quotas_->gauges(std::move(connected), now);
     {
         std::lock_guard lock(status_mutex_);
-        status_.users_blocked = std::count_if(live.quotas.begin(), live.quotas.end(), [](const QuotaState& q) {
-            return q.state == QuotaState::State::blocked || q.state == QuotaState::State::expired;
+        status_.users_blocked = std::count_if(live.quotas.begin(), live.quotas.end(), [](const auto& user) {
+            return user.second.state == QuotaState::State::blocked || user.second.state == QuotaState::State::expired;
         });
-        status_.users_throttled = std::count_if(live.quotas.begin(), live.quotas.end(), [](const QuotaState& q) {
-            return q.state == QuotaState::State::throttled;
+        status_.users_throttled = std::count_if(live.quotas.begin(), live.quotas.end(), [](const auto& user) {
+            return user.second.state == QuotaState::State::throttled;
         });
     }
     live.maps["clients"] = {collector_->last().clients.size(), maps_.max_clients()}; // vpnmeter_clients

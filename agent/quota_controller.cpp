@@ -430,21 +430,21 @@ QuotaState QuotaController::current_state(const std::string& user, int64_t now) 
     return state_of(user, now);
 }
 
-std::vector<QuotaState> QuotaController::planned_states(std::vector<std::string_view> also, int64_t now) const
+template <typename Visit>
+void QuotaController::each_planned_state(std::vector<std::string_view> also, int64_t now, Visit&& visit) const
 {
     std::lock_guard lock(mutex_);
-    if (config_.plans.empty() && granted_ == 0) return {}; // nobody has a plan
+    if (config_.plans.empty() && granted_ == 0) return; // nobody has a plan
     if (!std::is_sorted(also.begin(), also.end())) std::sort(also.begin(), also.end());
     also.erase(std::unique(also.begin(), also.end()), also.end());
     // The union of the users on record (with usage or a grant) and `also`,
     // both in name order: one walk.
-    std::vector<QuotaState> out;
-    out.reserve(std::max(users_.size(), also.size()));
     auto extra = also.begin();
     auto add = [&](const std::string& user, const UserQuota* record) {
         const Plan* plan = plan_of(config_, user, grant_in(record)); // no copy of the grant
         if (!plan) return;
-        out.push_back(record ? kept_state(user, *record, now) : evaluate_user(user, nullptr, now));
+        if (record) visit(user, kept_state(user, *record, now));
+        else visit(user, evaluate_user(user, nullptr, now));
     };
     for (const auto& [user, record] : users_) {
         for (; extra != also.end() && *extra < user; ++extra) add(std::string(*extra), nullptr);
@@ -453,6 +453,23 @@ std::vector<QuotaState> QuotaController::planned_states(std::vector<std::string_
         if (connected || record.usage || record.grant) add(user, &record);
     }
     for (; extra != also.end(); ++extra) add(std::string(*extra), nullptr);
+}
+
+std::vector<QuotaState> QuotaController::planned_states(std::vector<std::string_view> also, int64_t now) const
+{
+    std::vector<QuotaState> out;
+    each_planned_state(std::move(also), now, [&](const std::string&, const QuotaState& state) { out.push_back(state); });
+    return out;
+}
+
+std::vector<std::pair<std::string, QuotaGauges>> QuotaController::gauges(std::vector<std::string_view> also,
+                                                                          int64_t now) const
+{
+    std::vector<std::pair<std::string, QuotaGauges>> out;
+    out.reserve(also.size());
+    each_planned_state(std::move(also), now, [&](const std::string& user, const QuotaState& state) {
+        out.emplace_back(user, QuotaGauges{state.limit_bytes, state.used_bytes, state.state});
+    });
     return out;
 }
 

@@ -148,10 +148,8 @@ public:
         family("vpnmeter_quota_state", "1 for the state a user's quota is in, 0 for the others.", G);
         for (const auto& [user, quota] : s_.quotas)
             for (auto each : {QuotaState::State::ok, QuotaState::State::warning, QuotaState::State::exceeded,
-                              QuotaState::State::blocked, QuotaState::State::throttled, QuotaState::State::expired}) {
-                const std::string_view name = to_string(each);
-                sample({{"user", user}, {"state", name}}, quota.state == name ? 1 : 0);
-            }
+                              QuotaState::State::blocked, QuotaState::State::throttled, QuotaState::State::expired})
+                sample({{"user", user}, {"state", to_string(each)}}, quota.state == each ? 1 : 0);
 
         sink_.histogram({"vpnmeter_collection_duration_seconds",
                          "Time one collection cycle took, from reading the counters to the end of its commit.",
@@ -680,10 +678,9 @@ void MetricsRecorder::publish(LiveMetrics live)
     s->sessions_active = std::move(live.sessions_active);
     s->singbox = std::move(live.singbox);
     s->source_bytes = flat_copy(source_bytes_);
-    std::vector<std::pair<std::string, QuotaGauges>> quotas; // by user already, unless the labels are hashes
-    quotas.reserve(live.quotas.size());
-    for (const QuotaState& quota : live.quotas)
-        quotas.emplace_back(user_label(quota.user), QuotaGauges{quota.limit_bytes, quota.used_bytes, to_string(quota.state)});
+    std::vector<std::pair<std::string, QuotaGauges>> quotas = std::move(live.quotas); // by user, unless hashed
+    if (config_.hash_users)
+        for (auto& [user, gauges] : quotas) user = user_label(user);
     const bool in_order = std::adjacent_find(quotas.begin(), quotas.end(), [](const auto& a, const auto& b) {
                               return !(a.first < b.first);
                           }) == quotas.end();

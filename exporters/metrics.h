@@ -65,12 +65,6 @@ struct MapUsage {
     uint64_t capacity = 0;
 };
 
-struct QuotaGauges {
-    std::optional<uint64_t> limit_bytes; // none: the plan has no byte limit
-    uint64_t used_bytes = 0;
-    std::string state; // to_string(QuotaState::State)
-};
-
 // A Sing-Box server's stats API as the agent sees it.
 struct SingboxHealth {
     bool up = false;
@@ -147,7 +141,7 @@ struct LiveMetrics {
     std::optional<std::map<std::string, ClientDrops>> drops; // none: could not read, keep the last
     std::map<std::string, uint64_t> sessions_active;
     std::map<std::string, SingboxHealth> singbox;
-    std::vector<QuotaState> quotas; // users with a plan
+    std::vector<std::pair<std::string, QuotaGauges>> quotas; // users with a plan, by user in name order
     std::map<std::string, MapUsage> maps;
     std::optional<uint64_t> store_size_bytes;
     uint64_t alerts = 0;

@@ -77,6 +77,14 @@ struct QuotaState {
 
 const char* to_string(QuotaState::State state);
 
+// What /metrics shows of a QuotaState.
+struct QuotaGauges {
+    std::optional<uint64_t> limit_bytes; // none: the plan has no byte limit
+    uint64_t used_bytes = 0;
+    QuotaState::State state = QuotaState::State::ok;
+    bool operator==(const QuotaGauges&) const = default;
+};
+
 // Where `user` stands at `now`, having used `used_upload`/`used_download`
 // bytes in the current period (see roll()).
 QuotaState evaluate(const QuotaConfig& config, const std::string& user, const std::optional<Grant>& grant,

@@ -72,10 +72,10 @@ MetricsSnapshot everything(bool per_session)
     s.singbox["sb\\2"] = {false, 0, 0};
     s.source_bytes[{"udp1194", "alice"}] = {1500, 21000};
     s.source_bytes[{"singbox", "zoë 🦊"}] = {(1ULL << 60), 0};
-    s.quotas["alice"] = {20'000'000, 21000, "warning"};
-    s.quotas["bob"] = {std::nullopt, 5, "ok"};
-    s.quotas["carol"] = {0, 0, "blocked"};
-    s.quotas["dave"] = {kMax, kMax, "expired"};
+    s.quotas["alice"] = {20'000'000, 21000, QuotaState::State::warning};
+    s.quotas["bob"] = {std::nullopt, 5, QuotaState::State::ok};
+    s.quotas["carol"] = {0, 0, QuotaState::State::blocked};
+    s.quotas["dave"] = {kMax, kMax, QuotaState::State::expired};
     s.collection_duration.observe(0.0005);
     s.collection_duration.observe(0.001);
     s.collection_duration.observe(0.1 + 0.2);
@@ -136,7 +136,7 @@ TEST_CASE("render_metrics writes what prometheus-cpp's TextSerializer writes", "
             const std::string user = "user" + std::to_string(i);
             s.clients[{"tun0", user, "udp1194-" + user + "-1700000000"}] = traffic(i, i * 1000, i * 3, i * i * 1500);
             s.source_bytes[{"udp1194", user}] = {i * 1100, i * 1600};
-            s.quotas[user] = {i % 3 ? std::optional<uint64_t>(i << 30) : std::nullopt, i * 777, "throttled"};
+            s.quotas[user] = {i % 3 ? std::optional<uint64_t>(i << 30) : std::nullopt, i * 777, QuotaState::State::throttled};
         }
         check_same_text(s);
     }

@@ -74,7 +74,7 @@ TEST_CASE("a small snapshot renders to exactly these lines", "[metrics]")
     s.drops["tun0"] = drops;
     s.sessions_active["udp1194"] = 1;
     s.source_bytes[{"udp1194", "alice"}] = {1500, 21000};
-    s.quotas["alice"] = {20'000'000, 21000, "warning"};
+    s.quotas["alice"] = {20'000'000, 21000, QuotaState::State::warning};
     s.collection_duration.observe(0.25);
     s.collection_duration.observe(0.5);
     s.maps["clients"] = {2, 65536};
@@ -267,12 +267,8 @@ TEST_CASE("hash_users replaces user names with 12 hex digits of SHA-256", "[metr
     Session alice = session("s1", "alice", traffic(1, 100, 1, 100));
     alice.source_upload_bytes = 7;
     r.recorder.load({alice}, {});
-    QuotaState quota;
-    quota.user = "alice";
-    quota.limit_bytes = 1000;
-    quota.used_bytes = 200;
     LiveMetrics live;
-    live.quotas = {quota};
+    live.quotas = {{"alice", QuotaGauges{1000, 200, QuotaState::State::ok}}};
     r.recorder.publish(live);
     const std::string text = r.exporter->render();
     CHECK(text.find("alice") == std::string::npos);

@@ -96,6 +96,12 @@ TEST_CASE("the users' quota states for /metrics: those with a plan among usage, 
     std::vector<std::string> users;
     for (const QuotaState& state : quotas.planned_states(connected, now)) users.push_back(state.user);
     CHECK(users == std::vector<std::string>{"albert", "alice", "dave"}); // bob and carol have no plan
+    // The gauges are the same users' states, in the same order.
+    std::vector<std::pair<std::string, QuotaGauges>> expected;
+    for (const QuotaState& state : quotas.planned_states(connected, now))
+        expected.emplace_back(state.user, QuotaGauges{state.limit_bytes, state.used_bytes, state.state});
+    CHECK(quotas.gauges(connected, now) == expected);
+    CHECK(expected.at(1).second == QuotaGauges{10 * kGB, 6 * kGB, QuotaState::State::warning}); // alice, 60%
     // Metering only: nobody has a plan.
     QuotaController unplanned(QuotaConfig{}, store, nullptr, nullptr, nullptr);
     REQUIRE(unplanned.load());

@@ -19,12 +19,14 @@
 #include <bpf/libbpf.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <future>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -202,7 +204,17 @@ std::pair<double, double> memory_mib()
 
 struct Phases {
     std::vector<double> read, reconcile, quota, commit, publish, total;
+    std::vector<double> cpu; // the process's CPU time in the cycle, all threads
 };
+
+// CPU time (user + system) of every thread of this process so far, ms.
+double process_cpu_ms()
+{
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    auto ms = [](const timeval& t) { return t.tv_sec * 1e3 + t.tv_usec / 1e3; };
+    return ms(usage.ru_utime) + ms(usage.ru_stime);
+}
 
 // The share of clients that move in the partial cycles: one in kPartialStride.
 constexpr uint32_t kPartialStride = 10;
@@ -284,6 +296,7 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
     // `ahead`: seconds added to the clock (a cycle in a later hour).
     auto cycle = [&](uint64_t moves, uint32_t movers, Phases* phases, int64_t ahead = 0) -> Status {
         const auto t0 = Clock::now();
+        const double cpu0 = process_cpu_ms();
         auto counters = collector.collect();
         if (!counters) return counters.error();
         const auto t1 = Clock::now();
@@ -292,14 +305,17 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         const auto t2 = Clock::now();
         quotas.plan(commit, now);
         const auto t2q = Clock::now();
-        if (auto st = store->commit(commit); !st) return st.error();
+        // The commit on its own thread while this one stages the metrics, as the daemon does.
+        auto committing = std::async(std::launch::async, [&] { return store->commit(commit); });
+        auto staged = metrics.stage(commit);
+        if (auto st = committing.get(); !st) return st.error();
         const auto t3 = Clock::now();
         reconciler.accept(commit);
         const auto t3q = Clock::now();
         quotas.accept(commit, reconciler.keys_by_user(devices), now);
         const auto t3e = Clock::now();
         collector.accept(std::move(counters.value()));
-        metrics.account(commit);
+        metrics.confirm(commit, std::move(staged));
         metrics.observe_cycle(Clock::now() - t0);
         vpnmeter::LiveMetrics live;
         live.interfaces = vpnmeter::interface_totals(collector.last(), devices);
@@ -330,6 +346,7 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
             phases->commit.push_back(ms(t2q, t3));
             phases->publish.push_back(ms(t3, t3q) + ms(t3e, t4));
             phases->total.push_back(ms(t0, t4));
+            phases->cpu.push_back(process_cpu_ms() - cpu0);
         }
         return vpnmeter::ok();
     };
@@ -441,20 +458,21 @@ void print_machine(const Options& o, uint32_t capacity)
 void print_table(const std::vector<SizeResult>& results)
 {
     std::printf("\ncollection cycle, median ms over the timed cycles:\n");
-    std::printf("%9s %8s %10s %8s %8s %8s %8s %13s %9s %9s\n", "clients", "read", "reconcile", "quota", "commit",
-                "publish", "total", "first cycle", "new hour", "all end");
+    std::printf("%9s %8s %10s %8s %8s %8s %8s %8s %13s %9s %9s\n", "clients", "read", "reconcile", "quota", "commit",
+                "publish", "total", "cpu", "first cycle", "new hour", "all end");
     for (const auto& r : results)
-        std::printf("%9u %8.1f %10.1f %8.1f %8.1f %8.1f %8.1f %13.1f %9.1f %9.1f\n", r.clients, median(r.phases.read),
-                    median(r.phases.reconcile), median(r.phases.quota), median(r.phases.commit),
-                    median(r.phases.publish), median(r.phases.total), r.first_cycle_ms, r.new_hour_ms, r.all_end_ms);
+        std::printf("%9u %8.1f %10.1f %8.1f %8.1f %8.1f %8.1f %8.1f %13.1f %9.1f %9.1f\n", r.clients,
+                    median(r.phases.read), median(r.phases.reconcile), median(r.phases.quota),
+                    median(r.phases.commit), median(r.phases.publish), median(r.phases.total), median(r.phases.cpu),
+                    r.first_cycle_ms, r.new_hour_ms, r.all_end_ms);
     std::printf("\nthe same with one client in %u moving (the others idle), median ms:\n", kPartialStride);
-    std::printf("%9s %8s %8s %10s %8s %8s %8s %8s\n", "clients", "moved", "read", "reconcile", "quota", "commit",
-                "publish", "total");
+    std::printf("%9s %8s %8s %10s %8s %8s %8s %8s %8s\n", "clients", "moved", "read", "reconcile", "quota", "commit",
+                "publish", "total", "cpu");
     for (const auto& r : results)
-        std::printf("%9u %8u %8.1f %10.1f %8.1f %8.1f %8.1f %8.1f\n", r.clients,
+        std::printf("%9u %8u %8.1f %10.1f %8.1f %8.1f %8.1f %8.1f %8.1f\n", r.clients,
                     (r.clients + kPartialStride - 1) / kPartialStride, median(r.partial.read),
                     median(r.partial.reconcile), median(r.partial.quota), median(r.partial.commit),
-                    median(r.partial.publish), median(r.partial.total));
+                    median(r.partial.publish), median(r.partial.total), median(r.partial.cpu));
     std::printf("\n/metrics (six series per user) and memory after the size's cycles:\n");
     std::printf("%9s %10s %18s %10s %13s %10s %10s %12s\n", "users", "render ms", "prometheus-cpp ms", "cached ms",
                 "render bytes", "VmRSS MiB", "VmHWM MiB", "store MiB");
@@ -464,7 +482,10 @@ void print_table(const std::vector<SizeResult>& results)
     std::printf("\nread: Collector::collect (batch read of the map, deltas); reconcile: Reconciler::plan;\n"
                 "quota: QuotaController::plan + accept (period usage, alerts, kernel policies and budgets; every\n"
                 "user on a 1 TB/month plan unless --no-quotas); commit: Store::commit (one LMDB write\n"
-                "transaction, fsync); publish: accept + metrics snapshot with the users' quota states;\n"
+                "transaction, fsync) on its own thread while the cycle's thread stages the metrics\n"
+                "(MetricsRecorder::stage: the sessions' totals, copies of the series), as the daemon does;\n"
+                "publish: accept + metrics snapshot with the users' quota states; cpu: the process's CPU time\n"
+                "in the cycle, both threads (user + system);\n"
                 "first cycle: N new sessions; new hour: the first cycle of the next hour, all active (its\n"
                 "commit also adds the hour just over to the users' days and months); all end: every session\n"
                 "ends at once (reconcile + commit).\n"

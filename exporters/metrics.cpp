@@ -427,6 +427,15 @@ SourceBytes& operator+=(SourceBytes& total, const SourceBytes& more)
 // What a counter gained since `before`; a smaller value is a restart.
 uint64_t gained(uint64_t now, uint64_t before) { return now >= before ? now - before : now; }
 
+template <class Key, class Value>
+FlatMap<Key, Value> flat_copy(const std::map<Key, Value>& map)
+{
+    FlatMap<Key, Value> out;
+    out.reserve(map.size());
+    for (const auto& [key, value] : map) out.append(key, value);
+    return out;
+}
+
 } // namespace
 
 void DurationHistogram::observe(double seconds)
@@ -556,7 +565,7 @@ const std::string& MetricsRecorder::user_label(const std::string& user)
     return it->second;
 }
 
-MetricsRecorder::Tracked& MetricsRecorder::track(const Session& session)
+MetricsRecorder::Tracked& MetricsRecorder::track(const Session& session, Staged::Taken* taken)
 {
     auto it = sessions_.find(session.id);
     if (it != sessions_.end()) return it->second;
@@ -568,17 +577,26 @@ MetricsRecorder::Tracked& MetricsRecorder::track(const Session& session)
         if (own_series_ < config_.max_sessions) {
             tracked.labels.session = session.id;
             ++own_series_;
+            if (taken) taken->new_own_series = true;
         } else {
             tracked.labels.session = "other";
         }
     }
-    tracked.series = &clients_[tracked.labels]; // the series exists from the session's start
-    tracked.source_total = &source_bytes_[{session.instance, tracked.labels.user}];
+    auto series = clients_.try_emplace(tracked.labels); // the series exists from the session's start
+    auto source = source_bytes_.try_emplace({session.instance, tracked.labels.user});
+    tracked.series = &series.first->second;
+    tracked.source_total = &source.first->second;
+    if (taken) {
+        taken->id = session.id;
+        if (series.second) taken->new_series = series.first;
+        if (source.second) taken->new_source = source.first;
+    }
     return sessions_.emplace(session.id, std::move(tracked)).first->second;
 }
 
 void MetricsRecorder::load(const std::vector<Session>& sessions, const std::vector<UnattributedUsage>& unattributed)
 {
+    confirmed_.reset(); // its copies are from before
     for (const Session& session : sessions) {
         if (!session.active()) {
             // History: in the per-user totals only.
@@ -594,19 +612,63 @@ void MetricsRecorder::load(const std::vector<Session>& sessions, const std::vect
     for (const auto& spare : unattributed) unattributed_[spare.interface] += spare.traffic;
 }
 
-void MetricsRecorder::account(const CycleCommit& commit)
+void MetricsRecorder::account(const CycleCommit& commit) { confirm(commit, stage(commit)); }
+
+MetricsRecorder::Staged MetricsRecorder::stage(const CycleCommit& commit)
 {
+    Staged staged;
+    staged.taken_.reserve(commit.sessions.size());
     expire(commit.time); // first: a place freed now goes to a session new in this cycle
     for (const Session& session : commit.sessions) {
-        Tracked& tracked = track(session);
+        Staged::Taken& taken = staged.taken_.emplace_back();
+        Tracked& tracked = track(session, &taken);
+        taken.tracked = &tracked; // an element of sessions_ stays put
+        taken.usage = tracked.usage;
+        taken.source = tracked.source;
         // A session's totals only grow: what they gained is this cycle's.
-        *tracked.series += delta(session.usage, tracked.usage);
+        taken.gained = delta(session.usage, tracked.usage);
+        taken.source_gained = {gained(session.source_upload_bytes, tracked.source.upload),
+                               gained(session.source_download_bytes, tracked.source.download)};
+        *tracked.series += taken.gained;
         tracked.usage = session.usage;
-        SourceBytes& source = *tracked.source_total;
-        source.upload += gained(session.source_upload_bytes, tracked.source.upload);
-        source.download += gained(session.source_download_bytes, tracked.source.download);
+        tracked.source_total->upload += taken.source_gained.upload;
+        tracked.source_total->download += taken.source_gained.download;
         tracked.source = {session.source_upload_bytes, session.source_download_bytes};
+    }
+    // Flat copies: a snapshot per cycle of 100,000 map nodes was most of
+    // what publishing cost.
+    staged.clients_ = flat_copy(clients_);
+    staged.source_bytes_ = flat_copy(source_bytes_);
+    return staged;
+}
+
+void MetricsRecorder::discard(Staged staged)
+{
+    auto give_back = [](uint64_t& value, uint64_t gained) { value -= gained; };
+    for (auto it = staged.taken_.rbegin(); it != staged.taken_.rend(); ++it) { // newest first
+        Tracked& tracked = *it->tracked;
+        for (auto [total, gained] : {std::pair{&tracked.series->upload, &it->gained.upload},
+                                     std::pair{&tracked.series->download, &it->gained.download}}) {
+            give_back(total->packets, gained->packets);
+            give_back(total->bytes, gained->bytes);
+        }
+        give_back(tracked.source_total->upload, it->source_gained.upload);
+        give_back(tracked.source_total->download, it->source_gained.download);
+        tracked.usage = it->usage;
+        tracked.source = it->source;
+        if (it->id.empty()) continue; // known before this cycle
+        if (it->new_series) clients_.erase(*it->new_series);
+        if (it->new_source) source_bytes_.erase(*it->new_source);
+        if (it->new_own_series) --own_series_;
+        sessions_.erase(it->id);
+    }
+}
+
+void MetricsRecorder::confirm(const CycleCommit& commit, Staged staged)
+{
+    for (const Session& session : commit.sessions) {
         if (session.active()) continue;
+        Tracked& tracked = sessions_.at(session.id); // stage() tracked it
         const bool own_series = config_.per_session && tracked.labels.session != "other";
         if (!own_series) {
             sessions_.erase(session.id);
@@ -616,6 +678,7 @@ void MetricsRecorder::account(const CycleCommit& commit)
         }
     }
     for (const auto& [interface, traffic] : commit.unattributed) unattributed_[interface] += traffic;
+    confirmed_ = std::move(staged);
 }
 
 void MetricsRecorder::expire(int64_t now)
@@ -650,26 +713,19 @@ std::map<std::string, uint64_t> MetricsRecorder::errors() const
     return out;
 }
 
-namespace {
-
-template <class Key, class Value>
-FlatMap<Key, Value> flat_copy(const std::map<Key, Value>& map)
-{
-    FlatMap<Key, Value> out;
-    out.reserve(map.size());
-    for (const auto& [key, value] : map) out.append(key, value);
-    return out;
-}
-
-} // namespace
-
 void MetricsRecorder::publish(LiveMetrics live)
 {
     auto s = std::make_shared<MetricsSnapshot>();
     s->per_session = config_.per_session;
-    // Flat copies: a snapshot per cycle of 100,000 map nodes was most of
-    // what publishing cost.
-    s->clients = flat_copy(clients_);
+    // The series as confirm() left them: copied by stage(), or now.
+    if (confirmed_) {
+        s->clients = std::move(confirmed_->clients_);
+        s->source_bytes = std::move(confirmed_->source_bytes_);
+        confirmed_.reset();
+    } else {
+        s->clients = flat_copy(clients_);
+        s->source_bytes = flat_copy(source_bytes_);
+    }
     s->interfaces = std::move(live.interfaces);
     s->unattributed = unattributed_;
     for (const auto& [name, traffic] : s->interfaces) s->unattributed[name]; // 0 rather than absent
@@ -677,7 +733,6 @@ void MetricsRecorder::publish(LiveMetrics live)
     else if (last_) s->drops = last_->drops;
     s->sessions_active = std::move(live.sessions_active);
     s->singbox = std::move(live.singbox);
-    s->source_bytes = flat_copy(source_bytes_);
     std::vector<std::pair<std::string, QuotaGauges>> quotas = std::move(live.quotas); // by user, unless hashed
     if (config_.hash_users)
         for (auto& [user, gauges] : quotas) user = user_label(user);

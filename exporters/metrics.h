@@ -167,13 +167,44 @@ std::map<std::string, uint64_t> sessions_by_instance(const std::map<std::string,
 // max_sessions are held, else "other") so no counter ever goes down; an
 // ended session's series is dropped kEndedSessionSeriesSeconds later.
 class MetricsRecorder {
+    struct Tracked;
+
 public:
+    // What stage() took from a cycle, and the next snapshot's copies of the series.
+    class Staged {
+        friend class MetricsRecorder;
+        struct Taken { // one session's, to give back
+            Tracked* tracked = nullptr;
+            Traffic usage;      // its totals before,
+            SourceBytes source;
+            Traffic gained;     // and what its series gained
+            SourceBytes source_gained;
+            std::string id; // set when the session was new to the recorder:
+            std::optional<std::map<ClientLabels, Traffic>::iterator> new_series;
+            std::optional<std::map<std::pair<std::string, std::string>, SourceBytes>::iterator> new_source;
+            bool new_own_series = false;
+        };
+        std::vector<Taken> taken_;
+        FlatMap<ClientLabels, Traffic> clients_;
+        FlatMap<std::pair<std::string, std::string>, SourceBytes> source_bytes_;
+    };
+
     MetricsRecorder(MetricsConfig config, std::string version, std::shared_ptr<MetricsExporter> exporter);
 
     // The store as the agent found it. Call once, before the first cycle.
     void load(const std::vector<Session>& sessions, const std::vector<UnattributedUsage>& unattributed);
     // A committed cycle: its sessions' new totals and unattributed bytes.
     void account(const CycleCommit& commit);
+    // account() in two steps around the store's commit, so that the next
+    // snapshot's copies of the series are made while the commit is written:
+    // stage() takes the sessions' new totals and copies the series; then
+    // confirm() once the commit has landed (ended sessions and unattributed
+    // bytes, taken only then), or discard() if it has not, which undoes what
+    // stage() did (the next cycle's commit holds these bytes again). Nothing
+    // else may change the recorder in between.
+    Staged stage(const CycleCommit& commit);
+    void confirm(const CycleCommit& commit, Staged staged);
+    void discard(Staged staged);
     void observe_cycle(std::chrono::duration<double> elapsed);
     // Counted at once; shown with the next publish() or publish_errors().
     void count_error(const std::string& op);
@@ -200,7 +231,8 @@ private:
         SourceBytes* source_total = nullptr;
     };
     const std::string& user_label(const std::string& user);
-    Tracked& track(const Session& session);
+    // The session's entry; a new one is noted in `taken` (when given), to be given back.
+    Tracked& track(const Session& session, Staged::Taken* taken = nullptr);
     void expire(int64_t now);
     std::map<std::string, uint64_t> errors() const;
 
@@ -218,6 +250,7 @@ private:
     std::map<std::string, uint64_t> errors_;
     std::map<std::string, uint64_t> store_commit_errors_;
     uint64_t webhook_failures_ = 0;
+    std::optional<Staged> confirmed_; // its copies are the next snapshot's
     std::shared_ptr<const MetricsSnapshot> last_;
 };
 

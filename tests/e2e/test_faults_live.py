@@ -60,6 +60,18 @@ def metric_value(text: str, series: str) -> float | None:
     return None
 
 
+def metric_totals(text: str, interface: str) -> tuple[int, int]:
+    """(upload, download) over the client and unattributed byte counters of `interface`."""
+    totals = {"upload": 0, "download": 0}
+    pattern = re.compile(r'^vpnmeter_(?:client|unattributed)_bytes_total\{(.*)\} (\S+)$')
+    for line in text.splitlines():
+        match = pattern.match(line)
+        if match and f'interface="{interface}"' in match[1]:
+            direction = re.search(r'direction="(\w+)"', match[1])[1]
+            totals[direction] += int(float(match[2]))
+    return totals["upload"], totals["download"]
+
+
 def set_storage(agent, **settings):
     """Rewrites the agent's storage: line (path, map_size)."""
     text = agent.config_path.read_text()
@@ -132,6 +144,9 @@ def test_a_full_store_map_keeps_counting_and_commits_all_once_raised(namespaces,
         agent.proc.send_signal(1)  # SIGHUP
         wait_for(lambda: "commits succeed again" in agent.log(), 10, "commits to succeed again")
         wait_store_matches_device(agent, ns, interface="vmtun0")
+        # /metrics took the failed cycles' bytes once, with the commit that landed.
+        wait_for(lambda: metric_totals(metrics(agent), "vmtun0") == store_totals(agent, "vmtun0"), 5,
+                 "the metrics to match the store")
         assert len(agent.clients()["clients"]) >= 1000
         assert agent.proc.poll() is None
     finally:

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <random>
 #include <sstream>
 
 #include "metrics.h"
@@ -254,6 +255,81 @@ TEST_CASE("the VPN's own counters only grow across sessions", "[metrics]")
     commit.sessions[0].source_upload_bytes = 250;
     r.recorder.account(commit);
     CHECK(sample(r.text(), up) == "1750");
+}
+
+TEST_CASE("a cycle staged while the store commits: discarded when the commit fails, as if never seen", "[metrics]")
+{
+    // Two recorders over random cycles: `staged` stages every cycle and
+    // confirms or discards it as its commit lands or fails; `committed` only
+    // sees the cycles that landed. A failed cycle's bytes come again in the
+    // next commit, as the reconciler plans them: the same totals, grown.
+    MetricsConfig config;
+    config.per_session = GENERATE(false, true);
+    config.max_sessions = 3;
+    CAPTURE(config.per_session);
+    Recorded staged(config), committed(config);
+    std::mt19937 rng(11);
+    auto pick = [&](uint64_t n) { return std::uniform_int_distribution<uint64_t>(0, n - 1)(rng); };
+    std::map<std::string, Session> open, landed; // now, and as last committed
+    std::vector<Session> ended;                  // since the last commit that landed
+    Traffic unattributed;
+    uint64_t landed_upload = 0, next_id = 0, failures = 0;
+    int64_t now = 1000;
+    auto upload_total = [](const std::string& text) {
+        uint64_t sum = 0;
+        for (const auto& line : lines_of(text))
+            if (line.rfind("vpnmeter_client_bytes_total{", 0) == 0 && line.find("direction=\"upload\"") != std::string::npos)
+                sum += std::stoull(line.substr(line.rfind(' ') + 1));
+        return sum;
+    };
+    for (int step = 0; step < 300; ++step) {
+        CAPTURE(step);
+        now += static_cast<int64_t>(pick(200));
+        for (auto& [id, s] : open) {
+            if (pick(3)) s.usage += traffic(1, pick(5000), 1, pick(5000));
+            s.source_upload_bytes = pick(20) ? s.source_upload_bytes + pick(900) : pick(10); // sometimes a restart
+            s.source_download_bytes += pick(900);
+        }
+        if (pick(3) == 0) {
+            Session s = session("s" + std::to_string(next_id++), "user" + std::to_string(pick(4)),
+                                traffic(1, pick(5000), 0, 0));
+            open[s.id] = s;
+        }
+        if (!open.empty() && pick(4) == 0) {
+            auto it = std::next(open.begin(), static_cast<std::ptrdiff_t>(pick(open.size())));
+            it->second.end = now;
+            ended.push_back(it->second);
+            open.erase(it);
+        }
+        unattributed += traffic(1, pick(100), 0, 0);
+        CycleCommit commit;
+        commit.time = now;
+        for (const auto& [id, s] : open)
+            if (auto it = landed.find(id); it == landed.end() || !(it->second == s)) commit.sessions.push_back(s);
+        commit.sessions.insert(commit.sessions.end(), ended.begin(), ended.end());
+        commit.unattributed["tun0"] = unattributed;
+
+        const bool lands = pick(3) != 0;
+        auto cycle = staged.recorder.stage(commit);
+        if (!lands) {
+            staged.recorder.discard(std::move(cycle));
+            ++failures;
+            continue;
+        }
+        staged.recorder.confirm(commit, std::move(cycle));
+        committed.recorder.account(commit);
+        for (const Session& s : commit.sessions)
+            landed_upload += s.usage.upload.bytes - (landed.count(s.id) ? landed[s.id].usage.upload.bytes : 0);
+        landed = open;
+        ended.clear();
+        unattributed = {};
+        const std::string text = committed.text();
+        REQUIRE(staged.text() == text); // the copies stage() made
+        REQUIRE(staged.text() == text); // the series themselves
+        if (!config.per_session) REQUIRE(upload_total(text) == landed_upload); // (ended sessions' series expire)
+    }
+    CHECK(failures > 50);
+    CHECK(landed_upload > 0);
 }
 
 TEST_CASE("hash_users replaces user names with 12 hex digits of SHA-256", "[metrics]")

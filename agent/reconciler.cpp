@@ -193,25 +193,40 @@ uint32_t Reconciler::slot_of(const Owner& owner) const
     return entry.session && entry.generation == owner.generation ? owner.slot : kNone;
 }
 
-void Reconciler::put_in_id_order(CycleCommit& out, const std::vector<uint32_t>& touched) const
+void Reconciler::put_in_id_order(CycleCommit& out, const std::vector<uint32_t>& whole_at,
+                                 const std::vector<uint32_t>& totals_at) const
 {
+    // Totals: known sessions only, in the kept order when many moved (the
+    // usual), else sorted; those that became whole copies are dropped.
+    std::vector<SessionTotals>& moved = out.session_totals;
+    std::vector<SessionTotals> totals;
+    totals.reserve(moved.size());
+    if (walk_pays(moved.size(), order_.size())) {
+        for (uint32_t slot : order_)
+            if (totals_at[slot] != kNone && moved[totals_at[slot]].session) totals.push_back(moved[totals_at[slot]]);
+    } else {
+        std::copy_if(moved.begin(), moved.end(), std::back_inserter(totals), [](const auto& t) { return t.session; });
+        std::sort(totals.begin(), totals.end(), [](const auto& a, const auto& b) { return a.session->id < b.session->id; });
+    }
+    moved = std::move(totals);
+
+    // Whole sessions: the known ones in the kept order when many, else sorted; the new ones merged in.
     std::vector<Session>& sessions = out.sessions;
     auto by_id = [&](uint32_t a, uint32_t b) { return sessions[a].id < sessions[b].id; };
     std::vector<uint8_t> known(sessions.size(), 0);
     size_t known_count = 0;
-    for (uint32_t index : touched) {
+    for (uint32_t index : whole_at) {
         if (index == kNone) continue;
         known[index] = 1;
         ++known_count;
     }
-    // Known sessions: in the kept order when many moved, else sorted.
     std::vector<uint32_t> order;
     order.reserve(sessions.size());
     if (walk_pays(known_count, order_.size())) {
         for (uint32_t slot : order_)
-            if (touched[slot] != kNone) order.push_back(touched[slot]);
+            if (whole_at[slot] != kNone) order.push_back(whole_at[slot]);
     } else {
-        for (uint32_t index : touched)
+        for (uint32_t index : whole_at)
             if (index != kNone) order.push_back(index);
         std::sort(order.begin(), order.end(), by_id);
     }
@@ -222,15 +237,9 @@ void Reconciler::put_in_id_order(CycleCommit& out, const std::vector<uint32_t>& 
     std::sort(order.begin() + known_end, order.end(), by_id);
     std::inplace_merge(order.begin(), order.begin() + known_end, order.end(), by_id);
     std::vector<Session> sorted;
-    std::vector<uint8_t> totals_only;
     sorted.reserve(sessions.size());
-    totals_only.reserve(sessions.size());
-    for (uint32_t index : order) {
-        sorted.push_back(std::move(sessions[index]));
-        totals_only.push_back(out.sessions_totals_only[index]);
-    }
+    for (uint32_t index : order) sorted.push_back(std::move(sessions[index]));
     sessions = std::move(sorted);
-    out.sessions_totals_only = std::move(totals_only);
 }
 
 FlatMap<ClientKey, std::string> Reconciler::owners() const
@@ -248,22 +257,44 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     out.time = now;
     size_t reported_count = 0;
     for (const auto& [instance, list] : connected) reported_count += list.size();
-    // The sessions this plan changes, as copies in the commit: only these
-    // are copied, never the whole table. No reallocation: references into
-    // out.sessions stay valid while it grows.
+    // What this plan changes of a known session (by slot): its totals only
+    // (an entry of out.session_totals, no copy of the session), or, once
+    // more than those changes, a copy of the whole session in out.sessions.
+    // No reallocation: references into out.sessions stay valid while it grows.
     out.sessions.reserve(active_.size() + reported_count);
-    std::vector<uint32_t> touched(slots_.size(), kNone); // slot -> index in out.sessions
-    auto touch = [&](uint32_t slot) -> Session& {
-        uint32_t& at = touched[slot];
+    out.session_totals.reserve(active_.size());
+    std::vector<uint32_t> totals_at(slots_.size(), kNone); // slot -> index in out.session_totals
+    std::vector<uint32_t> whole_at(slots_.size(), kNone);  // slot -> index in out.sessions
+    auto totals = [&](uint32_t slot) -> SessionTotals& { // while it has no whole copy
+        uint32_t& at = totals_at[slot];
+        if (at == kNone) {
+            at = static_cast<uint32_t>(out.session_totals.size());
+            out.session_totals.push_back(totals_of(*slots_[slot].session));
+        }
+        return out.session_totals[at];
+    };
+    auto whole = [&](uint32_t slot) -> Session& {
+        uint32_t& at = whole_at[slot];
         if (at == kNone) {
             at = static_cast<uint32_t>(out.sessions.size());
-            out.sessions.push_back(*slots_[slot].session);
-            out.sessions_totals_only.push_back(1); // until more than its totals changes
+            if (totals_at[slot] == kNone) {
+                out.sessions.push_back(*slots_[slot].session);
+            } else { // its new totals move along; the entry is dropped at the end
+                SessionTotals& moved = out.session_totals[totals_at[slot]];
+                out.sessions.push_back(with_totals(moved));
+                moved.session = nullptr;
+            }
         }
         return out.sessions[at];
     };
-    // The store rewrites the whole record of the session in `slot`, not only its totals.
-    auto changed_more = [&](uint32_t slot) { out.sessions_totals_only[touched[slot]] = 0; };
+    auto set_source = [&](uint32_t slot, const Session& reported) {
+        auto set = [&](auto& into) {
+            into.source_upload_bytes = reported.source_upload_bytes;
+            into.source_download_bytes = reported.source_download_bytes;
+        };
+        if (whole_at[slot] != kNone) set(whole(slot));
+        else set(totals(slot));
+    };
     auto owner_slot = [&](const ClientKey& key) {
         auto it = owners_.find(key);
         return it != owners_.end() ? slot_of(it->second) : kNone;
@@ -287,8 +318,7 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
             out.address_updates.append(raw, 0);
             return;
         }
-        Session& session = touch(slot);
-        session.usage += moved;
+        totals(slot).usage += moved; // step 1 comes first: no whole copies yet
         const uint32_t user = slots_[slot].user;
         if (!user_seen[user]) {
             user_seen[user] = 1;
@@ -296,7 +326,7 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
         }
         user_moved[user] += moved;
         if (owner_index[slot] == kNone) {
-            owner_index[slot] = out.address_updates.add_owner(session.id);
+            owner_index[slot] = out.address_updates.add_owner(slots_[slot].session->id);
             owner_slots.push_back(slot);
         }
         out.address_updates.append(raw, owner_index[slot]);
@@ -351,8 +381,7 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
         const Session* session = slots_[slot].session;
         if (!session || reported[slot] || !connected.count(session->instance))
             continue; // still there, or its source did not answer: unknown, not ended
-        touch(slot).end = now;
-        changed_more(slot);
+        whole(slot).end = now;
         ended[slot] = 1;
         any_ended = true;
     }
@@ -385,7 +414,6 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
                              fmt::join(session.addresses, " "));
             for (const ClientKey& key : keys) set_owner(key, session.id);
             out.sessions.push_back(std::move(session));
-            out.sessions_totals_only.push_back(0);
             started.emplace(out.sessions.back().id, out.sessions.size() - 1);
             continue;
         }
@@ -393,15 +421,16 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
         // session takes the address once it is reported (an empty list, as
         // in a half-written status file, takes nothing away).
         const bool readdressed = !reported.addresses.empty() && reported.addresses != known->addresses;
-        if (known->source_upload_bytes != reported.source_upload_bytes ||
-            known->source_download_bytes != reported.source_download_bytes ||
-            known->real_address != reported.real_address || readdressed) {
-            Session& session = repeated ? *repeated : touch(slot);
-            if (!repeated && (readdressed || known->real_address != reported.real_address)) changed_more(slot);
+        const bool roamed = known->real_address != reported.real_address;
+        if (repeated || readdressed || roamed) {
+            Session& session = repeated ? *repeated : whole(slot);
             session.source_upload_bytes = reported.source_upload_bytes;
             session.source_download_bytes = reported.source_download_bytes;
             session.real_address = reported.real_address;
             if (readdressed) session.addresses = reported.addresses;
+        } else if (known->source_upload_bytes != reported.source_upload_bytes ||
+                   known->source_download_bytes != reported.source_download_bytes) {
+            set_source(slot, reported);
         }
         // New addresses, or the tun device was recreated under the same session? (Re-)key.
         auto ifindex = interfaces.ifindex_by_name.find(known->interface);
@@ -416,7 +445,7 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     }
 
     out.address_updates.merge(owner_changes);
-    put_in_id_order(out, touched); // the store writes them in key order
+    put_in_id_order(out, whole_at, totals_at); // the store writes them in key order
     // Users in byte order (the commit's): a walk of all of them when many
     // moved, else a sort of the few that did.
     out.user_usage.reserve(users_seen.size());
@@ -433,10 +462,28 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
 
 void Reconciler::accept(const CycleCommit& committed)
 {
-    // The committed sessions' slots, found before anything changes. Ours
-    // come in id order, as order_ keeps the known ones: when many, a walk
-    // along both finds them without hashing every id (any not found this
-    // way is looked up).
+    // Totals first (the usual: only they moved), before any session comes
+    // or goes. They point at our records, in id order as order_ keeps them:
+    // one walk along both finds each without a hash or a string compare (a
+    // record the walk misses is looked up by id).
+    for (size_t at = 0; const SessionTotals& moved : committed.session_totals) {
+        const size_t from = at;
+        while (at < order_.size() && slots_[order_[at]].session != moved.session) ++at;
+        uint32_t slot = kNone;
+        if (at < order_.size()) {
+            slot = order_[at++];
+        } else { // not ours
+            at = from;
+            slot = find_slot(moved.session->id);
+            if (slot == kNone) continue;
+        }
+        Session& kept = *slots_[slot].session;
+        kept.usage = moved.usage;
+        kept.source_upload_bytes = moved.source_upload_bytes;
+        kept.source_download_bytes = moved.source_download_bytes;
+    }
+    // The whole sessions' slots, found before anything changes. Ours come
+    // in id order too: when many, a walk finds them as well.
     std::vector<uint32_t> found(committed.sessions.size(), kNone);
     if (walk_pays(committed.sessions.size(), order_.size())) {
         size_t at = 0;
@@ -449,16 +496,6 @@ void Reconciler::accept(const CycleCommit& committed)
     bool came_or_went = false;
     for (size_t i = 0; i < committed.sessions.size(); ++i) {
         const Session& session = committed.sessions[i];
-        if (session.active() && committed.totals_only(session)) { // the usual: only its totals moved
-            const uint32_t slot = found[i] != kNone ? found[i] : find_slot(session.id);
-            if (slot != kNone) {
-                Session& stored = *slots_[slot].session;
-                stored.usage = session.usage;
-                stored.source_upload_bytes = session.source_upload_bytes;
-                stored.source_download_bytes = session.source_download_bytes;
-                continue;
-            }
-        }
         came_or_went |= session.active() ? add_active(session, found[i]) : remove_active(session.id);
     }
     if (came_or_went) rebuild_order();

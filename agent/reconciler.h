@@ -50,7 +50,8 @@ public:
     Reconciler& operator=(const Reconciler&) = delete;
 
     // One cycle: counters moved in `counters`, sessions connected now.
-    // Returns what to commit; call accept() once it is committed.
+    // Returns what to commit; call accept() once it is committed. Its
+    // session_totals point at this reconciler's records: valid until then.
     CycleCommit plan(const Cycle& counters, const ConnectedSessions& connected, const Interfaces& interfaces,
                      int64_t now) const;
     void accept(const CycleCommit& committed);
@@ -93,8 +94,10 @@ private:
     bool add_active(const Session& session, uint32_t slot = kNone);
     bool remove_active(const std::string& id); // true: it was active
     void rebuild_order();
-    // Reorders a plan's sessions (and their marks) by id; `touched`: slot -> index in `out.sessions`.
-    void put_in_id_order(CycleCommit& out, const std::vector<uint32_t>& touched) const;
+    // Orders a plan's whole sessions and totals by id (dropping totals that
+    // became whole copies); by slot: the index in out.sessions, in out.session_totals.
+    void put_in_id_order(CycleCommit& out, const std::vector<uint32_t>& whole_at,
+                         const std::vector<uint32_t>& totals_at) const;
     uint32_t intern_user(const std::string& name);
     void release_user(uint32_t user);
 

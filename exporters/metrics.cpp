@@ -617,24 +617,27 @@ void MetricsRecorder::account(const CycleCommit& commit) { confirm(commit, stage
 MetricsRecorder::Staged MetricsRecorder::stage(const CycleCommit& commit)
 {
     Staged staged;
-    staged.taken_.reserve(commit.sessions.size());
+    staged.taken_.reserve(commit.sessions.size() + commit.session_totals.size());
     expire(commit.time); // first: a place freed now goes to a session new in this cycle
-    for (const Session& session : commit.sessions) {
+    // `session`'s new totals: `usage` and the VPN's counters `source`.
+    auto take = [&](const Session& session, const Traffic& usage, SourceBytes source) {
         Staged::Taken& taken = staged.taken_.emplace_back();
         Tracked& tracked = track(session, &taken);
         taken.tracked = &tracked; // an element of sessions_ stays put
         taken.usage = tracked.usage;
         taken.source = tracked.source;
         // A session's totals only grow: what they gained is this cycle's.
-        taken.gained = delta(session.usage, tracked.usage);
-        taken.source_gained = {gained(session.source_upload_bytes, tracked.source.upload),
-                               gained(session.source_download_bytes, tracked.source.download)};
+        taken.gained = delta(usage, tracked.usage);
+        taken.source_gained = {gained(source.upload, tracked.source.upload),
+                               gained(source.download, tracked.source.download)};
         *tracked.series += taken.gained;
-        tracked.usage = session.usage;
-        tracked.source_total->upload += taken.source_gained.upload;
-        tracked.source_total->download += taken.source_gained.download;
-        tracked.source = {session.source_upload_bytes, session.source_download_bytes};
-    }
+        tracked.usage = usage;
+        *tracked.source_total += taken.source_gained;
+        tracked.source = source;
+    };
+    for (const Session& s : commit.sessions) take(s, s.usage, {s.source_upload_bytes, s.source_download_bytes});
+    for (const SessionTotals& t : commit.session_totals)
+        take(*t.session, t.usage, {t.source_upload_bytes, t.source_download_bytes});
     // Flat copies: a snapshot per cycle of 100,000 map nodes was most of
     // what publishing cost.
     staged.clients_ = flat_copy(clients_);

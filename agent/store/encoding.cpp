@@ -311,13 +311,13 @@ std::optional<AddressCheckpoint> decode_address_checkpoint(std::string_view byte
     return AddressCheckpoint{Traffic{{values[0], values[1]}, {values[2], values[3]}}, std::string(bytes.substr(at))};
 }
 
-std::string encode_session_totals(const Session& session)
+std::string encode_session_totals(const SessionTotals& totals)
 {
     std::string out;
     out.reserve(6 * 5);
-    const Traffic& u = session.usage;
+    const Traffic& u = totals.usage;
     for (uint64_t value : {u.upload.packets, u.upload.bytes, u.download.packets, u.download.bytes,
-                           session.source_upload_bytes, session.source_download_bytes})
+                           totals.source_upload_bytes, totals.source_download_bytes})
         put_varint(out, value);
     return out;
 }

@@ -518,6 +518,20 @@ uint64_t Store::max_map_size() const
     return impl_->max_map_size;
 }
 
+SessionTotals totals_of(const Session& session)
+{
+    return {&session, session.usage, session.source_upload_bytes, session.source_download_bytes};
+}
+
+Session with_totals(const SessionTotals& totals)
+{
+    Session session = *totals.session;
+    session.usage = totals.usage;
+    session.source_upload_bytes = totals.source_upload_bytes;
+    session.source_download_bytes = totals.source_download_bytes;
+    return session;
+}
+
 const char* to_string(StoreFailure failure)
 {
     switch (failure) {
@@ -623,17 +637,28 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure)
         // than they changed (it started, roamed or changed addresses).
         auto active_cursor = lmdb::WriteCursor::open(txn, *dbs.sessions_active);
         if (!active_cursor) return prefixed("store sessions", active_cursor.error());
-        for (const Session* session : sessions) {
-            if (!session->active() || cycle.totals_only(*session)) continue;
-            if (auto put = active_cursor->put(session->id, encoding::encode(*session)); !put)
-                return prefixed("store session " + session->id, put.error());
-        }
-        auto totals_cursor = lmdb::WriteCursor::open(txn, *dbs.session_totals);
-        if (!totals_cursor) return prefixed("store sessions", totals_cursor.error());
+        std::vector<SessionTotals> totals;
+        totals.reserve(sessions.size() + cycle.session_totals.size());
         for (const Session* session : sessions) {
             if (!session->active()) continue;
-            if (auto put = totals_cursor->put(session->id, encoding::encode_session_totals(*session)); !put)
+            if (auto put = active_cursor->put(session->id, encoding::encode(*session)); !put)
                 return prefixed("store session " + session->id, put.error());
+            totals.push_back(totals_of(*session));
+        }
+        const auto whole_end = static_cast<std::ptrdiff_t>(totals.size());
+        for (const SessionTotals& moved : cycle.session_totals) {
+            if (moved.session->id.empty()) return Error{"store session: empty session id (user '" + moved.session->user + "')"};
+            totals.push_back(moved);
+        }
+        auto totals_by_id = [](const SessionTotals& a, const SessionTotals& b) { return a.session->id < b.session->id; };
+        if (!std::is_sorted(totals.begin() + whole_end, totals.end(), totals_by_id))
+            std::sort(totals.begin() + whole_end, totals.end(), totals_by_id);
+        std::inplace_merge(totals.begin(), totals.begin() + whole_end, totals.end(), totals_by_id);
+        auto totals_cursor = lmdb::WriteCursor::open(txn, *dbs.session_totals);
+        if (!totals_cursor) return prefixed("store sessions", totals_cursor.error());
+        for (const SessionTotals& entry : totals) {
+            if (auto put = totals_cursor->put(entry.session->id, encoding::encode_session_totals(entry)); !put)
+                return prefixed("store session " + entry.session->id, put.error());
         }
         // Usage: the hours before this one go to their days and months once
         // (at 100,000 users a day and a month bucket rewritten per user

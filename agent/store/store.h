@@ -75,18 +75,28 @@ struct AlertRecord {
 // Everything one collection cycle changes, committed in ONE write
 // transaction: the usage increments and the checkpoints move together, so a
 // crash at any moment neither loses nor double-counts.
+// New totals of an active session whose record is otherwise unchanged
+// since it was last committed: the store rewrites a small record, not the
+// whole session, and nobody copies the session.
+struct SessionTotals {
+    const Session* session = nullptr; // as last committed (the reconciler's record, valid until its accept())
+    Traffic usage;
+    uint64_t source_upload_bytes = 0;
+    uint64_t source_download_bytes = 0;
+    bool operator==(const SessionTotals&) const = default;
+};
+SessionTotals totals_of(const Session& session);
+// The whole session with these totals (a copy: for tests and rare paths).
+Session with_totals(const SessionTotals& totals);
+
 struct CycleCommit {
     int64_t time = 0; // unix seconds: which hour/day/month the increments go to
-    std::vector<Session> sessions;                 // upserts: new, updated totals, closed
-    // Parallel to `sessions` (past its end: false): true where only a
-    // session's totals (usage, the VPN's counters) changed since it was last
-    // committed, so the store rewrites a small record, not the whole session.
-    std::vector<uint8_t> sessions_totals_only;
-    bool totals_only(const Session& session) const // `session`: an element of `sessions`
-    {
-        const auto i = static_cast<size_t>(&session - sessions.data());
-        return i < sessions_totals_only.size() && sessions_totals_only[i];
-    }
+    // Upserts of whole sessions: new, closed, or changed beyond their
+    // totals (roamed, readdressed).
+    std::vector<Session> sessions;
+    // Active sessions whose totals alone changed (usage, the VPN's
+    // counters), in id order; none is also in `sessions`.
+    std::vector<SessionTotals> session_totals;
     FlatMap<std::string, Traffic> user_usage;      // user -> increment (flat: a user per client)
     std::map<std::string, Traffic> unattributed;   // interface name -> increment
     std::optional<CounterIdentity> identity;       // set when it changed

@@ -58,6 +58,7 @@ struct Harness {
         CycleCommit commit = reconciler.plan(*counters, connected, kInterfaces, now++);
         reconciler.accept(commit);
         for (const auto& s : commit.sessions) sessions[s.id] = s;
+        for (const auto& t : commit.session_totals) sessions[t.session->id] = with_totals(t);
         for (const auto& [user, t] : commit.user_usage) users[user] += t;
         for (const auto& [name, t] : commit.unattributed) unattributed[name] += t;
         return commit;
@@ -322,6 +323,7 @@ struct Committed {
     void apply(const CycleCommit& commit)
     {
         for (const auto& s : commit.sessions) sessions[s.id] = s;
+        for (const auto& t : commit.session_totals) sessions[t.session->id] = with_totals(t);
         for (const auto& key : commit.address_removals) addresses.erase(key);
         for (const auto& update : commit.address_updates)
             addresses[update.key()] = {update.raw(), commit.address_updates.owner(update)};
@@ -411,18 +413,27 @@ TEST_CASE("random connects, disconnects, late addresses, silent sources and rest
             const CycleCommit commit = reconciler.plan(counters, reported, model.interfaces, now);
             REQUIRE(std::is_sorted(commit.sessions.begin(), commit.sessions.end(),
                                    [](const Session& a, const Session& b) { return a.id < b.id; }));
-            // A session marked totals-only differs from what was committed
-            // before in its usage and the VPN's counters alone.
-            REQUIRE(commit.sessions_totals_only.size() == commit.sessions.size());
+            REQUIRE(std::is_sorted(commit.session_totals.begin(), commit.session_totals.end(),
+                                   [](const auto& a, const auto& b) { return a.session->id < b.session->id; }));
+            // Totals only for a session exactly as committed before; whole
+            // copies only for new and ended ones, and for what changed beyond
+            // its totals (usage and the VPN's counters).
+            auto without_totals = [](Session s) {
+                s.usage = {};
+                s.source_upload_bytes = s.source_download_bytes = 0;
+                return s;
+            };
+            std::set<std::string> ids;
+            for (const SessionTotals& t : commit.session_totals) {
+                REQUIRE(store.sessions.count(t.session->id));
+                REQUIRE(*t.session == store.sessions.at(t.session->id));
+                REQUIRE(ids.insert(t.session->id).second);
+            }
             for (const Session& s : commit.sessions) {
-                if (!commit.totals_only(s)) continue;
-                REQUIRE(store.sessions.count(s.id));
-                Session before = store.sessions.at(s.id), now_ = s;
-                for (Session* x : {&before, &now_}) {
-                    x->usage = {};
-                    x->source_upload_bytes = x->source_download_bytes = 0;
-                }
-                REQUIRE(before == now_);
+                REQUIRE(ids.insert(s.id).second); // never in both
+                auto stored = store.sessions.find(s.id);
+                if (s.active() && stored != store.sessions.end() && stored->second.active())
+                    REQUIRE(without_totals(s) != without_totals(stored->second));
             }
             reconciler.accept(commit);
             store.apply(commit);
@@ -465,6 +476,8 @@ TEST_CASE("a cycle's sessions and users come in id and name order, whether few o
     auto in_order = [](const CycleCommit& commit) {
         return std::is_sorted(commit.sessions.begin(), commit.sessions.end(),
                               [](const Session& a, const Session& b) { return a.id < b.id; }) &&
+               std::is_sorted(commit.session_totals.begin(), commit.session_totals.end(),
+                              [](const auto& a, const auto& b) { return a.session->id < b.session->id; }) &&
                std::is_sorted(commit.user_usage.begin(), commit.user_usage.end(),
                               [](const auto& a, const auto& b) { return a.first < b.first; });
     };
@@ -473,7 +486,8 @@ TEST_CASE("a cycle's sessions and users come in id and name order, whether few o
         for (size_t i = 0; i < moving; ++i) h.traffic("10.8.1." + std::to_string(i + 1), 1, 2);
         list.push_back(connected("user" + std::to_string(moving), 2000 + moving, "10.8.2." + std::to_string(moving)));
         const CycleCommit commit = h.cycle({{"udp", list}});
-        CHECK(commit.sessions.size() == moving + 1);
+        CHECK(commit.sessions.size() == 1); // the new one, whole
+        CHECK(commit.session_totals.size() == moving);
         CHECK(commit.user_usage.size() == moving);
         CHECK(in_order(commit));
     }

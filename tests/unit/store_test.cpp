@@ -1126,11 +1126,12 @@ TEST_CASE("totals-only commits keep every read of a session exact, through chang
     const auto options = options_in(dir);
     const int64_t t = utc(2026, 11, 1, 12);
     Session alice = session("udp:1:1", "alice"), bob = session("udp:2:1", "bob");
-    auto commit = [&](std::vector<Session> sessions, std::vector<uint8_t> totals_only, Store& store) {
+    // `whole`: sessions written whole; `moved`: sessions whose totals alone changed.
+    auto commit = [&](std::vector<Session> whole, const std::vector<Session>& moved, Store& store) {
         CycleCommit cycle;
         cycle.time = t;
-        cycle.sessions = std::move(sessions);
-        cycle.sessions_totals_only = std::move(totals_only);
+        cycle.sessions = std::move(whole);
+        for (const Session& s : moved) cycle.session_totals.push_back(totals_of(s));
         must_commit(store, cycle);
     };
     auto read_back = [](const Store& store, const Session& expected) {
@@ -1150,25 +1151,27 @@ TEST_CASE("totals-only commits keep every read of a session exact, through chang
     };
     {
         Store store = open_store(options);
-        commit({alice, bob}, {0, 0}, store); // new: whole records
+        commit({alice, bob}, {}, store); // new: whole records
         for (int i = 1; i <= 3; ++i) {
             alice.usage += traffic(1, 100, 1, 1000);
             alice.source_download_bytes += 1500;
             bob.usage += traffic(1, 7, 0, 0);
-            commit({alice, bob}, {1, 1}, store);
+            commit({}, {bob, alice}, store); // in any order
         }
         read_back(store, alice);
         read_back(store, bob);
         alice.real_address = "198.51.100.7:4444"; // roamed: the whole record again
         alice.usage += traffic(1, 1, 1, 1);
-        commit({alice}, {0}, store);
+        bob.usage += traffic(1, 1, 1, 1);
+        commit({alice}, {bob}, store); // one of each
         read_back(store, alice);
+        read_back(store, bob);
         alice.usage += traffic(1, 1, 1, 1);
-        commit({alice}, {1}, store);
+        commit({}, {alice}, store);
         read_back(store, alice);
         bob.usage += traffic(2, 2, 2, 2);
         bob.end = t + 60; // closed: the whole record, and no totals left behind
-        commit({bob}, {1}, store);
+        commit({bob}, {}, store);
         read_back(store, bob);
     }
     CHECK_FALSE(get_raw(options.path, "session_totals", alice.id).empty()); // in use

@@ -367,8 +367,13 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     std::vector<std::pair<const Session*, uint32_t>> reports; // (as reported, slot if known)
     reports.reserve(reported_count);
     for (const auto& [instance, list] : connected) {
-        for (const Session& session : list) {
-            const uint32_t slot = find_slot(session.id);
+        std::vector<uint32_t>& hints = report_hints_[instance];
+        hints.resize(list.size(), kNone);
+        for (size_t i = 0; i < list.size(); ++i) {
+            const Session& session = list[i];
+            uint32_t slot = hints[i];
+            if (slot >= slots_.size() || !slots_[slot].session || slots_[slot].session->id != session.id)
+                slot = hints[i] = find_slot(session.id);
             if (slot != kNone && slots_[slot].session->instance == instance) reported[slot] = 1;
             reports.emplace_back(&session, slot);
         }

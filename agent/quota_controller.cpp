@@ -145,14 +145,15 @@ void QuotaController::plan(CycleCommit& commit, int64_t now) const
     std::lock_guard lock(mutex_);
     static const UserQuota nothing;
     NameWalk records(users_, commit.user_usage.size());
+    commit.quota_usage.reserve(commit.quota_usage.size() + commit.user_usage.size());
     for (const auto& [user, moved] : commit.user_usage) { // in user order
         const UserQuota* found = records.get(user);
         const UserQuota& record = found ? *found : nothing;
         const Period period = period_of(config_, user, record.grant, now);
         const PeriodUsage used =
             add(roll(record.usage.value_or(PeriodUsage{}), period), moved.upload.bytes, moved.download.bytes);
-        commit.quota_usage.insert_or_assign(commit.quota_usage.end(), user,
-                                            QuotaUsageRecord{used.period_start, used.upload, used.download});
+        const QuotaUsageRecord record_now{used.period_start, used.upload, used.download};
+        if (auto [it, added] = commit.quota_usage.try_emplace(user, record_now); !added) it->second = record_now;
 
         const QuotaState state = evaluate(config_, user, record.grant, used.upload, used.download, now);
         if (!state.limit_bytes || *state.limit_bytes == 0) continue;

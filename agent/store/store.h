@@ -106,7 +106,7 @@ struct CycleCommit {
     std::map<uint32_t, std::string> interface_names;
     // Quotas, in the same transaction as the usage they account for, so a
     // restart resumes from a period total that matches the buckets.
-    std::map<std::string, QuotaUsageRecord> quota_usage; // user -> record, replacing the stored one
+    FlatMap<std::string, QuotaUsageRecord> quota_usage; // user -> record, replacing the stored one (flat: a user per client)
     std::vector<AlertRecord> alerts_fired; // one already recorded keeps its first fired_at
     // Sing-Box: the counters the usage above came from, by instance
     // (replacing the stored checkpoint of each instance present).

@@ -92,6 +92,7 @@ void Reconciler::release_user(uint32_t user)
 
 bool Reconciler::add_active(const Session& session, uint32_t slot)
 {
+    ++sessions_version_;
     const bool at_slot = slot != kNone && slots_[slot].session && slots_[slot].session->id == session.id;
     if (!at_slot) slot = find_slot(session.id);
     if (slot != kNone) {
@@ -123,6 +124,7 @@ bool Reconciler::add_active(const Session& session, uint32_t slot)
 
 bool Reconciler::remove_active(const std::string& id)
 {
+    ++sessions_version_;
     auto it = by_id_.find(id);
     if (it == by_id_.end()) return false;
     Active& entry = slots_[it->second];
@@ -144,8 +146,11 @@ void Reconciler::rebuild_order()
 }
 
 // A counting sort by the users' rank in name order: no name is compared.
-UserKeys Reconciler::keys_by_user(const Interfaces& interfaces) const
+const UserKeys& Reconciler::keys_by_user(const Interfaces& interfaces) const
 {
+    if (kept_keys_ && kept_keys_->sessions_version == sessions_version_ &&
+        kept_keys_->devices == interfaces.ifindex_by_name)
+        return kept_keys_->keys;
     std::vector<uint32_t> rank(users_.size());
     uint32_t ranked = 0;
     for (const auto& [name, user] : user_ids_) rank[user] = ranked++;
@@ -170,7 +175,8 @@ UserKeys Reconciler::keys_by_user(const Interfaces& interfaces) const
             out[first[rank[entry.user]]++] = {users_[entry.user].name, key};
         }
     }
-    return out;
+    kept_keys_ = KeptKeys{sessions_version_, interfaces.ifindex_by_name, std::move(out)};
+    return kept_keys_->keys;
 }
 
 std::vector<std::string_view> Reconciler::users() const

@@ -60,7 +60,9 @@ public:
     // Every active session's addresses on its interface as it is now, by
     // user in name order (views of the user names: valid until the next
     // accept()). The same keys as session_keys() gives for each session.
-    UserKeys keys_by_user(const Interfaces& interfaces) const;
+    // Kept until a session comes, goes or changes, or the devices change:
+    // a cycle that moved only bytes finds them ready.
+    const UserKeys& keys_by_user(const Interfaces& interfaces) const;
     // The users with an active session, in name order (views, valid until
     // the next accept()).
     std::vector<std::string_view> users() const;
@@ -115,6 +117,13 @@ private:
     std::map<std::string, uint32_t, std::less<>> user_ids_;
     std::vector<User> users_;
     std::vector<uint32_t> free_users_;
+    uint64_t sessions_version_ = 0; // bumped when a session comes, goes or changes
+    struct KeptKeys {
+        uint64_t sessions_version = 0;
+        std::map<std::string, uint32_t> devices; // Interfaces::ifindex_by_name they were keyed with
+        UserKeys keys;
+    };
+    mutable std::optional<KeptKeys> kept_keys_;
     // Owners only (the raw values are the collector's: at 1,000,000 clients
     // a second copy of them cost 88 MB), in key order: a cycle's moved
     // addresses, also in key order, find their owners in one walk.

@@ -128,11 +128,17 @@ std::optional<uint32_t> decode_u32(std::string_view bytes)
 std::string usage_key(Granularity granularity, int64_t start, std::string_view user)
 {
     std::string out;
+    usage_key(granularity, start, user, out);
+    return out;
+}
+
+void usage_key(Granularity granularity, int64_t start, std::string_view user, std::string& out)
+{
+    out.clear();
     out.reserve(user.size() + kUsageKeyOverhead);
     out.push_back(granularity_byte(granularity));
     put_be(out, static_cast<uint64_t>(start) ^ kSignBit, 8);
     out.append(user);
-    return out;
 }
 
 std::optional<UsageKey> decode_usage_key(std::string_view bytes)
@@ -173,11 +179,17 @@ std::optional<std::string_view> decode_user_key(std::string_view bytes)
 std::string encode(const QuotaUsageRecord& record)
 {
     std::string out;
+    encode(record, out);
+    return out;
+}
+
+void encode(const QuotaUsageRecord& record, std::string& out)
+{
+    out.clear();
     out.reserve(kQuotaUsageSize);
     put_le(out, static_cast<uint64_t>(record.period_start), 8);
     put_le(out, record.upload, 8);
     put_le(out, record.download, 8);
-    return out;
 }
 
 std::optional<QuotaUsageRecord> decode_quota_usage(std::string_view bytes)
@@ -292,11 +304,17 @@ std::string encode(const AddressCheckpoint& checkpoint)
 std::string encode_address_checkpoint(const Traffic& raw, std::string_view owner)
 {
     std::string out;
+    encode_address_checkpoint(raw, owner, out);
+    return out;
+}
+
+void encode_address_checkpoint(const Traffic& raw, std::string_view owner, std::string& out)
+{
+    out.clear();
     out.reserve(4 * 5 + owner.size());
     for (uint64_t value : {raw.upload.packets, raw.upload.bytes, raw.download.packets, raw.download.bytes})
         put_varint(out, value);
     out.append(owner);
-    return out;
 }
 
 std::optional<AddressCheckpoint> decode_address_checkpoint(std::string_view bytes)
@@ -314,12 +332,18 @@ std::optional<AddressCheckpoint> decode_address_checkpoint(std::string_view byte
 std::string encode_session_totals(const SessionTotals& totals)
 {
     std::string out;
+    encode_session_totals(totals, out);
+    return out;
+}
+
+void encode_session_totals(const SessionTotals& totals, std::string& out)
+{
+    out.clear();
     out.reserve(6 * 5);
     const Traffic& u = totals.usage;
     for (uint64_t value : {u.upload.packets, u.upload.bytes, u.download.packets, u.download.bytes,
                            totals.source_upload_bytes, totals.source_download_bytes})
         put_varint(out, value);
-    return out;
 }
 
 bool decode_session_totals(std::string_view bytes, Session& session)

@@ -87,6 +87,9 @@ std::string encode_u32(uint32_t value);
 std::optional<uint32_t> decode_u32(std::string_view bytes);
 
 std::string usage_key(Granularity granularity, int64_t start, std::string_view user);
+// Each `..., std::string& out` variant below writes over `out`: a cycle's
+// hundreds of thousands of writes reuse one buffer instead of allocating each.
+void usage_key(Granularity granularity, int64_t start, std::string_view user, std::string& out);
 struct UsageKey {
     std::string_view user;
     Granularity granularity;
@@ -103,6 +106,7 @@ constexpr size_t kQuotaUsageSize = 24;
 constexpr size_t kAlertKeyOverhead = 2 + 8 + 4; // around the user's bytes
 
 std::string encode(const QuotaUsageRecord& record);
+void encode(const QuotaUsageRecord& record, std::string& out);
 std::optional<QuotaUsageRecord> decode_quota_usage(std::string_view bytes);
 
 std::string encode_i64(int64_t value);
@@ -122,6 +126,7 @@ std::string encode(const ClientKey& key); // 9 bytes for IPv4, 21 for IPv6
 std::optional<ClientKey> decode_client_key(std::string_view bytes);
 std::string encode(const AddressCheckpoint& checkpoint);
 std::string encode_address_checkpoint(const Traffic& raw, std::string_view owner);
+void encode_address_checkpoint(const Traffic& raw, std::string_view owner, std::string& out);
 std::optional<AddressCheckpoint> decode_address_checkpoint(std::string_view bytes);
 // Schemas 1 to 3, for the migration: a 24-byte key, a 32-byte traffic value.
 std::optional<ClientKey> decode_schema3_client_key(std::string_view bytes);
@@ -148,6 +153,7 @@ Result<Session> decode_session(std::string_view bytes);
 // counters, six varints (schema 6: beside the full record, which then only
 // changes when the session starts, moves or ends).
 std::string encode_session_totals(const SessionTotals& totals);
+void encode_session_totals(const SessionTotals& totals, std::string& out);
 // Sets those fields of `session`; false if the bytes are not a record.
 bool decode_session_totals(std::string_view bytes, Session& session);
 std::string encode(const StatsCheckpoint& checkpoint);

@@ -29,9 +29,11 @@ Status write_quota_records(lmdb::Txn &txn, const Databases &dbs, const CycleComm
 {
     auto cursor = lmdb::WriteCursor::open(txn, *dbs.quota_usage); // users in key order: LMDB searches from the cursor
     if (!cursor) return prefixed("store quota usage", cursor.error());
+    std::string value; // one buffer for all of them
     for (const auto &[user, record] : cycle.quota_usage) {
         if (user.empty()) return Error{"store quota usage: empty user name"};
-        if (auto put = cursor->put(user, encoding::encode(record)); !put)
+        encoding::encode(record, value);
+        if (auto put = cursor->put(user, value); !put)
             return prefixed("store quota usage of user '" + user + "'", put.error());
     }
     for (const AlertRecord &alert : cycle.alerts_fired) {

@@ -637,29 +637,33 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure)
         // than they changed (it started, roamed or changed addresses).
         auto active_cursor = lmdb::WriteCursor::open(txn, *dbs.sessions_active);
         if (!active_cursor) return prefixed("store sessions", active_cursor.error());
-        std::vector<SessionTotals> totals;
-        totals.reserve(sessions.size() + cycle.session_totals.size());
+        std::vector<SessionTotals> whole;
         for (const Session* session : sessions) {
             if (!session->active()) continue;
             if (auto put = active_cursor->put(session->id, encoding::encode(*session)); !put)
                 return prefixed("store session " + session->id, put.error());
-            totals.push_back(totals_of(*session));
+            whole.push_back(totals_of(*session));
         }
-        const auto whole_end = static_cast<std::ptrdiff_t>(totals.size());
-        for (const SessionTotals& moved : cycle.session_totals) {
-            if (moved.session->id.empty()) return Error{"store session: empty session id (user '" + moved.session->user + "')"};
-            totals.push_back(moved);
-        }
-        auto totals_by_id = [](const SessionTotals& a, const SessionTotals& b) { return a.session->id < b.session->id; };
-        if (!std::is_sorted(totals.begin() + whole_end, totals.end(), totals_by_id))
-            std::sort(totals.begin() + whole_end, totals.end(), totals_by_id);
-        std::inplace_merge(totals.begin(), totals.begin() + whole_end, totals.end(), totals_by_id);
+        // The totals of those and of the sessions whose totals alone moved:
+        // two lists in id order (the reconciler's), written merged.
         auto totals_cursor = lmdb::WriteCursor::open(txn, *dbs.session_totals);
         if (!totals_cursor) return prefixed("store sessions", totals_cursor.error());
-        for (const SessionTotals& entry : totals) {
-            if (auto put = totals_cursor->put(entry.session->id, encoding::encode_session_totals(entry)); !put)
-                return prefixed("store session " + entry.session->id, put.error());
+        std::string value; // one buffer for every value of the cycle's big writes
+        auto put_totals = [&](const SessionTotals& entry) -> Status {
+            const std::string& id = entry.session->id;
+            if (id.empty()) return Error{"store session: empty session id (user '" + entry.session->user + "')"};
+            encoding::encode_session_totals(entry, value);
+            if (auto put = totals_cursor->put(id, value); !put) return prefixed("store session " + id, put.error());
+            return ok();
+        };
+        auto next_whole = whole.begin();
+        for (const SessionTotals& moved : cycle.session_totals) {
+            for (; next_whole != whole.end() && next_whole->session->id < moved.session->id; ++next_whole)
+                if (auto put = put_totals(*next_whole); !put) return put;
+            if (auto put = put_totals(moved); !put) return put;
         }
+        for (; next_whole != whole.end(); ++next_whole)
+            if (auto put = put_totals(*next_whole); !put) return put;
         // Usage: the hours before this one go to their days and months once
         // (at 100,000 users a day and a month bucket rewritten per user
         // every cycle cost ~50 ms a cycle).
@@ -678,17 +682,18 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure)
         auto usage_cursor = lmdb::WriteCursor::open(txn, *dbs.usage);
         if (!usage_cursor) return prefixed("store usage", usage_cursor.error());
         std::vector<std::string_view> maybe_new_users;
+        std::string bucket_key;
         for (size_t i = 0; i < runs; ++i) {
             for (const auto& entry : cycle.user_usage) { // not a structured binding: the lambda captures it
                 const std::string& user = entry.first;
                 const Traffic& increment = entry.second;
                 if (increment == Traffic{}) continue; // buckets hold only traffic
-                const auto key = encoding::usage_key(kGranularities[i], starts[i], user);
+                encoding::usage_key(kGranularities[i], starts[i], user, bucket_key);
                 auto add = [&](std::optional<std::string_view> stored) -> Result<std::string> {
                     if (!stored && kGranularities[i] == Granularity::Hour) maybe_new_users.push_back(user);
                     return add_traffic(stored, increment);
                 };
-                auto added = usage_cursor->update(key, add);
+                auto added = usage_cursor->update(bucket_key, add);
                 if (!added) return prefixed("add usage of user '" + user + "'", added.error());
             }
         }
@@ -716,7 +721,7 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure)
         auto address_cursor = lmdb::WriteCursor::open(txn, *dbs.checkpoint_addresses);
         if (!address_cursor) return prefixed("store checkpoints", address_cursor.error());
         for (const auto& update : cycle.address_updates) { // in key order: the encoding's order too
-            const std::string value = encoding::encode_address_checkpoint(update.raw(), cycle.address_updates.owner(update));
+            encoding::encode_address_checkpoint(update.raw(), cycle.address_updates.owner(update), value);
             if (auto put = address_cursor->put(encoding::encode(update.key()), value); !put)
                 return prefixed("store checkpoint of " + update.key().address(), put.error());
         }

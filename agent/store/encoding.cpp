@@ -101,9 +101,15 @@ Count count_from(const nlohmann::json& j)
 std::string encode(const Traffic& traffic)
 {
     std::string out;
+    encode(traffic, out);
+    return out;
+}
+
+void encode(const Traffic& traffic, std::string& out)
+{
+    out.clear();
     out.reserve(kTrafficSize);
     put_traffic(out, traffic);
-    return out;
 }
 
 std::optional<Traffic> decode_traffic(std::string_view bytes)

@@ -81,6 +81,7 @@ constexpr size_t kTrafficSize = 32;
 constexpr size_t kUsageKeyOverhead = 1 + 8; // before the user's bytes
 
 std::string encode(const Traffic& traffic);
+void encode(const Traffic& traffic, std::string& out); // writes over `out`, as below
 std::optional<Traffic> decode_traffic(std::string_view bytes);
 
 std::string encode_u32(uint32_t value);

@@ -64,8 +64,8 @@ std::string mib(uint64_t bytes)
     return std::to_string(bytes >> 20) + " MiB";
 }
 
-// The Traffic stored (if any) plus `increment`, encoded.
-Result<std::string> add_traffic(std::optional<std::string_view> stored, const Traffic& increment)
+// The Traffic stored (if any) plus `increment`, encoded into `out`.
+Result<std::string_view> add_traffic(std::optional<std::string_view> stored, const Traffic& increment, std::string& out)
 {
     Traffic total;
     if (stored) {
@@ -74,13 +74,15 @@ Result<std::string> add_traffic(std::optional<std::string_view> stored, const Tr
         total = *decoded;
     }
     total += increment;
-    return encoding::encode(total);
+    encoding::encode(total, out);
+    return std::string_view(out);
 }
 
 // Adds `increment` to the Traffic stored under `key`.
 Status add_traffic(lmdb::WriteCursor& cursor, std::string_view key, const Traffic& increment)
 {
-    return cursor.update(key, [&](std::optional<std::string_view> stored) { return add_traffic(stored, increment); });
+    std::string value;
+    return cursor.update(key, [&](std::optional<std::string_view> stored) { return add_traffic(stored, increment, value); });
 }
 
 // Schema 2: session records in the binary encoding (encoding.cpp), which
@@ -682,16 +684,16 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure)
         auto usage_cursor = lmdb::WriteCursor::open(txn, *dbs.usage);
         if (!usage_cursor) return prefixed("store usage", usage_cursor.error());
         std::vector<std::string_view> maybe_new_users;
-        std::string bucket_key;
+        std::string bucket_key, bucket;
         for (size_t i = 0; i < runs; ++i) {
             for (const auto& entry : cycle.user_usage) { // not a structured binding: the lambda captures it
                 const std::string& user = entry.first;
                 const Traffic& increment = entry.second;
                 if (increment == Traffic{}) continue; // buckets hold only traffic
                 encoding::usage_key(kGranularities[i], starts[i], user, bucket_key);
-                auto add = [&](std::optional<std::string_view> stored) -> Result<std::string> {
+                auto add = [&](std::optional<std::string_view> stored) -> Result<std::string_view> {
                     if (!stored && kGranularities[i] == Granularity::Hour) maybe_new_users.push_back(user);
-                    return add_traffic(stored, increment);
+                    return add_traffic(stored, increment, bucket);
                 };
                 auto added = usage_cursor->update(bucket_key, add);
                 if (!added) return prefixed("add usage of user '" + user + "'", added.error());

@@ -133,6 +133,12 @@ QuotaState QuotaController::state_of(const std::string& user, int64_t now) const
     return evaluate_user(user, it != users_.end() ? &it->second : nullptr, now);
 }
 
+QuotaController::Enforced QuotaController::enforced_from(const QuotaState& state)
+{
+    return {state.state,        state.block,     state.disconnect, state.remaining_bytes.has_value(),
+            state.download_bps, state.upload_bps, state.period.start, state.limit_bytes};
+}
+
 const QuotaState& QuotaController::kept_state(const std::string& user, const UserQuota& record, int64_t now) const
 {
     const auto& kept = record.state;
@@ -175,6 +181,12 @@ void QuotaController::accept(const CycleCommit& commit, const UserKeys& keys, in
             UserQuota& record = records.find_or_add(user)->second;
             record.usage = PeriodUsage{stored.period_start, stored.upload, stored.download};
             record.state.reset();
+            if (!walked_ || !record.enforced) continue;
+            // More usage: the kernel's policies still hold unless it changed
+            // what they were set from (a threshold crossed, a block).
+            const QuotaState& state = kept_state(user, record, now);
+            if (enforced_from(state) != *record.enforced) walked_.reset();
+            else walked_->holds_until = std::min(walked_->holds_until, state.holds_until);
         }
         for (const auto& alert : commit.alerts_fired) {
             remember_fired(alert);
@@ -226,6 +238,14 @@ void QuotaController::enforce(const UserKeys& keys, int64_t now)
     // so once whatever an earlier config set is undone there is nothing to
     // walk (at 100,000 users the walk cost ~115 ms a cycle).
     if (config_.plans.empty() && granted_ == 0 && slots_.size() == 0 && policies_.empty()) return;
+    // Nothing the last walk depended on changed: what it set holds.
+    auto same_keys = [&](const Walked& walked) {
+        return std::equal(keys.begin(), keys.end(), walked.keys.begin(), walked.keys.end(),
+                          [](const auto& a, const auto& b) { return a.first == b.first && a.second == b.second; });
+    };
+    if (walked_ && walked_->at <= now && now < walked_->holds_until && same_keys(*walked_)) return;
+    bool failed = false; // a kernel write that failed is tried again next cycle
+    int64_t holds_until = kForever;
 
     // Users with no session left give their slot back (its budget is
     // zeroed; set again from the committed usage if they return): users come
@@ -254,6 +274,8 @@ void QuotaController::enforce(const UserKeys& keys, int64_t now)
         group = group_end;
         const Plan* plan = plan_of(config_, user, record.grant);
         const QuotaState& state = kept_state(user, record, now);
+        record.enforced = enforced_from(state);
+        holds_until = std::min(holds_until, state.holds_until);
         // `action: none` reports only: no budget in the kernel, which would
         // block at zero.
         const bool report_only = plan && plan->action == Plan::Action::none;
@@ -290,6 +312,7 @@ void QuotaController::enforce(const UserKeys& keys, int64_t now)
                     policy.classid = classid.value();
                 } else {
                     spdlog::error("quota: shaping {}: {}", user, classid.error().message());
+                    failed = true;
                 }
             }
             if (up) {
@@ -311,12 +334,19 @@ void QuotaController::enforce(const UserKeys& keys, int64_t now)
                     budget.exhausted_rate_bps = std::max(plan->throttle_bps, kMinPolicerRateBps);
                     auto classid =
                         shaped_class(user_keys.front().second.ifindex, throttle_minor(*slot), plan->throttle_bps);
-                    if (classid) budget.exhausted_classid = classid.value();
-                    else spdlog::error("quota: throttle class for {}: {}", user, classid.error().message());
+                    if (classid) {
+                        budget.exhausted_classid = classid.value();
+                    } else {
+                        spdlog::error("quota: throttle class for {}: {}", user, classid.error().message());
+                        failed = true;
+                    }
                 }
-                if (auto status = enforcer_->set_budget(*slot, budget); !status)
+                if (auto status = enforcer_->set_budget(*slot, budget); !status) {
                     spdlog::error("quota: budget of {}: {}", user, status.error().message());
-                else record.budget_basis = basis;
+                    failed = true;
+                } else {
+                    record.budget_basis = basis;
+                }
             }
         }
     }
@@ -339,8 +369,10 @@ void QuotaController::enforce(const UserKeys& keys, int64_t now)
     auto held = policies_.begin();
     // Clears the kernel's policy at `held`, which is no longer wanted, and moves on.
     auto drop_held = [&] {
-        if (auto cleared = enforcer_->clear_policy(held->first); !cleared)
+        if (auto cleared = enforcer_->clear_policy(held->first); !cleared) {
             spdlog::error("quota: clearing the policy of {}: {}", held->first.address(), cleared.error().message());
+            failed = true;
+        }
         held = policies_.erase(held);
     };
     for (auto it = wanted.begin(); it != wanted.end(); ++it) {
@@ -354,6 +386,7 @@ void QuotaController::enforce(const UserKeys& keys, int64_t now)
         }
         if (auto status = enforcer_->set_policy(key, policy); !status) {
             spdlog::error("quota: policy for {}: {}", key.address(), status.error().message());
+            failed = true;
             if (same) ++held;
             continue;
         }
@@ -361,6 +394,19 @@ void QuotaController::enforce(const UserKeys& keys, int64_t now)
         else policies_.emplace_hint(held, key, policy);
     }
     while (held != policies_.end()) drop_held();
+
+    // A disconnect is asked for again every cycle until its sessions are gone.
+    if (failed || !disconnects_.empty()) {
+        walked_.reset();
+        return;
+    }
+    if (!walked_ || !same_keys(*walked_)) {
+        walked_ = Walked{};
+        walked_->keys.reserve(keys.size());
+        for (const auto& [user, key] : keys) walked_->keys.emplace_back(user, key);
+    }
+    walked_->at = now;
+    walked_->holds_until = holds_until;
 }
 
 std::vector<std::string> QuotaController::take_disconnects()
@@ -410,6 +456,7 @@ http::Response QuotaController::put_quota(const std::string& user, const std::st
     UserQuota& record = users_[user];
     if (!record.grant) ++granted_;
     record.grant = grant;
+    walked_.reset();
     record.state.reset();
     spdlog::info("quota: grant for {} set: {}", user, text);
     return http::json(200, quota_json(state_of(user, now)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
@@ -419,6 +466,7 @@ void QuotaController::reload(QuotaConfig config)
 {
     std::lock_guard lock(mutex_);
     config_ = std::move(config);
+    walked_.reset();
     for (auto& [user, record] : users_) { // plans may have changed: evaluate and set budgets afresh
         record.state.reset();
         record.budget_basis.reset();

@@ -66,6 +66,16 @@ public:
     uint64_t webhook_failures() const;
 
 private:
+    // The parts of a user's state their kernel policies and budget are set from.
+    struct Enforced {
+        QuotaState::State state = QuotaState::State::ok;
+        bool block = false, disconnect = false, limited = false;
+        uint64_t download_bps = 0, upload_bps = 0;
+        int64_t period_start = 0;
+        std::optional<uint64_t> limit_bytes;
+        bool operator==(const Enforced&) const = default;
+    };
+    static Enforced enforced_from(const QuotaState& state);
     // Everything kept about one user, found with one lookup, or a step of
     // a walk in name order (at 100,000 users a map by name per kind of
     // record cost more than the states themselves).
@@ -81,6 +91,7 @@ private:
         // The state as last evaluated, kept until its holds_until or a
         // change of usage, grant or config (none: evaluate again).
         mutable std::optional<QuotaState> state;
+        std::optional<Enforced> enforced; // as the last enforce() walk set the kernel
     };
     using Users = std::map<std::string, UserQuota, std::less<>>;
 
@@ -110,6 +121,17 @@ private:
     std::map<ClientKey, PolicyEntry> policies_;
     std::map<uint32_t, HtbShaper> shapers_; // by ifindex
     std::set<std::string> disconnects_;
+    // What the last enforce() walk was given, while everything it set
+    // still holds: most cycles change nothing it depends on, and a walk over
+    // every connected user cost ~25 ms a cycle at 100,000. Reset by a
+    // reload, a grant, a user's state that changed what was set, a failed
+    // kernel write or a disconnect asked for (none: walk next time).
+    struct Walked {
+        std::vector<std::pair<std::string, ClientKey>> keys;
+        int64_t at = 0;                 // its `now` (a clock that goes back walks again)
+        int64_t holds_until = kForever; // the earliest a walked user's state changes with time alone
+    };
+    std::optional<Walked> walked_;
     size_t unslotted_ = 0; // users last found without an enforcement slot
     uint64_t alerts_sent_ = 0;
 };

@@ -476,7 +476,7 @@ void Daemon::publish_metrics(const Interfaces& devices, int64_t now)
     }
     std::vector<std::string> instances;
     for (const auto& instance : config_.openvpn) instances.push_back(instance.name);
-    live.sessions_active = sessions_by_instance(reconciler_->active(), instances);
+    live.sessions_active = sessions_by_instance(reconciler_->sessions_by_instance(), instances);
     // The connected users, in name order as each source lists them: merged,
     // not sorted (a set of 100,000 names cost ~50 ms, a sort ~10 ms).
     std::vector<std::string_view> connected = reconciler_->users();

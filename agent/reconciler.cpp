@@ -103,6 +103,10 @@ bool Reconciler::add_active(const Session& session, uint32_t slot)
             release_user(known.user);
             known.user = intern_user(session.user);
         }
+        if (stored.instance != session.instance) {
+            count_instance(stored.instance, -1);
+            count_instance(session.instance, +1);
+        }
         stored = session;
         return false;
     }
@@ -119,7 +123,15 @@ bool Reconciler::add_active(const Session& session, uint32_t slot)
     entry.user = intern_user(session.user);
     entry.addresses = parse_keys(session.addresses, 0);
     by_id_.emplace(it->first, slot);
+    count_instance(session.instance, +1);
     return true;
+}
+
+void Reconciler::count_instance(const std::string& instance, int change)
+{
+    auto it = by_instance_.try_emplace(instance).first;
+    it->second += static_cast<uint64_t>(change);
+    if (it->second == 0) by_instance_.erase(it);
 }
 
 bool Reconciler::remove_active(const std::string& id)
@@ -129,6 +141,7 @@ bool Reconciler::remove_active(const std::string& id)
     if (it == by_id_.end()) return false;
     Active& entry = slots_[it->second];
     release_user(entry.user);
+    count_instance(entry.session->instance, -1);
     entry.session = nullptr;
     entry.addresses.clear();
     ++entry.generation; // owners still naming the slot now name nobody
@@ -179,12 +192,15 @@ const UserKeys& Reconciler::keys_by_user(const Interfaces& interfaces) const
     return kept_keys_->keys;
 }
 
-std::vector<std::string_view> Reconciler::users() const
+const std::vector<std::string_view>& Reconciler::users() const
 {
-    std::vector<std::string_view> out;
-    out.reserve(user_ids_.size());
-    for (const auto& [name, user] : user_ids_) out.push_back(name);
-    return out;
+    if (!kept_users_ || kept_users_->first != sessions_version_) {
+        std::vector<std::string_view> out;
+        out.reserve(user_ids_.size());
+        for (const auto& [name, user] : user_ids_) out.push_back(name);
+        kept_users_.emplace(sessions_version_, std::move(out));
+    }
+    return kept_users_->second;
 }
 
 uint32_t Reconciler::find_slot(std::string_view id) const

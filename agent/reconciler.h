@@ -64,8 +64,10 @@ public:
     // a cycle that moved only bytes finds them ready.
     const UserKeys& keys_by_user(const Interfaces& interfaces) const;
     // The users with an active session, in name order (views, valid until
-    // the next accept()).
-    std::vector<std::string_view> users() const;
+    // the next accept()); kept like keys_by_user().
+    const std::vector<std::string_view>& users() const;
+    // How many sessions are active, by instance (those with none are absent).
+    const std::map<std::string, uint64_t>& sessions_by_instance() const { return by_instance_; }
     // The session owning each address that has one (the others are
     // nobody's), in key order: a copy, for tests and diagnostics.
     FlatMap<ClientKey, std::string> owners() const;
@@ -101,6 +103,7 @@ private:
     void put_in_id_order(CycleCommit& out, const std::vector<uint32_t>& whole_at,
                          const std::vector<uint32_t>& totals_at) const;
     uint32_t intern_user(const std::string& name);
+    void count_instance(const std::string& instance, int change);
     void release_user(uint32_t user);
 
     std::map<std::string, Session> active_;                // by session id
@@ -124,6 +127,8 @@ private:
         UserKeys keys;
     };
     mutable std::optional<KeptKeys> kept_keys_;
+    mutable std::optional<std::pair<uint64_t, std::vector<std::string_view>>> kept_users_; // by sessions_version_
+    std::map<std::string, uint64_t> by_instance_;
     // Owners only (the raw values are the collector's: at 1,000,000 clients
     // a second copy of them cost 88 MB), in key order: a cycle's moved
     // addresses, also in key order, find their owners in one walk.

@@ -320,7 +320,7 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         vpnmeter::LiveMetrics live;
         live.interfaces = vpnmeter::interface_totals(collector.last(), devices);
         live.drops.emplace();
-        live.sessions_active = vpnmeter::sessions_by_instance(reconciler.active(), {kInstance});
+        live.sessions_active = vpnmeter::sessions_by_instance(reconciler.sessions_by_instance(), {kInstance});
         live.quotas = quotas.gauges(reconciler.users(), now); // as Daemon::publish_metrics
         live.maps["clients"] = {collector.last().clients.size(), maps.max_clients()};
         metrics.publish(std::move(live));

@@ -534,17 +534,11 @@ std::map<std::string, ClientDrops> drops_by_interface(const std::map<ClientKey, 
     return out;
 }
 
-std::map<std::string, uint64_t> sessions_by_instance(const std::map<std::string, Session>& active,
+std::map<std::string, uint64_t> sessions_by_instance(std::map<std::string, uint64_t> active,
                                                      const std::vector<std::string>& instances)
 {
-    std::map<std::string, uint64_t> out;
-    for (const auto& instance : instances) out[instance] = 0;
-    auto counted = out.end(); // ids begin with their instance: runs of one instance
-    for (const auto& [id, session] : active) {
-        if (counted == out.end() || counted->first != session.instance) counted = out.try_emplace(session.instance).first;
-        ++counted->second;
-    }
-    return out;
+    for (const auto& instance : instances) active.try_emplace(instance, 0);
+    return active;
 }
 
 MetricsRecorder::MetricsRecorder(MetricsConfig config, std::string version, std::shared_ptr<MetricsExporter> exporter)

@@ -153,8 +153,9 @@ struct LiveMetrics {
 std::map<std::string, Traffic> interface_totals(const CounterSnapshot& counters, const Interfaces& devices);
 std::map<std::string, ClientDrops> drops_by_interface(const std::map<ClientKey, ClientDrops>& drops,
                                                       const Interfaces& devices);
-// Active sessions per instance; every instance in `instances` appears, 0 included.
-std::map<std::string, uint64_t> sessions_by_instance(const std::map<std::string, Session>& active,
+// Active sessions per instance (Reconciler::sessions_by_instance()), with
+// every instance in `instances`, 0 included.
+std::map<std::string, uint64_t> sessions_by_instance(std::map<std::string, uint64_t> active,
                                                      const std::vector<std::string>& instances);
 
 // The cumulative side of the metrics, kept by the cycle loop (one thread).

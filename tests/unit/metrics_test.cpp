@@ -436,8 +436,7 @@ TEST_CASE("interface totals and drops are summed by device name", "[metrics]")
     drops[ClientKey::parse(9, "10.8.0.3")].block = traffic(1, 5, 0, 0);
     CHECK(drops_by_interface(drops, devices).at("tun0").block == traffic(2, 15, 0, 0));
 
-    std::map<std::string, Session> active = {{"s1", session("s1", "alice", {})}};
-    CHECK(sessions_by_instance(active, {"udp1194", "tcp443"}) ==
+    CHECK(sessions_by_instance({{"udp1194", 1}}, {"udp1194", "tcp443"}) ==
           std::map<std::string, uint64_t>{{"tcp443", 0}, {"udp1194", 1}});
 }
 

@@ -457,6 +457,16 @@ TEST_CASE("random connects, disconnects, late addresses, silent sources and rest
             for (const auto& [id, s] : reconciler.active())
                 for (const ClientKey& key : session_keys(s, now_present)) expected.emplace_back(s.user, key);
             UserKeys keys = reconciler.keys_by_user(now_present);
+            // Kept counts and users, as the active sessions say.
+            std::map<std::string, uint64_t> by_instance;
+            std::set<std::string> users_now;
+            for (const auto& [id, s] : reconciler.active()) {
+                ++by_instance[s.instance];
+                users_now.insert(s.user);
+            }
+            REQUIRE(reconciler.sessions_by_instance() == by_instance);
+            REQUIRE(std::vector<std::string>(reconciler.users().begin(), reconciler.users().end()) ==
+                    std::vector<std::string>(users_now.begin(), users_now.end()));
             REQUIRE(std::is_sorted(keys.begin(), keys.end(),
                                    [](const auto& a, const auto& b) { return a.first < b.first; }));
             std::sort(keys.begin(), keys.end());

@@ -389,16 +389,28 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     std::vector<std::pair<const Session*, uint32_t>> reports; // (as reported, slot if known)
     reports.reserve(reported_count);
     for (const auto& [instance, list] : connected) {
-        std::vector<uint32_t>& hints = report_hints_[instance];
-        hints.resize(list.size(), kNone);
+        std::vector<uint32_t>& hints = report_hints_[instance]; // position in the last list -> slot
+        std::vector<uint32_t> slots(list.size(), kNone);
+        listed_at_.resize(slots_.size(), kNone);
+        // Sessions that came or went shift the ones after them: a session
+        // found by its id says by how much, for those that follow.
+        std::ptrdiff_t shift = 0;
         for (size_t i = 0; i < list.size(); ++i) {
             const Session& session = list[i];
-            uint32_t slot = hints[i];
-            if (slot >= slots_.size() || !slots_[slot].session || slots_[slot].session->id != session.id)
-                slot = hints[i] = find_slot(session.id);
+            const std::ptrdiff_t was = static_cast<std::ptrdiff_t>(i) - shift;
+            uint32_t slot = was >= 0 && static_cast<size_t>(was) < hints.size() ? hints[was] : kNone;
+            if (slot >= slots_.size() || !slots_[slot].session || slots_[slot].session->id != session.id) {
+                slot = find_slot(session.id);
+                if (slot != kNone && listed_at_[slot] != kNone)
+                    shift = static_cast<std::ptrdiff_t>(i) - static_cast<std::ptrdiff_t>(listed_at_[slot]);
+            }
+            slots[i] = slot;
             if (slot != kNone && slots_[slot].session->instance == instance) reported[slot] = 1;
             reports.emplace_back(&session, slot);
         }
+        for (size_t i = 0; i < slots.size(); ++i)
+            if (slots[i] != kNone) listed_at_[slots[i]] = static_cast<uint32_t>(i);
+        hints = std::move(slots);
     }
 
     // 2. Sessions that ended: closed at the values just read.

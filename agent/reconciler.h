@@ -116,6 +116,7 @@ private:
     // and checking a hint's id costs less than hashing it (at 100,000
     // sessions ~20 ms a cycle). Checked at every use: a stale one is only slower.
     mutable std::map<std::string, std::vector<uint32_t>, std::less<>> report_hints_;
+    mutable std::vector<uint32_t> listed_at_; // by slot: its position in its instance's last list
     // The users of the active sessions, in byte order (commit order).
     std::map<std::string, uint32_t, std::less<>> user_ids_;
     std::vector<User> users_;

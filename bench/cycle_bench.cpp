@@ -218,12 +218,15 @@ double process_cpu_ms()
 
 // The share of clients that move in the partial cycles: one in kPartialStride.
 constexpr uint32_t kPartialStride = 10;
+// And of sessions replaced in each cycle with churn: one in kChurnStride.
+constexpr uint32_t kChurnStride = 1000;
 
 struct SizeResult {
     uint32_t clients = 0;
     double fill_s = 0, history_s = 0, first_cycle_ms = 0, new_hour_ms = 0, all_end_ms = 0;
     Phases phases;
     Phases partial; // one client in kPartialStride moves
+    Phases churn;   // the same, and one session in kChurnStride replaced
     double render_ms = 0, prometheus_ms = 0, cached_ms = 0;
     size_t render_bytes = 0;
     double rss_mib = 0, hwm_mib = 0;
@@ -280,7 +283,7 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         if (auto st = fill_history(*store, n, o.history_days, since); !st) return st.error();
         out.history_s = ms_since(history_start) / 1000.0;
     }
-    const vpnmeter::ConnectedSessions connected{{kInstance, make_sessions(n, since)}};
+    vpnmeter::ConnectedSessions connected{{kInstance, make_sessions(n, since)}};
     const vpnmeter::Interfaces devices{{{kInterface, kIfindex}}, {{kIfindex, kInterface}}};
     vpnmeter::Collector collector(maps);
     vpnmeter::Reconciler reconciler(std::nullopt, {});
@@ -389,6 +392,26 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         if (auto st = cycle(moves, partial_movers, &out.partial, kNextHour); !st) return st.error();
     }
 
+    // Then the same with churn: before each cycle one session in
+    // kChurnStride leaves the list and a new one on its address joins at the
+    // end, every other one of another user (a reconnect, a new customer).
+    const uint32_t replaced = std::max(1U, n / kChurnStride);
+    for (uint32_t c = 1; c <= o.cycles; ++c) {
+        const uint64_t moves = 2 * o.cycles + 1 + c;
+        std::vector<vpnmeter::Session>& list = connected.at(kInstance);
+        for (uint32_t k = 0; k < replaced; ++k) {
+            const size_t at = (size_t{k} * n / replaced + c * 7) % list.size();
+            vpnmeter::Session next = list[at];
+            list.erase(list.begin() + static_cast<std::ptrdiff_t>(at));
+            if (k % 2) next.user += "-next";
+            next.start = since + c;
+            next.id = vpnmeter::session_id(kInstance, next.user, next.start);
+            list.push_back(std::move(next));
+        }
+        if (auto st = set_counters(maps.clients_fd(), n, moves, ncpus, kPartialStride); !st) return st.error();
+        if (auto st = cycle(moves, partial_movers, &out.churn, kNextHour); !st) return st.error();
+    }
+
     // /metrics: the renderer GET /metrics uses (the exporter renders a
     // snapshot once; each render here is a new one), prometheus-cpp's
     // serializer over the same families (the old path, for the ratio), and
@@ -473,6 +496,15 @@ void print_table(const std::vector<SizeResult>& results)
                     (r.clients + kPartialStride - 1) / kPartialStride, median(r.partial.read),
                     median(r.partial.reconcile), median(r.partial.quota), median(r.partial.commit),
                     median(r.partial.publish), median(r.partial.total), median(r.partial.cpu));
+    std::printf("\nthe same with one session in %u replaced before each cycle (half of them by another user), "
+                "median ms:\n", kChurnStride);
+    std::printf("%9s %8s %8s %8s %10s %8s %8s %8s %8s %8s\n", "clients", "moved", "replaced", "read", "reconcile",
+                "quota", "commit", "publish", "total", "cpu");
+    for (const auto& r : results)
+        std::printf("%9u %8u %8u %8.1f %10.1f %8.1f %8.1f %8.1f %8.1f %8.1f\n", r.clients,
+                    (r.clients + kPartialStride - 1) / kPartialStride, std::max(1U, r.clients / kChurnStride),
+                    median(r.churn.read), median(r.churn.reconcile), median(r.churn.quota), median(r.churn.commit),
+                    median(r.churn.publish), median(r.churn.total), median(r.churn.cpu));
     std::printf("\n/metrics (six series per user) and memory after the size's cycles:\n");
     std::printf("%9s %10s %18s %10s %13s %10s %10s %12s\n", "users", "render ms", "prometheus-cpp ms", "cached ms",
                 "render bytes", "VmRSS MiB", "VmHWM MiB", "store MiB");

@@ -11,6 +11,7 @@
 #include <random>
 #include <set>
 
+#include "../unit/quota_support.h"
 #include "../unit/store_support.h"
 #include "datapath.h"
 #include "enforcer.h"
@@ -124,9 +125,7 @@ TEST_CASE("the policies a controller leaves in the kernel are a fresh full walk'
             break;
         }
         case 2: // a grant: a top-up, or an expiry soon
-            REQUIRE(quotas.put_quota(users[pick(4)], pick(2) ? R"({"topup_bytes": 25000000})"
-                                                              : R"({"expires": )" + std::to_string(now + 60 * pick(120)) + "}",
-                                     now).status == 200);
+            REQUIRE(put_topup_or_expiry(quotas, users[pick(4)], pick(2), 25 * kMB, now + 60 * pick(120), now) == 200);
             break;
         case 3:
             config = 1 - config;

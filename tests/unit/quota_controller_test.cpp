@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "quota_controller.h"
+#include "quota_support.h"
 #include "store_support.h"
 
 using namespace vpnmeter;
@@ -133,9 +134,7 @@ TEST_CASE("kept quota states change with usage, time, grants and reloads as fres
         CAPTURE(step, now);
         switch (pick(8)) {
         case 0: // a top-up, or an expiry soon
-            REQUIRE(kept.put_quota(users[pick(4)], pick(2) ? R"({"topup_bytes": 3000000000})"
-                                                             : R"({"expires": )" + std::to_string(now + 60 * pick(600)) + "}",
-                                   now).status == 200);
+            REQUIRE(put_topup_or_expiry(kept, users[pick(4)], pick(2), 3 * kGB, now + 60 * pick(600), now) == 200);
             break;
         case 1:
             config = 1 - config;

@@ -243,7 +243,8 @@ void QuotaController::enforce(const UserKeys& keys, int64_t now)
         return std::equal(keys.begin(), keys.end(), walked.keys.begin(), walked.keys.end(),
                           [](const auto& a, const auto& b) { return a.first == b.first && a.second == b.second; });
     };
-    if (walked_ && walked_->at <= now && now < walked_->holds_until && same_keys(*walked_)) return;
+    const bool keys_walked = walked_ && same_keys(*walked_);
+    if (keys_walked && walked_->at <= now && now < walked_->holds_until) return;
     bool failed = false; // a kernel write that failed is tried again next cycle
     int64_t holds_until = kForever;
 
@@ -400,7 +401,7 @@ void QuotaController::enforce(const UserKeys& keys, int64_t now)
         walked_.reset();
         return;
     }
-    if (!walked_ || !same_keys(*walked_)) {
+    if (!keys_walked) {
         walked_ = Walked{};
         walked_->keys.reserve(keys.size());
         for (const auto& [user, key] : keys) walked_->keys.emplace_back(user, key);

@@ -641,16 +641,12 @@ MetricsRecorder::Staged MetricsRecorder::stage(const CycleCommit& commit)
 
 void MetricsRecorder::discard(Staged staged)
 {
-    auto give_back = [](uint64_t& value, uint64_t gained) { value -= gained; };
     for (auto it = staged.taken_.rbegin(); it != staged.taken_.rend(); ++it) { // newest first
         Tracked& tracked = *it->tracked;
-        for (auto [total, gained] : {std::pair{&tracked.series->upload, &it->gained.upload},
-                                     std::pair{&tracked.series->download, &it->gained.download}}) {
-            give_back(total->packets, gained->packets);
-            give_back(total->bytes, gained->bytes);
-        }
-        give_back(tracked.source_total->upload, it->source_gained.upload);
-        give_back(tracked.source_total->download, it->source_gained.download);
+        // The series holds at least what it gained: delta() is the exact difference.
+        *tracked.series = delta(*tracked.series, it->gained);
+        tracked.source_total->upload -= it->source_gained.upload;
+        tracked.source_total->download -= it->source_gained.download;
         tracked.usage = it->usage;
         tracked.source = it->source;
         if (it->id.empty()) continue; // known before this cycle

@@ -335,13 +335,6 @@ std::optional<AddressCheckpoint> decode_address_checkpoint(std::string_view byte
     return AddressCheckpoint{Traffic{{values[0], values[1]}, {values[2], values[3]}}, std::string(bytes.substr(at))};
 }
 
-std::string encode_session_totals(const SessionTotals& totals)
-{
-    std::string out;
-    encode_session_totals(totals, out);
-    return out;
-}
-
 void encode_session_totals(const SessionTotals& totals, std::string& out)
 {
     out.clear();

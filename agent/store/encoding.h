@@ -153,7 +153,6 @@ Result<Session> decode_session(std::string_view bytes);
 // What changes every cycle of an active session: its usage and the VPN's
 // counters, six varints (schema 6: beside the full record, which then only
 // changes when the session starts, moves or ends).
-std::string encode_session_totals(const SessionTotals& totals);
 void encode_session_totals(const SessionTotals& totals, std::string& out);
 // Sets those fields of `session`; false if the bytes are not a record.
 bool decode_session_totals(std::string_view bytes, Session& session);

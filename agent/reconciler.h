@@ -128,12 +128,23 @@ private:
         UserKeys keys;
     };
     mutable std::optional<KeptKeys> kept_keys_;
-    mutable std::optional<std::pair<uint64_t, std::vector<std::string_view>>> kept_users_; // by sessions_version_
+    // The users in name order (views of user_ids_' keys, and their ids),
+    // kept until sessions_version_ changes.
+    struct KeptUsers {
+        uint64_t sessions_version = 0;
+        std::vector<std::string_view> names;
+        std::vector<uint32_t> ids;
+    };
+    const KeptUsers& kept_users() const;
+    mutable std::optional<KeptUsers> kept_users_;
     std::map<std::string, uint64_t> by_instance_;
     // Owners only (the raw values are the collector's: at 1,000,000 clients
     // a second copy of them cost 88 MB), in key order: a cycle's moved
     // addresses, also in key order, find their owners in one walk.
     FlatMap<ClientKey, Owner> owners_;
+    // By slot: where in owners_ accept() put one of its addresses (checked
+    // at use: a stale one only means a search).
+    std::vector<uint32_t> owned_at_;
 };
 
 // The map keys of a session's addresses on its interface as it is now

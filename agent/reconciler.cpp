@@ -573,7 +573,7 @@ void Reconciler::accept(const CycleCommit& committed)
         keep_until(key);
         uint32_t slot = kNone;
         if (kept != owners_.end() && kept->first == key) slot = slot_of((kept++)->second);
-        const std::string& owner_id = committed.address_updates.owner(update);
+        const std::string_view owner_id = committed.address_updates.owner(update);
         if (owner_id.empty()) continue; // nobody's
         if (slot == kNone || slots_[slot].session->id != owner_id) slot = find_slot(owner_id); // a new owner
         if (slot != kNone) keep({key, Owner{slot, slots_[slot].generation}}); // else not an open session

@@ -18,7 +18,8 @@ AddressUpdates::AddressUpdates(std::initializer_list<std::pair<ClientKey, Addres
 uint32_t AddressUpdates::add_owner(std::string_view owner)
 {
     if (owner.empty()) return 0;
-    owners_.emplace_back(owner);
+    owners_.emplace_back(static_cast<uint32_t>(owner_text_.size()), static_cast<uint32_t>(owner.size()));
+    owner_text_.append(owner);
     return static_cast<uint32_t>(owners_.size() - 1);
 }
 
@@ -52,7 +53,7 @@ AddressCheckpoints AddressUpdates::checkpoints() const
 {
     std::vector<AddressCheckpoints::value_type> copies;
     copies.reserve(entries_.size());
-    for (const Entry& entry : entries_) copies.emplace_back(entry.key(), AddressCheckpoint{entry.raw(), owner(entry)});
+    for (const Entry& entry : entries_) copies.emplace_back(entry.key(), AddressCheckpoint{entry.raw(), std::string(owner(entry))});
     return AddressCheckpoints::adopt_sorted(std::move(copies));
 }
 

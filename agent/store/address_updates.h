@@ -50,9 +50,17 @@ public:
 
     // Keeps an owner id once for all the addresses it owns; "" is 0.
     uint32_t add_owner(std::string_view owner);
-    const std::string& owner(const Entry& entry) const { return owners_[entry.owner]; }
+    std::string_view owner(const Entry& entry) const
+    {
+        const auto [at, size] = owners_[entry.owner];
+        return std::string_view(owner_text_).substr(at, size);
+    }
 
-    void reserve(size_t entries) { entries_.reserve(entries); }
+    void reserve(size_t entries)
+    {
+        entries_.reserve(entries);
+        owners_.reserve(entries + 1); // about a session an entry
+    }
     // `viewed` after every key appended so far; it must outlive this.
     void append(const Viewed& viewed, uint32_t owner) { entries_.push_back({&viewed, owner}); }
     // Sets the owner of each address in `changes` (in key order): the
@@ -72,7 +80,10 @@ public:
 
 private:
     std::vector<Entry> entries_;
-    std::vector<std::string> owners_{std::string()};
+    // The owners' ids, one after another in one buffer (a string each cost
+    // an allocation per session per cycle): owners_[i] is id i's place.
+    std::string owner_text_;
+    std::vector<std::pair<uint32_t, uint32_t>> owners_{{0, 0}};
     std::deque<Viewed> owned_;
 };
 

@@ -326,7 +326,7 @@ struct Committed {
         for (const auto& t : commit.session_totals) sessions[t.session->id] = with_totals(t);
         for (const auto& key : commit.address_removals) addresses.erase(key);
         for (const auto& update : commit.address_updates)
-            addresses[update.key()] = {update.raw(), commit.address_updates.owner(update)};
+            addresses[update.key()] = {update.raw(), std::string(commit.address_updates.owner(update))};
         for (const auto& [user, t] : commit.user_usage) users[user] += t;
         for (const auto& [name, t] : commit.unattributed) unattributed[name] += t;
     }

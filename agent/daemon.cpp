@@ -356,13 +356,24 @@ void Daemon::finish_cycle()
     CycleCommit commit = reconciler_->plan(counters.value(), connected, devices, now);
     if (!identity_committed_) commit.identity = identity_;
     const auto singbox_changes = plan_singbox(commit);
-    quotas_->plan(commit, now);
 
     // The store writes the commit on a thread of its own while this one
-    // stages the metrics: at 100,000 clients each took tens of milliseconds,
-    // much of the commit's in waiting for the disk.
+    // plans the quotas (their records are written last) and stages the
+    // metrics: at 100,000 clients each took tens of milliseconds, much of
+    // the commit's in waiting for the disk.
     StoreFailure failure = StoreFailure::none;
-    auto committing = std::async(std::launch::async, [&] { return store_.commit(commit, &failure); });
+    std::promise<bool> quotas_planned;
+    auto committing = std::async(std::launch::async, [&, planned = quotas_planned.get_future().share()] {
+        return store_.commit(commit, &failure, planned);
+    });
+    try {
+        quotas_->plan(commit, now);
+    } catch (...) {
+        quotas_planned.set_value(false); // the commit gives up, before this unwinds past it
+        committing.wait();
+        throw;
+    }
+    quotas_planned.set_value(true);
     auto staged = metrics_->stage(commit);
     if (auto status = committing.get(); !status) {
         // Nothing was written; the kernel keeps counting and the next cycle

@@ -306,10 +306,15 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         const int64_t now = static_cast<int64_t>(std::time(nullptr)) + ahead;
         vpnmeter::CycleCommit commit = reconciler.plan(counters.value(), connected, devices, now);
         const auto t2 = Clock::now();
+        // The commit on its own thread while this one plans the quotas and
+        // stages the metrics, as the daemon does.
+        std::promise<bool> quotas_planned;
+        auto committing = std::async(std::launch::async, [&, planned = quotas_planned.get_future().share()] {
+            return store->commit(commit, nullptr, planned);
+        });
         quotas.plan(commit, now);
+        quotas_planned.set_value(true);
         const auto t2q = Clock::now();
-        // The commit on its own thread while this one stages the metrics, as the daemon does.
-        auto committing = std::async(std::launch::async, [&] { return store->commit(commit); });
         auto staged = metrics.stage(commit);
         if (auto st = committing.get(); !st) return st.error();
         const auto t3 = Clock::now();

@@ -601,7 +601,7 @@ Status roll_up(lmdb::Txn& txn, const Databases& dbs, const BucketCalendar& calen
 
 } // namespace
 
-Status Store::commit(const CycleCommit& cycle, StoreFailure* failure)
+Status Store::commit(const CycleCommit& cycle, StoreFailure* failure, std::shared_future<bool> quotas_planned)
 {
     if (failure) *failure = StoreFailure::other;
     if (impl_->options.read_only) return Error{"commit: the store is open read-only"};
@@ -757,6 +757,14 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure)
         for (const auto& [instance, checkpoint] : cycle.stats_checkpoints) {
             if (auto put = txn.put(*dbs.stats_checkpoints, instance, encoding::encode(checkpoint)); !put)
                 return prefixed("store Sing-Box checkpoint of " + instance, put.error());
+        }
+        if (quotas_planned.valid()) {
+            bool planned = false;
+            try {
+                planned = quotas_planned.get();
+            } catch (const std::future_error&) { // the planning thread gave up
+            }
+            if (!planned) return Error{"the cycle's quota usage was not planned"};
         }
         return write_quota_records(txn, dbs, cycle);
     }, failure);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <future>
 #include <map>
 #include <memory>
 #include <optional>
@@ -192,7 +193,12 @@ public:
     // nothing is written and the error says why (the caller retries the
     // whole cycle later: the kernel keeps counting meanwhile). `failure`,
     // if given, is set to the kind of failure (none on success).
-    Status commit(const CycleCommit& cycle, StoreFailure* failure = nullptr);
+    // `quotas_planned`, if valid: the caller is still filling the cycle's
+    // quota_usage and alerts_fired (and nothing else of it) on another
+    // thread. The commit writes everything else first and reads those once
+    // it is ready; false (or a broken promise): nothing is written.
+    Status commit(const CycleCommit& cycle, StoreFailure* failure = nullptr,
+                  std::shared_future<bool> quotas_planned = {});
 
     // The reads below each use a snapshot of their own; take one with
     // snapshot() to read several things consistently.

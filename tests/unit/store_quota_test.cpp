@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <thread>
 
 #include "store/encoding.h"
@@ -115,6 +116,50 @@ TEST_CASE("quota records and usage commit all or nothing", "[store][quota]")
     CHECK(must(store.usage("alice", 0, kJune, Granularity::Month)).empty());
     CHECK(must(store.quota_usage()).empty());
     CHECK(must(store.alerts()).empty());
+}
+
+TEST_CASE("quota records planned while the commit is written go in with it, or nothing does", "[store][quota]")
+{
+    TempDir dir;
+    auto options = options_in(dir);
+    Store store = open_store(options);
+    CycleCommit cycle;
+    cycle.time = kMay + 60;
+    cycle.user_usage = {{"alice", traffic(10, 20)}};
+
+    SECTION("planned: filled after the commit began, written with it")
+    {
+        std::promise<bool> planned;
+        auto committing = std::async(std::launch::async, [&, ready = planned.get_future().share()] {
+            return store.commit(cycle, nullptr, ready);
+        });
+        std::this_thread::sleep_for(std::chrono::milliseconds(50)); // the commit is waiting by now
+        cycle.quota_usage = {{"alice", {kMay, 10, 20}}};
+        cycle.alerts_fired = {{"alice", kMay, 80, kMay + 60}};
+        planned.set_value(true);
+        REQUIRE(committing.get());
+        CHECK(must(store.quota_usage("alice")) == QuotaUsageRecord{kMay, 10, 20});
+        CHECK(must(store.alerts_fired("alice", kMay)) == std::set<int>{80});
+        CHECK(must(store.usage("alice", 0, kJune, Granularity::Hour)).size() == 1);
+    }
+    SECTION("not planned, or the planner gone: nothing at all")
+    {
+        for (bool broken : {false, true}) {
+            auto committing = [&] {
+                std::promise<bool> planned;
+                auto result = std::async(std::launch::async, [&, ready = planned.get_future().share()] {
+                    return store.commit(cycle, nullptr, ready);
+                });
+                if (!broken) planned.set_value(false);
+                return result; // a broken promise: it goes with this scope
+            }();
+            const auto failed = committing.get();
+            REQUIRE_FALSE(failed);
+            CHECK_THAT(failed.error().message(), Catch::Contains("quota usage was not planned"));
+        }
+        CHECK(must(store.usage("alice", 0, kJune, Granularity::Hour)).empty());
+        CHECK(must(store.quota_usage()).empty());
+    }
 }
 
 TEST_CASE("quota state survives a reopen and reads from a read-only store", "[store][quota]")

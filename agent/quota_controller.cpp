@@ -142,7 +142,10 @@ QuotaController::Enforced QuotaController::enforced_from(const QuotaState& state
 const QuotaState& QuotaController::kept_state(const std::string& user, const UserQuota& record, int64_t now) const
 {
     const auto& kept = record.state;
-    if (!kept || now < kept->period.start || now >= kept->holds_until) record.state = evaluate_user(user, &record, now);
+    if (!kept || record.state_of_usage != record.usage || now < kept->period.start || now >= kept->holds_until) {
+        record.state = evaluate_user(user, &record, now);
+        record.state_of_usage = record.usage;
+    }
     return *record.state;
 }
 
@@ -161,14 +164,21 @@ void QuotaController::plan(CycleCommit& commit, int64_t now) const
         const QuotaUsageRecord record_now{used.period_start, used.upload, used.download};
         if (auto [it, added] = commit.quota_usage.try_emplace(user, record_now); !added) it->second = record_now;
 
-        const QuotaState state = evaluate(config_, user, record.grant, used.upload, used.download, now);
-        if (!state.limit_bytes || *state.limit_bytes == 0) continue;
-        // A record holds every alert of the user's latest period (load() and
-        // accept()): none of another period is of this one.
-        static const std::set<int> none;
-        const std::set<int>& already = record.fired_period == period.start ? record.fired : none;
-        for (int threshold : thresholds_to_fire(config_.thresholds, state.used_bytes, *state.limit_bytes, already))
-            commit.alerts_fired.push_back({user, period.start, threshold, now});
+        QuotaState state = evaluate(config_, user, record.grant, used.upload, used.download, now);
+        if (state.limit_bytes && *state.limit_bytes > 0) {
+            // A record holds every alert of the user's latest period (load()
+            // and accept()): none of another period is of this one.
+            static const std::set<int> none;
+            const std::set<int>& already = record.fired_period == period.start ? record.fired : none;
+            for (int threshold : thresholds_to_fire(config_.thresholds, state.used_bytes, *state.limit_bytes, already))
+                commit.alerts_fired.push_back({user, period.start, threshold, now});
+        }
+        // Kept for the usage it is of: once committed, accept() and the
+        // gauges find it evaluated (at 100,000 users ~4 ms a cycle).
+        if (found) {
+            found->state = std::move(state);
+            found->state_of_usage = used;
+        }
     }
 }
 
@@ -180,7 +190,6 @@ void QuotaController::accept(const CycleCommit& commit, const UserKeys& keys, in
         for (const auto& [user, stored] : commit.quota_usage) {
             UserQuota& record = records.find_or_add(user)->second;
             record.usage = PeriodUsage{stored.period_start, stored.upload, stored.download};
-            record.state.reset();
             if (!walked_ || !record.enforced) continue;
             // More usage: the kernel's policies still hold unless it changed
             // what they were set from (a threshold crossed, a block).

@@ -89,8 +89,11 @@ private:
         // when this changes, since the datapath spends it in between.
         std::optional<std::pair<int64_t, uint64_t>> budget_basis;
         // The state as last evaluated, kept until its holds_until or a
-        // change of usage, grant or config (none: evaluate again).
+        // change of usage, grant or config (none: evaluate again), and the
+        // usage it was evaluated with: plan() keeps the state of the usage
+        // it plans, which is the record's once committed.
         mutable std::optional<QuotaState> state;
+        mutable std::optional<PeriodUsage> state_of_usage;
         std::optional<Enforced> enforced; // as the last enforce() walk set the kernel
     };
     using Users = std::map<std::string, UserQuota, std::less<>>;

@@ -155,3 +155,34 @@ TEST_CASE("kept quota states change with usage, time, grants and reloads as fres
         now += static_cast<int64_t>(pick(4) == 0 ? pick(3 * 86400) : pick(1800)); // across days and months
     }
 }
+
+TEST_CASE("a planned state counts only once its commit is accepted", "[quota]")
+{
+    TempDir dir;
+    Store store = open_store(options_in(dir));
+    QuotaController quotas(one_plan(), store, nullptr, nullptr, nullptr);
+    REQUIRE(quotas.load());
+    const int64_t may = utc(2024, 5, 10, 12);
+    cycle(quotas, store, {{"alice", 1 * kGB}}, may); // alice is on record
+    auto used = [&](int64_t now) {
+        const auto gauges = quotas.gauges({"alice"}, now);
+        REQUIRE(gauges.size() == 1);
+        return gauges[0].second.used_bytes;
+    };
+    REQUIRE(used(may) == 1 * kGB);
+
+    // Planned (its state evaluated with 9 GB more), then the commit failed:
+    // nothing of it is accepted, and the state is that of the 1 GB on record.
+    CycleCommit failed;
+    failed.time = may + 60;
+    failed.user_usage["alice"] = Traffic{{}, {1, 8 * kGB}};
+    quotas.plan(failed, may + 60);
+    CHECK(failed.quota_usage.at("alice").download == 9 * kGB);
+    CHECK(used(may + 60) == 1 * kGB);
+    CHECK(quotas.current_state("alice", may + 60).used_bytes == 1 * kGB);
+
+    // The next cycle holds those bytes again, with its own.
+    cycle(quotas, store, {{"alice", 8 * kGB + 5}}, may + 120);
+    CHECK(used(may + 120) == 9 * kGB + 5);
+    CHECK(quotas.current_state("alice", may + 120).state == QuotaState::State::warning);
+}

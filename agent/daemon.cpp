@@ -392,9 +392,13 @@ void Daemon::finish_cycle()
     commit_failing_ = false;
     failed_commits_ = 0;
     identity_committed_ = true;
-    reconciler_->accept(commit);
+    // The reconciler and the quotas take the commit side by side (neither
+    // touches the other's state); enforcement needs both.
+    auto reconciled = std::async(std::launch::async, [&] { reconciler_->accept(commit); });
+    quotas_->accept(commit, now);
+    reconciled.get();
     for (const auto& [server, change] : singbox_changes) server->accept(change);
-    quotas_->accept(commit, reconciler_->keys_by_user(devices), now);
+    quotas_->enforce(reconciler_->keys_by_user(devices), now);
     enforce_singbox(now);
     for (const auto& user : quotas_->take_disconnects())
         for (auto& source : sources_) source->disconnect(user);

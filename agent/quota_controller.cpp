@@ -182,7 +182,7 @@ void QuotaController::plan(CycleCommit& commit, int64_t now) const
     }
 }
 
-void QuotaController::accept(const CycleCommit& commit, const UserKeys& keys, int64_t now)
+void QuotaController::accept(const CycleCommit& commit, int64_t now)
 {
     {
         std::lock_guard lock(mutex_);
@@ -211,7 +211,6 @@ void QuotaController::accept(const CycleCommit& commit, const UserKeys& keys, in
                                                 alert.threshold, state.period.start, state.period.end));
         }
     }
-    enforce(keys, now);
 }
 
 Result<uint32_t> QuotaController::shaped_class(uint32_t ifindex, uint16_t minor, uint64_t rate_bps)

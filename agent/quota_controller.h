@@ -34,10 +34,13 @@ public:
     // Before the commit: this cycle's period usage and newly crossed
     // thresholds go into the same transaction as the usage.
     void plan(CycleCommit& commit, int64_t now) const;
-    // After the commit: remember it, send its alerts, and bring the kernel's
-    // policies in line with the state of every user in `keys` (the active
-    // sessions' addresses by user in name order: Reconciler::keys_by_user).
-    void accept(const CycleCommit& commit, const UserKeys& keys, int64_t now);
+    // After the commit: remember it and send its alerts. Touches nothing
+    // but this controller (the daemon runs it beside Reconciler::accept).
+    void accept(const CycleCommit& commit, int64_t now);
+    // Then bring the kernel's policies in line with the state of every user
+    // in `keys` (the active sessions' addresses by user in name order:
+    // Reconciler::keys_by_user, after its accept()).
+    void enforce(const UserKeys& keys, int64_t now);
 
     // Users whose plan says disconnect and who are over: their sessions
     // should be ended by their identity source.
@@ -108,7 +111,6 @@ private:
     // Calls `visit(user, state)` for each user planned_states() lists, in name order.
     template <typename Visit>
     void each_planned_state(std::vector<std::string_view> also, int64_t now, Visit&& visit) const;
-    void enforce(const UserKeys& keys, int64_t now);
     void give_back_slot(const std::string& user, UserQuota* record);
     Result<uint32_t> shaped_class(uint32_t ifindex, uint16_t minor, uint64_t rate_bps);
 

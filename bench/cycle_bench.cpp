@@ -318,9 +318,12 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         auto staged = metrics.stage(commit);
         if (auto st = committing.get(); !st) return st.error();
         const auto t3 = Clock::now();
-        reconciler.accept(commit);
+        // The reconciler and the quotas take the commit side by side, as the daemon does.
+        auto reconciled = std::async(std::launch::async, [&] { reconciler.accept(commit); });
+        quotas.accept(commit, now);
+        reconciled.get();
         const auto t3q = Clock::now();
-        quotas.accept(commit, reconciler.keys_by_user(devices), now);
+        quotas.enforce(reconciler.keys_by_user(devices), now);
         const auto t3e = Clock::now();
         collector.accept(std::move(counters.value()));
         metrics.confirm(commit, std::move(staged));

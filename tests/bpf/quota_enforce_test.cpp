@@ -153,16 +153,15 @@ TEST_CASE("the policies a controller leaves in the kernel are a fresh full walk'
                 owner[key] = user;
             }
         }
-        quotas.accept(commit, keys, now);
+        quotas.accept(commit, now);
+        quotas.enforce(keys, now);
         const std::vector<std::string> kicked = quotas.take_disconnects();
 
         // A fresh controller on maps of its own walks everything.
         Kernel reference;
         QuotaController fresh(plans[config], store, &*reference.enforcer, nullptr, nullptr);
         REQUIRE(fresh.load());
-        CycleCommit nothing;
-        nothing.time = now;
-        fresh.accept(nothing, keys, now);
+        fresh.enforce(keys, now);
         const auto held = kernel.policies();
         REQUIRE(by_user(held, owner) == by_user(reference.policies(), owner));
         REQUIRE(kicked == fresh.take_disconnects()); // asked again every cycle while they are over

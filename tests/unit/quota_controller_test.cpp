@@ -38,7 +38,7 @@ std::vector<AlertRecord> cycle(QuotaController& quotas, Store& store, const std:
     for (const auto& [user, bytes] : moved) commit.user_usage[user] = Traffic{{}, {1, bytes}};
     quotas.plan(commit, now);
     must_commit(store, commit);
-    quotas.accept(commit, {}, now);
+    quotas.accept(commit, now);
     return commit.alerts_fired;
 }
 

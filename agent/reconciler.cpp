@@ -1,6 +1,7 @@
 #include "reconciler.h"
 
 #include <algorithm>
+#include <future>
 #include <stdexcept>
 #include <string_view>
 #include <unordered_map>
@@ -37,6 +38,10 @@ std::vector<ClientKey> parse_keys(const std::vector<std::string>& addresses, uin
 // Whether walking a whole ordered table of `table` entries costs less than
 // searching it (or sorting) for `items` of them.
 bool walk_pays(size_t items, size_t table) { return items * 16 >= table; }
+
+// From this many reported sessions on, plan() looks them up on a thread of
+// its own (below, a thread costs more than it saves).
+constexpr size_t kParallelReports = 4096;
 
 } // namespace
 
@@ -328,6 +333,47 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
         return it != owners_.end() ? slot_of(it->second) : kNone;
     };
 
+    // Each reported session looked up once: known ones are marked (by slot)
+    // for step 2 and kept for step 3. Nothing step 1 touches: at 100,000
+    // sessions it runs on a thread of its own meanwhile (~7 ms each).
+    struct Reports {
+        std::vector<uint8_t> reported;                           // by slot
+        std::vector<std::pair<const Session*, uint32_t>> found; // (as reported, slot if known)
+    };
+    auto find_reports = [&] {
+        Reports out{std::vector<uint8_t>(slots_.size(), 0), {}};
+        std::vector<uint8_t>& reported = out.reported;
+        std::vector<std::pair<const Session*, uint32_t>>& reports = out.found;
+        reports.reserve(reported_count);
+        for (const auto& [instance, list] : connected) {
+            std::vector<uint32_t>& hints = report_hints_[instance]; // position in the last list -> slot
+            std::vector<uint32_t> slots(list.size(), kNone);
+            listed_at_.resize(slots_.size(), kNone);
+            // Sessions that came or went shift the ones after them: a session
+            // found by its id says by how much, for those that follow.
+            std::ptrdiff_t shift = 0;
+            for (size_t i = 0; i < list.size(); ++i) {
+                const Session& session = list[i];
+                const std::ptrdiff_t was = static_cast<std::ptrdiff_t>(i) - shift;
+                uint32_t slot = was >= 0 && static_cast<size_t>(was) < hints.size() ? hints[was] : kNone;
+                if (slot >= slots_.size() || !slots_[slot].session || slots_[slot].session->id != session.id) {
+                    slot = find_slot(session.id);
+                    if (slot != kNone && listed_at_[slot] != kNone)
+                        shift = static_cast<std::ptrdiff_t>(i) - static_cast<std::ptrdiff_t>(listed_at_[slot]);
+                }
+                slots[i] = slot;
+                if (slot != kNone && slots_[slot].session->instance == instance) reported[slot] = 1;
+                reports.emplace_back(&session, slot);
+            }
+            for (size_t i = 0; i < slots.size(); ++i)
+                if (slots[i] != kNone) listed_at_[slots[i]] = static_cast<uint32_t>(i);
+            hints = std::move(slots);
+        }
+        return out;
+    };
+    std::future<Reports> reports_found;
+    if (reported_count >= kParallelReports) reports_found = std::async(std::launch::async, find_reports);
+
     // 1. Bytes first, under the ownership that held during the cycle.
     std::vector<Traffic> user_moved(users_.size());
     std::vector<uint8_t> user_seen(users_.size(), 0);
@@ -396,35 +442,9 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
         owner_changes[key] = std::move(checkpoint);
     };
 
-    // Each reported session looked up once: known ones are marked (by slot)
-    // for step 2 and kept for step 3.
-    std::vector<uint8_t> reported(slots_.size(), 0);
-    std::vector<std::pair<const Session*, uint32_t>> reports; // (as reported, slot if known)
-    reports.reserve(reported_count);
-    for (const auto& [instance, list] : connected) {
-        std::vector<uint32_t>& hints = report_hints_[instance]; // position in the last list -> slot
-        std::vector<uint32_t> slots(list.size(), kNone);
-        listed_at_.resize(slots_.size(), kNone);
-        // Sessions that came or went shift the ones after them: a session
-        // found by its id says by how much, for those that follow.
-        std::ptrdiff_t shift = 0;
-        for (size_t i = 0; i < list.size(); ++i) {
-            const Session& session = list[i];
-            const std::ptrdiff_t was = static_cast<std::ptrdiff_t>(i) - shift;
-            uint32_t slot = was >= 0 && static_cast<size_t>(was) < hints.size() ? hints[was] : kNone;
-            if (slot >= slots_.size() || !slots_[slot].session || slots_[slot].session->id != session.id) {
-                slot = find_slot(session.id);
-                if (slot != kNone && listed_at_[slot] != kNone)
-                    shift = static_cast<std::ptrdiff_t>(i) - static_cast<std::ptrdiff_t>(listed_at_[slot]);
-            }
-            slots[i] = slot;
-            if (slot != kNone && slots_[slot].session->instance == instance) reported[slot] = 1;
-            reports.emplace_back(&session, slot);
-        }
-        for (size_t i = 0; i < slots.size(); ++i)
-            if (slots[i] != kNone) listed_at_[slots[i]] = static_cast<uint32_t>(i);
-        hints = std::move(slots);
-    }
+    const Reports found = reports_found.valid() ? reports_found.get() : find_reports();
+    const std::vector<uint8_t>& reported = found.reported;
+    const auto& reports = found.found;
 
     // 2. Sessions that ended: closed at the values just read.
     std::vector<uint8_t> ended(slots_.size(), 0);

@@ -503,3 +503,31 @@ TEST_CASE("a cycle's sessions and users come in id and name order, whether few o
     }
     h.check_invariant();
 }
+
+TEST_CASE("thousands of reported sessions (looked up beside the bytes) end, start and count as a few do",
+          "[reconciler]")
+{
+    Harness h;
+    auto address = [](uint64_t i) { return "10." + std::to_string(8 + i / 65536) + "." + std::to_string(i / 256 % 256) +
+                                           "." + std::to_string(i % 256); };
+    std::vector<Session> list;
+    for (uint64_t i = 0; i < 6000; ++i) list.push_back(connected("user" + std::to_string(i % 4000), i, address(i)));
+    CHECK(h.cycle({{"udp", list}}).sessions.size() == 6000);
+    for (int round = 0; round < 3; ++round) {
+        for (uint64_t i = 0; i < list.size(); ++i) h.traffic(list[i].addresses[0], 10 + i, 20);
+        // Every 1000th ends; as many new ones come, listed among the others.
+        std::set<std::string> ended;
+        for (size_t i = round; i < list.size(); i += 1000) {
+            ended.insert(list[i].id);
+            list[i] = connected("new" + std::to_string(i), 100000 + 10 * i + round, list[i].addresses[0], 3000 + round);
+        }
+        const CycleCommit commit = h.cycle({{"udp", list}});
+        std::set<std::string> closed, started;
+        for (const Session& s : commit.sessions) (s.active() ? started : closed).insert(s.id);
+        CHECK(closed == ended);
+        CHECK(started.size() == ended.size());
+        CHECK(commit.session_totals.size() == list.size() - ended.size());
+        CHECK(h.reconciler.active().size() == list.size());
+        h.check_invariant();
+    }
+}

@@ -427,15 +427,6 @@ SourceBytes& operator+=(SourceBytes& total, const SourceBytes& more)
 // What a counter gained since `before`; a smaller value is a restart.
 uint64_t gained(uint64_t now, uint64_t before) { return now >= before ? now - before : now; }
 
-template <class Key, class Value>
-FlatMap<Key, Value> flat_copy(const std::map<Key, Value>& map)
-{
-    FlatMap<Key, Value> out;
-    out.reserve(map.size());
-    for (const auto& [key, value] : map) out.append(key, value);
-    return out;
-}
-
 } // namespace
 
 void DurationHistogram::observe(double seconds)
@@ -634,8 +625,8 @@ MetricsRecorder::Staged MetricsRecorder::stage(const CycleCommit& commit)
         take(*t.session, t.usage, {t.source_upload_bytes, t.source_download_bytes});
     // Flat copies: a snapshot per cycle of 100,000 map nodes was most of
     // what publishing cost.
-    staged.clients_ = flat_copy(clients_);
-    staged.source_bytes_ = flat_copy(source_bytes_);
+    staged.clients_ = clients_.flat_copy();
+    staged.source_bytes_ = source_bytes_.flat_copy();
     return staged;
 }
 
@@ -716,8 +707,8 @@ void MetricsRecorder::publish(LiveMetrics live)
         s->source_bytes = std::move(confirmed_->source_bytes_);
         confirmed_.reset();
     } else {
-        s->clients = flat_copy(clients_);
-        s->source_bytes = flat_copy(source_bytes_);
+        s->clients = clients_.flat_copy();
+        s->source_bytes = source_bytes_.flat_copy();
     }
     s->interfaces = std::move(live.interfaces);
     s->unattributed = unattributed_;

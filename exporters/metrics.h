@@ -26,6 +26,7 @@
 #include "flat_map.h"
 #include "quota/engine.h"
 #include "reconciler.h"
+#include "series_map.h"
 #include "session.h"
 #include "store/store.h"
 
@@ -181,8 +182,8 @@ public:
             Traffic gained;     // and what its series gained
             SourceBytes source_gained;
             std::string id; // set when the session was new to the recorder:
-            std::optional<std::map<ClientLabels, Traffic>::iterator> new_series;
-            std::optional<std::map<std::pair<std::string, std::string>, SourceBytes>::iterator> new_source;
+            std::optional<SeriesMap<ClientLabels, Traffic>::iterator> new_series;
+            std::optional<SeriesMap<std::pair<std::string, std::string>, SourceBytes>::iterator> new_source;
             bool new_own_series = false;
         };
         std::vector<Taken> taken_;
@@ -244,9 +245,9 @@ private:
     std::unordered_map<std::string, Tracked> sessions_; // by session id
     size_t own_series_ = 0;                     // per_session: sessions with a series of their own
     size_t ended_series_ = 0;                   // of those, ended ones kept a while (expire())
-    std::map<ClientLabels, Traffic> clients_;
+    SeriesMap<ClientLabels, Traffic> clients_;
     std::map<std::string, Traffic> unattributed_;
-    std::map<std::pair<std::string, std::string>, SourceBytes> source_bytes_;
+    SeriesMap<std::pair<std::string, std::string>, SourceBytes> source_bytes_;
     DurationHistogram duration_;
     std::map<std::string, uint64_t> errors_;
     std::map<std::string, uint64_t> store_commit_errors_;

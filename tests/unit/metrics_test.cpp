@@ -469,3 +469,37 @@ TEST_CASE("failed store commits are counted by reason and as store_commit errors
     r.recorder.publish({}); // a good cycle keeps the counts
     CHECK(has_line(r.exporter->render(), R"(vpnmeter_store_commit_errors_total{reason="map_full"} 2)"));
 }
+
+TEST_CASE("the series' flat copy is the map's, through insertions and erasures few or many", "[metrics]")
+{
+    std::mt19937 rng(7);
+    SeriesMap<std::string, uint64_t> series;
+    std::map<std::string, uint64_t> model;
+    for (int round = 0; round < 200; ++round) {
+        // Some rounds change a few series (kept in the list one by one),
+        // others many (the list made afresh).
+        const int changes = round % 10 == 0 ? 2000 : std::uniform_int_distribution<int>(0, 30)(rng);
+        for (int i = 0; i < changes; ++i) {
+            const std::string key = "user" + std::to_string(std::uniform_int_distribution<int>(0, 3000)(rng));
+            switch (std::uniform_int_distribution<int>(0, 3)(rng)) {
+            case 0:
+                series.erase(key);
+                model.erase(key);
+                break;
+            case 1:
+                if (auto it = series.try_emplace(key).first; true) {
+                    series.erase(it);
+                    model.erase(key);
+                }
+                break;
+            default:
+                series[key] += static_cast<uint64_t>(i);
+                model[key] += static_cast<uint64_t>(i);
+            }
+        }
+        const auto copy = series.flat_copy();
+        REQUIRE(series.size() == model.size());
+        REQUIRE(std::vector<std::pair<std::string, uint64_t>>(copy.begin(), copy.end()) ==
+                std::vector<std::pair<std::string, uint64_t>>(model.begin(), model.end()));
+    }
+}

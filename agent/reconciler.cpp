@@ -220,6 +220,11 @@ uint32_t Reconciler::find_slot(std::string_view id) const
     return it != by_id_.end() ? it->second : kNone;
 }
 
+uint64_t Reconciler::owner_tag(uint32_t slot) const
+{
+    return (uint64_t(slots_[slot].generation) << 32 | slot) + 1; // never 0: no tag
+}
+
 uint32_t Reconciler::slot_of(const Owner& owner) const
 {
     const Active& entry = slots_[owner.slot];
@@ -400,7 +405,7 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
         }
         user_moved[user] += moved;
         if (owner_index[slot] == kNone) {
-            owner_index[slot] = out.address_updates.add_owner(slots_[slot].session->id);
+            owner_index[slot] = out.address_updates.add_owner(slots_[slot].session->id, owner_tag(slot));
             owner_slots.push_back(slot);
         }
         out.address_updates.append(raw, owner_index[slot]);
@@ -595,7 +600,10 @@ void Reconciler::accept(const CycleCommit& committed)
         if (kept != owners_.end() && kept->first == key) slot = slot_of((kept++)->second);
         const std::string_view owner_id = committed.address_updates.owner(update);
         if (owner_id.empty()) continue; // nobody's
-        if (slot == kNone || slots_[slot].session->id != owner_id) slot = find_slot(owner_id); // a new owner
+        // The same owner as before: plan() tagged it with the slot and its
+        // generation, which are still its own if it neither came nor went.
+        const bool same = slot != kNone && committed.address_updates.owner_tag(update) == owner_tag(slot);
+        if (!same && (slot == kNone || slots_[slot].session->id != owner_id)) slot = find_slot(owner_id); // a new owner
         if (slot != kNone) keep({key, Owner{slot, slots_[slot].generation}}); // else not an open session
     }
     for (; kept != owners_.end(); ++kept) keep(*kept);

@@ -94,6 +94,7 @@ private:
     };
     uint32_t find_slot(std::string_view id) const;
     uint32_t slot_of(const Owner& owner) const; // kNone once the session is gone
+    uint64_t owner_tag(uint32_t slot) const;    // the slot and its generation, for AddressUpdates
     // `slot`: where it probably is (checked), kNone: look it up. True: a new one.
     bool add_active(const Session& session, uint32_t slot = kNone);
     bool remove_active(const std::string& id); // true: it was active

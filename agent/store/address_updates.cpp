@@ -15,10 +15,10 @@ AddressUpdates::AddressUpdates(std::initializer_list<std::pair<ClientKey, Addres
     merge(sorted);
 }
 
-uint32_t AddressUpdates::add_owner(std::string_view owner)
+uint32_t AddressUpdates::add_owner(std::string_view owner, uint64_t tag)
 {
     if (owner.empty()) return 0;
-    owners_.emplace_back(static_cast<uint32_t>(owner_text_.size()), static_cast<uint32_t>(owner.size()));
+    owners_.push_back({static_cast<uint32_t>(owner_text_.size()), static_cast<uint32_t>(owner.size()), tag});
     owner_text_.append(owner);
     return static_cast<uint32_t>(owners_.size() - 1);
 }

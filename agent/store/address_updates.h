@@ -49,12 +49,15 @@ public:
     AddressUpdates& operator=(const AddressUpdates&) = delete;
 
     // Keeps an owner id once for all the addresses it owns; "" is 0.
-    uint32_t add_owner(std::string_view owner);
+    // `tag`: the caller's own note about the owner (the reconciler's slot
+    // and generation), opaque here; 0 when it has none.
+    uint32_t add_owner(std::string_view owner, uint64_t tag = 0);
     std::string_view owner(const Entry& entry) const
     {
-        const auto [at, size] = owners_[entry.owner];
-        return std::string_view(owner_text_).substr(at, size);
+        const Owner& o = owners_[entry.owner];
+        return std::string_view(owner_text_).substr(o.at, o.size);
     }
+    uint64_t owner_tag(const Entry& entry) const { return owners_[entry.owner].tag; }
 
     void reserve(size_t entries)
     {
@@ -83,7 +86,11 @@ private:
     // The owners' ids, one after another in one buffer (a string each cost
     // an allocation per session per cycle): owners_[i] is id i's place.
     std::string owner_text_;
-    std::vector<std::pair<uint32_t, uint32_t>> owners_{{0, 0}};
+    struct Owner {
+        uint32_t at = 0, size = 0;
+        uint64_t tag = 0;
+    };
+    std::vector<Owner> owners_{Owner{}};
     std::deque<Viewed> owned_;
 };
 

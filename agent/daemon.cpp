@@ -375,6 +375,11 @@ void Daemon::finish_cycle()
     }
     quotas_planned.set_value(true);
     auto staged = metrics_->stage(commit);
+    // Still while the store writes: the quota gauges as they will be once
+    // the commit is accepted. Told beforehand only when no session came or
+    // went (the connected users stay as they are).
+    std::optional<std::vector<std::pair<std::string, QuotaGauges>>> gauges;
+    if (commit.sessions.empty()) gauges = quotas_->gauges_once_accepted(commit, connected_users(), now);
     if (auto status = committing.get(); !status) {
         // Nothing was written; the kernel keeps counting and the next cycle
         // reads these bytes again.
@@ -407,7 +412,7 @@ void Daemon::finish_cycle()
     collector_->accept(std::move(counters.value()));
     metrics_->confirm(commit, std::move(staged));
     metrics_->observe_cycle(SteadyClock::now() - began);
-    publish_metrics(devices, now);
+    publish_metrics(devices, now, std::move(gauges));
     update_status(now);
 
     ++cycles_;
@@ -477,7 +482,21 @@ Status Daemon::start_metrics()
 }
 
 // After a committed cycle: what /metrics shows until the next one.
-void Daemon::publish_metrics(const Interfaces& devices, int64_t now)
+std::vector<std::string_view> Daemon::connected_users() const
+{
+    // In name order as each source lists them: merged, not sorted (a set of
+    // 100,000 names cost ~50 ms, a sort ~10 ms).
+    std::vector<std::string_view> connected = reconciler_->users();
+    for (const auto& server : singbox_) {
+        const auto merged_from = static_cast<std::ptrdiff_t>(connected.size());
+        for (const auto& [user, session] : server->ledger.open()) connected.push_back(user);
+        std::inplace_merge(connected.begin(), connected.begin() + merged_from, connected.end());
+    }
+    return connected;
+}
+
+void Daemon::publish_metrics(const Interfaces& devices, int64_t now,
+                             std::optional<std::vector<std::pair<std::string, QuotaGauges>>> gauges)
 {
     LiveMetrics live;
     live.interfaces = interface_totals(collector_->last(), devices);
@@ -492,18 +511,12 @@ void Daemon::publish_metrics(const Interfaces& devices, int64_t now)
     std::vector<std::string> instances;
     for (const auto& instance : config_.openvpn) instances.push_back(instance.name);
     live.sessions_active = sessions_by_instance(reconciler_->sessions_by_instance(), instances);
-    // The connected users, in name order as each source lists them: merged,
-    // not sorted (a set of 100,000 names cost ~50 ms, a sort ~10 ms).
-    std::vector<std::string_view> connected = reconciler_->users();
     for (const auto& server : singbox_) {
         live.sessions_active[server->ledger.instance()] = server->ledger.open().size();
-        const auto merged_from = static_cast<std::ptrdiff_t>(connected.size());
-        for (const auto& [user, session] : server->ledger.open()) connected.push_back(user);
-        std::inplace_merge(connected.begin(), connected.begin() + merged_from, connected.end());
         const auto health = server->poller.health();
         live.singbox[server->ledger.instance()] = {health.up, health.failures, server->restarts};
     }
-    live.quotas = quotas_->gauges(std::move(connected), now);
+    live.quotas = gauges ? std::move(*gauges) : quotas_->gauges(connected_users(), now);
     {
         std::lock_guard lock(status_mutex_);
         status_.users_blocked = std::count_if(live.quotas.begin(), live.quotas.end(), [](const auto& user) {

@@ -60,7 +60,11 @@ private:
     void note_commit_failure(const Error& error, StoreFailure failure);
     void reload();
     Status start_metrics();
-    void publish_metrics(const Interfaces& devices, int64_t now);
+    // `gauges`: the quota gauges if already worked out (see finish_cycle).
+    void publish_metrics(const Interfaces& devices, int64_t now,
+                         std::optional<std::vector<std::pair<std::string, QuotaGauges>>> gauges = std::nullopt);
+    // The users with a session now (OpenVPN's and Sing-Box's), in name order.
+    std::vector<std::string_view> connected_users() const;
     Status start_singbox(const std::vector<Session>& open_sessions);
     // Each server's change goes into `commit`; accept each once it is committed.
     std::vector<std::pair<singbox::Server*, singbox::LedgerChange>> plan_singbox(CycleCommit& commit);

@@ -489,20 +489,41 @@ QuotaState QuotaController::current_state(const std::string& user, int64_t now) 
 }
 
 template <typename Visit>
-void QuotaController::each_planned_state(std::vector<std::string_view> also, int64_t now, Visit&& visit) const
+size_t QuotaController::each_planned_state(std::vector<std::string_view> also, int64_t now, Visit&& visit,
+                                           const FlatMap<std::string, QuotaUsageRecord>* planned) const
 {
     std::lock_guard lock(mutex_);
-    if (config_.plans.empty() && granted_ == 0) return; // nobody has a plan
+    if (config_.plans.empty() && granted_ == 0) return planned ? planned->size() : 0; // nobody has a plan
     if (!std::is_sorted(also.begin(), also.end())) std::sort(also.begin(), also.end());
     also.erase(std::unique(also.begin(), also.end()), also.end());
     // The union of the users on record (with usage or a grant) and `also`,
-    // both in name order: one walk.
+    // both in name order: one walk. The planned usage, also in name order,
+    // is found along.
+    static const FlatMap<std::string, QuotaUsageRecord> nothing_planned;
+    const auto& usage = planned ? *planned : nothing_planned;
+    auto next_planned = usage.begin();
+    size_t planned_seen = 0;
     auto extra = also.begin();
     auto add = [&](const std::string& user, const UserQuota* record) {
+        for (; next_planned != usage.end() && next_planned->first < user; ++next_planned) {}
+        const QuotaUsageRecord* to_be = next_planned != usage.end() && next_planned->first == user ? &next_planned->second : nullptr;
+        if (to_be) ++planned_seen;
         const Plan* plan = plan_of(config_, user, grant_in(record)); // no copy of the grant
         if (!plan) return;
-        if (record) visit(user, kept_state(user, *record, now));
-        else visit(user, evaluate_user(user, nullptr, now));
+        if (to_be) { // the state of the usage it will have (plan() may have kept it)
+            const PeriodUsage used{to_be->period_start, to_be->upload, to_be->download};
+            if (record && record->state && record->state_of_usage == used && now >= record->state->period.start &&
+                now < record->state->holds_until) {
+                visit(user, *record->state);
+            } else {
+                const PeriodUsage rolled = roll(used, period_of(config_, user, grant_in(record), now));
+                visit(user, evaluate(config_, user, grant_in(record), rolled.upload, rolled.download, now));
+            }
+        } else if (record) {
+            visit(user, kept_state(user, *record, now));
+        } else {
+            visit(user, evaluate_user(user, nullptr, now));
+        }
     };
     for (const auto& [user, record] : users_) {
         for (; extra != also.end() && *extra < user; ++extra) add(std::string(*extra), nullptr);
@@ -511,6 +532,7 @@ void QuotaController::each_planned_state(std::vector<std::string_view> also, int
         if (connected || record.usage || record.grant) add(user, &record);
     }
     for (; extra != also.end(); ++extra) add(std::string(*extra), nullptr);
+    return planned_seen;
 }
 
 std::vector<QuotaState> QuotaController::planned_states(std::vector<std::string_view> also, int64_t now) const
@@ -528,6 +550,21 @@ std::vector<std::pair<std::string, QuotaGauges>> QuotaController::gauges(std::ve
     each_planned_state(std::move(also), now, [&](const std::string& user, const QuotaState& state) {
         out.emplace_back(user, QuotaGauges{state.limit_bytes, state.used_bytes, state.state});
     });
+    return out;
+}
+
+std::optional<std::vector<std::pair<std::string, QuotaGauges>>> QuotaController::gauges_once_accepted(
+    const CycleCommit& planned, std::vector<std::string_view> also, int64_t now) const
+{
+    std::vector<std::pair<std::string, QuotaGauges>> out;
+    out.reserve(also.size());
+    const size_t seen = each_planned_state(
+        std::move(also), now,
+        [&](const std::string& user, const QuotaState& state) {
+            out.emplace_back(user, QuotaGauges{state.limit_bytes, state.used_bytes, state.state});
+        },
+        &planned.quota_usage);
+    if (seen != planned.quota_usage.size()) return std::nullopt; // some would have been missed
     return out;
 }
 

@@ -66,6 +66,12 @@ public:
     // The same users' gauges, by user in name order: what publishing needs,
     // without a copy of each state (names and period) every cycle.
     std::vector<std::pair<std::string, QuotaGauges>> gauges(std::vector<std::string_view> also, int64_t now) const;
+    // The gauges as gauges() will give them once `planned` (plan()) is
+    // accepted, worked out before it is: the daemon does so while the
+    // store writes it. Nullopt when that cannot be told beforehand: a user
+    // of it is neither on record nor in `also` (a session came or went).
+    std::optional<std::vector<std::pair<std::string, QuotaGauges>>> gauges_once_accepted(
+        const CycleCommit& planned, std::vector<std::string_view> also, int64_t now) const;
     uint64_t webhook_failures() const;
 
 private:
@@ -108,9 +114,12 @@ private:
     QuotaState state_of(const std::string& user, int64_t now) const;
     // The record's kept state, evaluated again only when it may have changed.
     const QuotaState& kept_state(const std::string& user, const UserQuota& record, int64_t now) const;
-    // Calls `visit(user, state)` for each user planned_states() lists, in name order.
+    // Calls `visit(user, state)` for each user planned_states() lists, in
+    // name order; with `planned`, as they will be once it is accepted.
+    // Returns how many users of `planned` it visited.
     template <typename Visit>
-    void each_planned_state(std::vector<std::string_view> also, int64_t now, Visit&& visit) const;
+    size_t each_planned_state(std::vector<std::string_view> also, int64_t now, Visit&& visit,
+                              const FlatMap<std::string, QuotaUsageRecord>* planned = nullptr) const;
     void give_back_slot(const std::string& user, UserQuota* record);
     Result<uint32_t> shaped_class(uint32_t ifindex, uint16_t minor, uint64_t rate_bps);
 

@@ -316,6 +316,9 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         quotas_planned.set_value(true);
         const auto t2q = Clock::now();
         auto staged = metrics.stage(commit);
+        // The gauges as they will be once accepted, worked out meanwhile (as the daemon does).
+        std::optional<std::vector<std::pair<std::string, vpnmeter::QuotaGauges>>> gauges;
+        if (commit.sessions.empty()) gauges = quotas.gauges_once_accepted(commit, reconciler.users(), now);
         if (auto st = committing.get(); !st) return st.error();
         const auto t3 = Clock::now();
         // The reconciler and the quotas take the commit side by side, as the daemon does.
@@ -332,7 +335,7 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         live.interfaces = vpnmeter::interface_totals(collector.last(), devices);
         live.drops.emplace();
         live.sessions_active = vpnmeter::sessions_by_instance(reconciler.sessions_by_instance(), {kInstance});
-        live.quotas = quotas.gauges(reconciler.users(), now); // as Daemon::publish_metrics
+        live.quotas = gauges ? std::move(*gauges) : quotas.gauges(reconciler.users(), now); // as Daemon::publish_metrics
         live.maps["clients"] = {collector.last().clients.size(), maps.max_clients()};
         metrics.publish(std::move(live));
         const auto t4 = Clock::now();

@@ -481,7 +481,6 @@ Status Daemon::start_metrics()
     return ok();
 }
 
-// After a committed cycle: what /metrics shows until the next one.
 std::vector<std::string_view> Daemon::connected_users() const
 {
     // In name order as each source lists them: merged, not sorted (a set of
@@ -495,6 +494,7 @@ std::vector<std::string_view> Daemon::connected_users() const
     return connected;
 }
 
+// After a committed cycle: what /metrics shows until the next one.
 void Daemon::publish_metrics(const Interfaces& devices, int64_t now,
                              std::optional<std::vector<std::pair<std::string, QuotaGauges>>> gauges)
 {

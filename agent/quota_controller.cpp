@@ -121,8 +121,12 @@ const std::optional<Grant>& QuotaController::grant_in(const UserQuota* record)
 
 QuotaState QuotaController::evaluate_user(const std::string& user, const UserQuota* record, int64_t now) const
 {
-    const std::optional<Grant>& grant = grant_in(record);
-    const std::optional<PeriodUsage> stored = record ? record->usage : std::nullopt;
+    return evaluate_usage(user, grant_in(record), record ? record->usage : std::nullopt, now);
+}
+
+QuotaState QuotaController::evaluate_usage(const std::string& user, const std::optional<Grant>& grant,
+                                           const std::optional<PeriodUsage>& stored, int64_t now) const
+{
     const PeriodUsage used = roll(stored.value_or(PeriodUsage{}), period_of(config_, user, grant, now));
     return evaluate(config_, user, grant, used.upload, used.download, now);
 }
@@ -139,13 +143,18 @@ QuotaController::Enforced QuotaController::enforced_from(const QuotaState& state
             state.download_bps, state.upload_bps, state.period.start, state.limit_bytes};
 }
 
-const QuotaState& QuotaController::kept_state(const std::string& user, const UserQuota& record, int64_t now) const
+const QuotaState* QuotaController::kept_for(const UserQuota& record, const std::optional<PeriodUsage>& usage, int64_t now)
 {
     const auto& kept = record.state;
-    if (!kept || record.state_of_usage != record.usage || now < kept->period.start || now >= kept->holds_until) {
-        record.state = evaluate_user(user, &record, now);
-        record.state_of_usage = record.usage;
-    }
+    if (!kept || record.state_of_usage != usage || now < kept->period.start || now >= kept->holds_until) return nullptr;
+    return &*kept;
+}
+
+const QuotaState& QuotaController::kept_state(const std::string& user, const UserQuota& record, int64_t now) const
+{
+    if (const QuotaState* kept = kept_for(record, record.usage, now)) return *kept;
+    record.state = evaluate_user(user, &record, now);
+    record.state_of_usage = record.usage;
     return *record.state;
 }
 
@@ -506,19 +515,15 @@ size_t QuotaController::each_planned_state(std::vector<std::string_view> also, i
     auto extra = also.begin();
     auto add = [&](const std::string& user, const UserQuota* record) {
         for (; next_planned != usage.end() && next_planned->first < user; ++next_planned) {}
-        const QuotaUsageRecord* to_be = next_planned != usage.end() && next_planned->first == user ? &next_planned->second : nullptr;
-        if (to_be) ++planned_seen;
+        const bool is_planned = next_planned != usage.end() && next_planned->first == user;
+        if (is_planned) ++planned_seen;
         const Plan* plan = plan_of(config_, user, grant_in(record)); // no copy of the grant
         if (!plan) return;
-        if (to_be) { // the state of the usage it will have (plan() may have kept it)
-            const PeriodUsage used{to_be->period_start, to_be->upload, to_be->download};
-            if (record && record->state && record->state_of_usage == used && now >= record->state->period.start &&
-                now < record->state->holds_until) {
-                visit(user, *record->state);
-            } else {
-                const PeriodUsage rolled = roll(used, period_of(config_, user, grant_in(record), now));
-                visit(user, evaluate(config_, user, grant_in(record), rolled.upload, rolled.download, now));
-            }
+        if (is_planned) { // the state of the usage it will have (plan() may have kept it)
+            const QuotaUsageRecord& to_be = next_planned->second;
+            const std::optional<PeriodUsage> used = PeriodUsage{to_be.period_start, to_be.upload, to_be.download};
+            if (const QuotaState* kept = record ? kept_for(*record, used, now) : nullptr) visit(user, *kept);
+            else visit(user, evaluate_usage(user, grant_in(record), used, now));
         } else if (record) {
             visit(user, kept_state(user, *record, now));
         } else {

@@ -111,6 +111,11 @@ private:
     static const std::optional<Grant>& grant_in(const UserQuota* record); // none without a record
     // Where `user` (the key of `record`, or one without a record: null) stands at `now`.
     QuotaState evaluate_user(const std::string& user, const UserQuota* record, int64_t now) const;
+    // ... with this usage on record (none: nothing yet).
+    QuotaState evaluate_usage(const std::string& user, const std::optional<Grant>& grant,
+                              const std::optional<PeriodUsage>& stored, int64_t now) const;
+    // The record's kept state if it is of `usage` and still holds at `now`.
+    static const QuotaState* kept_for(const UserQuota& record, const std::optional<PeriodUsage>& usage, int64_t now);
     QuotaState state_of(const std::string& user, int64_t now) const;
     // The record's kept state, evaluated again only when it may have changed.
     const QuotaState& kept_state(const std::string& user, const UserQuota& record, int64_t now) const;

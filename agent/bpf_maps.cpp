@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <span>
 #include <vector>
 
@@ -13,11 +14,11 @@ namespace vpnmeter {
 namespace {
 
 constexpr uint32_t kBatchSize = 4096;
+constexpr size_t kParallelSort = 32768; // entries from which the read sorts on two cores
 
 // Visits every entry of a per-CPU hash map: one key, its per-CPU values.
-template <class Key, class Value>
-Status for_each_percpu(int fd, int ncpus, const char* what,
-                       const std::function<void(const Key&, std::span<const Value>)>& visit)
+template <class Key, class Value, class Visit>
+Status for_each_percpu(int fd, int ncpus, const char* what, Visit&& visit) // visit(const Key&, std::span<const Value>)
 {
     std::vector<Key> keys(kBatchSize);
     std::vector<Value> values(static_cast<size_t>(kBatchSize) * ncpus);
@@ -112,7 +113,18 @@ Result<CounterSnapshot> PinnedMaps::read()
     if (!status) return status.error();
     last_client_count_ = clients.size();
     // A hash map holds each key once: no equal keys to keep in order.
-    std::sort(clients.begin(), clients.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    // Many: split at the median in place, then each half sorted on a core
+    // of its own (no second buffer, as a merge would need: 56 MB at 1M).
+    auto by_key = [](const auto& a, const auto& b) { return a.first < b.first; };
+    if (clients.size() >= kParallelSort) {
+        const auto middle = clients.begin() + static_cast<std::ptrdiff_t>(clients.size() / 2);
+        std::nth_element(clients.begin(), middle, clients.end(), by_key);
+        auto upper = std::async(std::launch::async, [&] { std::sort(middle, clients.end(), by_key); });
+        std::sort(clients.begin(), middle, by_key);
+        upper.get();
+    } else {
+        std::sort(clients.begin(), clients.end(), by_key);
+    }
     snapshot.clients = ClientTraffic::adopt_sorted(std::move(clients));
     // Every array slot exists; the ones no packet touched are not interfaces.
     auto add_interface = [&](const uint32_t& ifindex, auto per_cpu) {

@@ -16,9 +16,10 @@ namespace {
 constexpr uint32_t kBatchSize = 4096;
 constexpr size_t kParallelSort = 32768; // entries from which the read sorts on two cores
 
-// Visits every entry of a per-CPU hash map: one key, its per-CPU values.
+// Visits every entry of a per-CPU hash map: visit(const Key&,
+// std::span<const Value>), one key and its per-CPU values.
 template <class Key, class Value, class Visit>
-Status for_each_percpu(int fd, int ncpus, const char* what, Visit&& visit) // visit(const Key&, std::span<const Value>)
+Status for_each_percpu(int fd, int ncpus, const char* what, Visit&& visit)
 {
     std::vector<Key> keys(kBatchSize);
     std::vector<Value> values(static_cast<size_t>(kBatchSize) * ncpus);

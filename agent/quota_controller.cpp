@@ -143,7 +143,8 @@ QuotaController::Enforced QuotaController::enforced_from(const QuotaState& state
             state.download_bps, state.upload_bps, state.period.start, state.limit_bytes};
 }
 
-const QuotaState* QuotaController::kept_for(const UserQuota& record, const std::optional<PeriodUsage>& usage, int64_t now)
+const QuotaState* QuotaController::kept_for(const UserQuota& record, const std::optional<PeriodUsage>& usage,
+                                            int64_t now)
 {
     const auto& kept = record.state;
     if (!kept || record.state_of_usage != usage || now < kept->period.start || now >= kept->holds_until) return nullptr;

@@ -430,7 +430,8 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
         // each cost ~8 ms a cycle at 100,000 sessions.
         if (slot < owned_at_.size()) {
             const uint32_t at = owned_at_[slot];
-            if (at < owners_.size() && owners_.begin()[at].first == key) return slot_of(owners_.begin()[at].second) == slot;
+            if (at < owners_.size() && owners_.begin()[at].first == key)
+                return slot_of(owners_.begin()[at].second) == slot;
         }
         return owner_slot(key) == slot; // step 1 kept an active owner
     };

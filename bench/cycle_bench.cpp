@@ -335,7 +335,8 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         live.interfaces = vpnmeter::interface_totals(collector.last(), devices);
         live.drops.emplace();
         live.sessions_active = vpnmeter::sessions_by_instance(reconciler.sessions_by_instance(), {kInstance});
-        live.quotas = gauges ? std::move(*gauges) : quotas.gauges(reconciler.users(), now); // as Daemon::publish_metrics
+        // As Daemon::publish_metrics.
+        live.quotas = gauges ? std::move(*gauges) : quotas.gauges(reconciler.users(), now);
         live.maps["clients"] = {collector.last().clients.size(), maps.max_clients()};
         metrics.publish(std::move(live));
         const auto t4 = Clock::now();

@@ -53,7 +53,8 @@ AddressCheckpoints AddressUpdates::checkpoints() const
 {
     std::vector<AddressCheckpoints::value_type> copies;
     copies.reserve(entries_.size());
-    for (const Entry& entry : entries_) copies.emplace_back(entry.key(), AddressCheckpoint{entry.raw(), std::string(owner(entry))});
+    for (const Entry& entry : entries_)
+        copies.emplace_back(entry.key(), AddressCheckpoint{entry.raw(), std::string(owner(entry))});
     return AddressCheckpoints::adopt_sorted(std::move(copies));
 }
 

@@ -203,7 +203,8 @@ TEST_CASE("the gauges worked out before a commit is accepted are the ones after"
     size_t told = 0;
     for (int step = 0; step < 400; ++step) {
         CAPTURE(step, now);
-        if (pick(10) == 0) REQUIRE(put_topup_or_expiry(quotas, users[pick(6)], pick(2), 3 * kGB, now + 60 * pick(600), now) == 200);
+        if (pick(10) == 0)
+            REQUIRE(put_topup_or_expiry(quotas, users[pick(6)], pick(2), 3 * kGB, now + 60 * pick(600), now) == 200);
         if (pick(20) == 0) quotas.reload(configs[pick(2)]);
         // Connected: a random few (new ones among them); usage from some of those.
         std::vector<std::string_view> connected;

@@ -576,7 +576,17 @@ MetricsRecorder::Tracked& MetricsRecorder::track(const Session& session, Staged:
         if (series.second) taken->new_series = series.first;
         if (source.second) taken->new_source = source.first;
     }
-    return sessions_.emplace(session.id, std::move(tracked)).first->second;
+    auto [added, fresh] = sessions_.emplace(session.id, std::move(tracked));
+    added->second.id = &added->first;
+    return added->second;
+}
+
+std::unordered_map<std::string, MetricsRecorder::Tracked>::iterator MetricsRecorder::forget(
+    std::unordered_map<std::string, Tracked>::iterator it)
+{
+    const uint32_t position = it->second.position;
+    if (position < hints_.size() && hints_[position] == &it->second) hints_[position] = nullptr;
+    return sessions_.erase(it);
 }
 
 void MetricsRecorder::load(const std::vector<Session>& sessions, const std::vector<UnattributedUsage>& unattributed)
@@ -605,9 +615,21 @@ MetricsRecorder::Staged MetricsRecorder::stage(const CycleCommit& commit)
     staged.taken_.reserve(commit.sessions.size() + commit.session_totals.size());
     expire(commit.time); // first: a place freed now goes to a session new in this cycle
     // `session`'s new totals: `usage` and the VPN's counters `source`.
+    std::vector<Tracked*> hints(commit.sessions.size() + commit.session_totals.size());
+    std::ptrdiff_t shift = 0; // sessions that came or went before: how far the hints moved
     auto take = [&](const Session& session, const Traffic& usage, SourceBytes source) {
+        const auto position = static_cast<std::ptrdiff_t>(staged.taken_.size());
         Staged::Taken& taken = staged.taken_.emplace_back();
-        Tracked& tracked = track(session, &taken);
+        const std::ptrdiff_t was = position - shift;
+        Tracked* hinted = was >= 0 && static_cast<size_t>(was) < hints_.size() ? hints_[was] : nullptr;
+        if (!hinted || *hinted->id != session.id) {
+            hinted = &track(session, &taken);
+            if (hinted->position < hints_.size() && hints_[hinted->position] == hinted)
+                shift = position - static_cast<std::ptrdiff_t>(hinted->position);
+        }
+        Tracked& tracked = *hinted;
+        hints[position] = &tracked;
+        tracked.position = static_cast<uint32_t>(position); // in `hints`, hints_ once this stage is done
         taken.tracked = &tracked; // an element of sessions_ stays put
         taken.usage = tracked.usage;
         taken.source = tracked.source;
@@ -623,6 +645,7 @@ MetricsRecorder::Staged MetricsRecorder::stage(const CycleCommit& commit)
     for (const Session& s : commit.sessions) take(s, s.usage, {s.source_upload_bytes, s.source_download_bytes});
     for (const SessionTotals& t : commit.session_totals)
         take(*t.session, t.usage, {t.source_upload_bytes, t.source_download_bytes});
+    hints_ = std::move(hints);
     // Flat copies: a snapshot per cycle of 100,000 map nodes was most of
     // what publishing cost.
     staged.clients_ = clients_.flat_copy();
@@ -644,7 +667,7 @@ void MetricsRecorder::discard(Staged staged)
         if (it->new_series) clients_.erase(*it->new_series);
         if (it->new_source) source_bytes_.erase(*it->new_source);
         if (it->new_own_series) --own_series_;
-        sessions_.erase(it->id);
+        forget(sessions_.find(it->id));
     }
 }
 
@@ -652,10 +675,11 @@ void MetricsRecorder::confirm(const CycleCommit& commit, Staged staged)
 {
     for (const Session& session : commit.sessions) {
         if (session.active()) continue;
-        Tracked& tracked = sessions_.at(session.id); // stage() tracked it
+        auto it = sessions_.find(session.id); // stage() tracked it
+        Tracked& tracked = it->second;
         const bool own_series = config_.per_session && tracked.labels.session != "other";
         if (!own_series) {
-            sessions_.erase(session.id);
+            forget(it);
         } else if (!tracked.ended) {
             tracked.ended = session.end;
             ++ended_series_;
@@ -676,7 +700,7 @@ void MetricsRecorder::expire(int64_t now)
         clients_.erase(it->second.labels);
         --own_series_;
         --ended_series_;
-        it = sessions_.erase(it);
+        it = forget(it);
     }
 }
 

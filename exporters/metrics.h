@@ -231,10 +231,14 @@ private:
         // cycle adds to them without looking up three-string keys.
         Traffic* series = nullptr;
         SourceBytes* source_total = nullptr;
+        const std::string* id = nullptr; // its key in sessions_
+        uint32_t position = UINT32_MAX;  // in hints_, if there
     };
     const std::string& user_label(const std::string& user);
     // The session's entry; a new one is noted in `taken` (when given), to be given back.
     Tracked& track(const Session& session, Staged::Taken* taken = nullptr);
+    // Erases the session's entry, and the hint to it. Returns the next.
+    std::unordered_map<std::string, Tracked>::iterator forget(std::unordered_map<std::string, Tracked>::iterator it);
     void expire(int64_t now);
     std::map<std::string, uint64_t> errors() const;
 
@@ -243,6 +247,10 @@ private:
     std::shared_ptr<MetricsExporter> exporter_;
     std::map<std::string, std::string> hashed_; // user -> label, when hash_users
     std::unordered_map<std::string, Tracked> sessions_; // by session id
+    // The session each position of the last stage() took held (null: gone):
+    // a cycle's sessions come in the same id order as the last one's, and
+    // checking an id costs less than hashing it (~20 ms at 100,000).
+    std::vector<Tracked*> hints_;
     size_t own_series_ = 0;                     // per_session: sessions with a series of their own
     size_t ended_series_ = 0;                   // of those, ended ones kept a while (expire())
     SeriesMap<ClientLabels, Traffic> clients_;

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <map>
-#include <optional>
 #include <utility>
 #include <vector>
 
@@ -25,8 +24,8 @@ public:
     {
         auto added = map_.try_emplace(key);
         if (added.second && listed()) {
-            auto at = std::lower_bound(order_->begin(), order_->end(), key, key_less);
-            order_->insert(at, &*added.first);
+            auto at = std::lower_bound(order_.begin(), order_.end(), key, key_less);
+            order_.insert(at, &*added.first);
         }
         return added;
     }
@@ -34,8 +33,8 @@ public:
     void erase(iterator it)
     {
         if (listed()) {
-            auto at = std::lower_bound(order_->begin(), order_->end(), it->first, key_less);
-            order_->erase(at); // the entry's own: keys are unique
+            auto at = std::lower_bound(order_.begin(), order_.end(), it->first, key_less);
+            order_.erase(at); // the entry's own: keys are unique
         }
         map_.erase(it);
     }
@@ -48,15 +47,16 @@ public:
     // Every entry, in key order.
     FlatMap<Key, Value> flat_copy() const
     {
-        if (!order_) {
-            order_.emplace();
-            order_->reserve(map_.size());
-            for (const auto& entry : map_) order_->push_back(&entry);
+        if (!listed_) {
+            order_.clear();
+            order_.reserve(map_.size());
+            for (const auto& entry : map_) order_.push_back(&entry);
+            listed_ = true;
         }
         changes_ = 0;
         FlatMap<Key, Value> out;
-        out.reserve(order_->size());
-        for (const auto* entry : *order_) out.append(entry->first, entry->second);
+        out.reserve(order_.size());
+        for (const auto* entry : order_) out.append(entry->first, entry->second);
         return out;
     }
 
@@ -68,12 +68,13 @@ private:
     // dropped instead, and the next copy lists them afresh in one walk.
     bool listed()
     {
-        if (order_ && ++changes_ > 64 + order_->size() / 64) order_.reset();
-        return order_.has_value();
+        if (listed_ && ++changes_ > 64 + order_.size() / 64) listed_ = false;
+        return listed_;
     }
 
     Map map_;
-    mutable std::optional<std::vector<const Entry*>> order_;
+    mutable std::vector<const Entry*> order_; // the entries in key order, while listed_
+    mutable bool listed_ = false;
     mutable size_t changes_ = 0; // since the list was made
 };
 

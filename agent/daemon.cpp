@@ -376,10 +376,8 @@ void Daemon::finish_cycle()
     quotas_planned.set_value(true);
     auto staged = metrics_->stage(commit);
     // Still while the store writes: the quota gauges as they will be once
-    // the commit is accepted. Told beforehand only when no session came or
-    // went (the connected users stay as they are).
-    std::optional<std::vector<std::pair<std::string, QuotaGauges>>> gauges;
-    if (commit.sessions.empty()) gauges = quotas_->gauges_once_accepted(commit, connected_users(), now);
+    // the commit is accepted, when that can be told beforehand.
+    std::optional<UserGauges> gauges = quotas_->gauges_once_accepted(commit, connected_users(), now);
     if (auto status = committing.get(); !status) {
         // Nothing was written; the kernel keeps counting and the next cycle
         // reads these bytes again.
@@ -496,7 +494,7 @@ std::vector<std::string_view> Daemon::connected_users() const
 
 // After a committed cycle: what /metrics shows until the next one.
 void Daemon::publish_metrics(const Interfaces& devices, int64_t now,
-                             std::optional<std::vector<std::pair<std::string, QuotaGauges>>> gauges)
+                             std::optional<UserGauges> gauges)
 {
     LiveMetrics live;
     live.interfaces = interface_totals(collector_->last(), devices);

@@ -62,7 +62,7 @@ private:
     Status start_metrics();
     // `gauges`: the quota gauges if already worked out (see finish_cycle).
     void publish_metrics(const Interfaces& devices, int64_t now,
-                         std::optional<std::vector<std::pair<std::string, QuotaGauges>>> gauges = std::nullopt);
+                         std::optional<UserGauges> gauges = std::nullopt);
     // The users with a session now (OpenVPN's and Sing-Box's), in name order.
     std::vector<std::string_view> connected_users() const;
     Status start_singbox(const std::vector<Session>& open_sessions);

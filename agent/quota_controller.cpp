@@ -548,30 +548,32 @@ std::vector<QuotaState> QuotaController::planned_states(std::vector<std::string_
     return out;
 }
 
-std::vector<std::pair<std::string, QuotaGauges>> QuotaController::gauges(std::vector<std::string_view> also,
-                                                                          int64_t now) const
+std::pair<UserGauges, size_t> QuotaController::gauges_of(std::vector<std::string_view> also, int64_t now,
+                                                         const FlatMap<std::string, QuotaUsageRecord>* planned) const
 {
-    std::vector<std::pair<std::string, QuotaGauges>> out;
-    out.reserve(also.size());
-    each_planned_state(std::move(also), now, [&](const std::string& user, const QuotaState& state) {
-        out.emplace_back(user, QuotaGauges{state.limit_bytes, state.used_bytes, state.state});
-    });
-    return out;
-}
-
-std::optional<std::vector<std::pair<std::string, QuotaGauges>>> QuotaController::gauges_once_accepted(
-    const CycleCommit& planned, std::vector<std::string_view> also, int64_t now) const
-{
-    std::vector<std::pair<std::string, QuotaGauges>> out;
+    UserGauges out;
     out.reserve(also.size());
     const size_t seen = each_planned_state(
         std::move(also), now,
         [&](const std::string& user, const QuotaState& state) {
             out.emplace_back(user, QuotaGauges{state.limit_bytes, state.used_bytes, state.state});
         },
-        &planned.quota_usage);
+        planned);
+    return {std::move(out), seen};
+}
+
+UserGauges QuotaController::gauges(std::vector<std::string_view> also, int64_t now) const
+{
+    return gauges_of(std::move(also), now, nullptr).first;
+}
+
+std::optional<UserGauges> QuotaController::gauges_once_accepted(const CycleCommit& planned,
+                                                                std::vector<std::string_view> also, int64_t now) const
+{
+    if (!planned.sessions.empty()) return std::nullopt; // sessions come, go or change: so may the connected users
+    auto [out, seen] = gauges_of(std::move(also), now, &planned.quota_usage);
     if (seen != planned.quota_usage.size()) return std::nullopt; // some would have been missed
-    return out;
+    return std::move(out);
 }
 
 uint64_t QuotaController::webhook_failures() const { return webhook_ ? webhook_->failed() + webhook_->dropped() : 0; }

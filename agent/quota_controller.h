@@ -65,13 +65,15 @@ public:
     std::vector<QuotaState> planned_states(std::vector<std::string_view> also, int64_t now) const;
     // The same users' gauges, by user in name order: what publishing needs,
     // without a copy of each state (names and period) every cycle.
-    std::vector<std::pair<std::string, QuotaGauges>> gauges(std::vector<std::string_view> also, int64_t now) const;
+    UserGauges gauges(std::vector<std::string_view> also, int64_t now) const;
     // The gauges as gauges() will give them once `planned` (plan()) is
     // accepted, worked out before it is: the daemon does so while the
-    // store writes it. Nullopt when that cannot be told beforehand: a user
-    // of it is neither on record nor in `also` (a session came or went).
-    std::optional<std::vector<std::pair<std::string, QuotaGauges>>> gauges_once_accepted(
-        const CycleCommit& planned, std::vector<std::string_view> also, int64_t now) const;
+    // store writes it, with the connected users as they are before it.
+    // Nullopt when that cannot be told beforehand: a session came or went
+    // (the connected users change), or a user of it is neither on record
+    // nor in `also`.
+    std::optional<UserGauges> gauges_once_accepted(const CycleCommit& planned, std::vector<std::string_view> also,
+                                                   int64_t now) const;
     uint64_t webhook_failures() const;
 
 private:
@@ -125,6 +127,10 @@ private:
     template <typename Visit>
     size_t each_planned_state(std::vector<std::string_view> also, int64_t now, Visit&& visit,
                               const FlatMap<std::string, QuotaUsageRecord>* planned = nullptr) const;
+    // The gauges of the users each_planned_state() visits, and how many
+    // users of `planned` it visited.
+    std::pair<UserGauges, size_t> gauges_of(std::vector<std::string_view> also, int64_t now,
+                                            const FlatMap<std::string, QuotaUsageRecord>* planned) const;
     void give_back_slot(const std::string& user, UserQuota* record);
     Result<uint32_t> shaped_class(uint32_t ifindex, uint16_t minor, uint64_t rate_bps);
 

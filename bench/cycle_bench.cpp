@@ -317,8 +317,7 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         const auto t2q = Clock::now();
         auto staged = metrics.stage(commit);
         // The gauges as they will be once accepted, worked out meanwhile (as the daemon does).
-        std::optional<std::vector<std::pair<std::string, vpnmeter::QuotaGauges>>> gauges;
-        if (commit.sessions.empty()) gauges = quotas.gauges_once_accepted(commit, reconciler.users(), now);
+        std::optional<vpnmeter::UserGauges> gauges = quotas.gauges_once_accepted(commit, reconciler.users(), now);
         if (auto st = committing.get(); !st) return st.error();
         const auto t3 = Clock::now();
         // The reconciler and the quotas take the commit side by side, as the daemon does.

@@ -576,13 +576,12 @@ MetricsRecorder::Tracked& MetricsRecorder::track(const Session& session, Staged:
         if (series.second) taken->new_series = series.first;
         if (source.second) taken->new_source = source.first;
     }
-    auto [added, fresh] = sessions_.emplace(session.id, std::move(tracked));
+    auto added = sessions_.emplace(session.id, std::move(tracked)).first;
     added->second.id = &added->first;
     return added->second;
 }
 
-std::unordered_map<std::string, MetricsRecorder::Tracked>::iterator MetricsRecorder::forget(
-    std::unordered_map<std::string, Tracked>::iterator it)
+MetricsRecorder::Sessions::iterator MetricsRecorder::forget(Sessions::iterator it)
 {
     const uint32_t position = it->second.position;
     if (position < hints_.size() && hints_[position] == &it->second) hints_[position] = nullptr;
@@ -741,7 +740,7 @@ void MetricsRecorder::publish(LiveMetrics live)
     else if (last_) s->drops = last_->drops;
     s->sessions_active = std::move(live.sessions_active);
     s->singbox = std::move(live.singbox);
-    std::vector<std::pair<std::string, QuotaGauges>> quotas = std::move(live.quotas); // by user, unless hashed
+    UserGauges quotas = std::move(live.quotas); // by user, unless hashed
     if (config_.hash_users)
         for (auto& [user, gauges] : quotas) user = user_label(user);
     const bool in_order = std::adjacent_find(quotas.begin(), quotas.end(), [](const auto& a, const auto& b) {

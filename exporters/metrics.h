@@ -142,7 +142,7 @@ struct LiveMetrics {
     std::optional<std::map<std::string, ClientDrops>> drops; // none: could not read, keep the last
     std::map<std::string, uint64_t> sessions_active;
     std::map<std::string, SingboxHealth> singbox;
-    std::vector<std::pair<std::string, QuotaGauges>> quotas; // users with a plan, by user in name order
+    UserGauges quotas; // users with a plan, by user in name order
     std::map<std::string, MapUsage> maps;
     std::optional<uint64_t> store_size_bytes;
     uint64_t alerts = 0;
@@ -237,8 +237,9 @@ private:
     const std::string& user_label(const std::string& user);
     // The session's entry; a new one is noted in `taken` (when given), to be given back.
     Tracked& track(const Session& session, Staged::Taken* taken = nullptr);
+    using Sessions = std::unordered_map<std::string, Tracked>; // by session id
     // Erases the session's entry, and the hint to it. Returns the next.
-    std::unordered_map<std::string, Tracked>::iterator forget(std::unordered_map<std::string, Tracked>::iterator it);
+    Sessions::iterator forget(Sessions::iterator it);
     void expire(int64_t now);
     std::map<std::string, uint64_t> errors() const;
 
@@ -246,7 +247,7 @@ private:
     std::string version_;
     std::shared_ptr<MetricsExporter> exporter_;
     std::map<std::string, std::string> hashed_; // user -> label, when hash_users
-    std::unordered_map<std::string, Tracked> sessions_; // by session id
+    Sessions sessions_;
     // The session each position of the last stage() took held (null: gone):
     // a cycle's sessions come in the same id order as the last one's, and
     // checking an id costs less than hashing it (~20 ms at 100,000).

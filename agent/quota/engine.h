@@ -6,6 +6,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -84,6 +85,8 @@ struct QuotaGauges {
     QuotaState::State state = QuotaState::State::ok;
     bool operator==(const QuotaGauges&) const = default;
 };
+// Users' gauges, by user.
+using UserGauges = std::vector<std::pair<std::string, QuotaGauges>>;
 
 // Where `user` stands at `now`, having used `used_upload`/`used_download`
 // bytes in the current period (see roll()).

@@ -98,7 +98,7 @@ TEST_CASE("the users' quota states for /metrics: those with a plan among usage, 
     for (const QuotaState& state : quotas.planned_states(connected, now)) users.push_back(state.user);
     CHECK(users == std::vector<std::string>{"albert", "alice", "dave"}); // bob and carol have no plan
     // The gauges are the same users' states, in the same order.
-    std::vector<std::pair<std::string, QuotaGauges>> expected;
+    UserGauges expected;
     for (const QuotaState& state : quotas.planned_states(connected, now))
         expected.emplace_back(state.user, QuotaGauges{state.limit_bytes, state.used_bytes, state.state});
     CHECK(quotas.gauges(connected, now) == expected);
@@ -230,4 +230,12 @@ TEST_CASE("the gauges worked out before a commit is accepted are the ones after"
         now += static_cast<int64_t>(pick(4) == 0 ? pick(3 * 86400) : pick(1800)); // across days and months
     }
     CHECK(told > 300);
+
+    // A session came or went: the connected users may change with the commit.
+    CycleCommit started;
+    started.time = now;
+    started.sessions.emplace_back().id = "udp:1:17";
+    started.user_usage["alice"] = Traffic{{}, {1, 5}};
+    quotas.plan(started, now);
+    CHECK_FALSE(quotas.gauges_once_accepted(started, {"alice"}, now));
 }

@@ -4,6 +4,7 @@
 #include <bpf/libbpf.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <future>
 #include <span>
@@ -13,7 +14,7 @@ namespace vpnmeter {
 namespace {
 
 constexpr uint32_t kBatchSize = 4096;
-constexpr size_t kParallelSort = 32768; // entries from which the read sorts on two cores
+constexpr size_t kParallel = 32768; // client entries from which the read and its sort use two cores
 
 // Visits every entry of a per-CPU hash map: visit(const Key&,
 // std::span<const Value>), one key and its per-CPU values.
@@ -43,6 +44,58 @@ Status for_each_percpu(int fd, int ncpus, const char* what, Visit&& visit)
         if (bpf_map_lookup_elem(fd, &key, per_cpu.data()) == 0) visit(key, per_cpu);
     }
     return ok();
+}
+
+// Reads the buckets [from, until) of a per-CPU hash map, and possibly a few
+// past `until` (a batch holds whole buckets), adding each entry to `out`.
+// The kernel's batch cursor for hash maps is a bucket index (since 5.6):
+// false, with `out` as it stands, if it did not behave like one.
+Result<bool> read_client_buckets(int fd, int ncpus, uint32_t from, uint32_t until, uint32_t buckets,
+                                 std::vector<ClientTraffic::value_type>& out)
+{
+    std::vector<vpnmeter_client_key> keys(kBatchSize);
+    std::vector<vpnmeter_client_counters> values(static_cast<size_t>(kBatchSize) * ncpus);
+    uint64_t token = from; // read as a u32; 8 bytes is room enough
+    LIBBPF_OPTS(bpf_map_batch_opts, opts);
+    for (bool first = true;; first = false) {
+        uint32_t count = kBatchSize;
+        uint64_t next = 0;
+        int err = bpf_map_lookup_batch(fd, first && from == 0 ? nullptr : &token, &next, keys.data(), values.data(),
+                                       &count, &opts);
+        if (err && err != -ENOENT) {
+            if (first && count == 0 && (err == -EINVAL || err == -ENOTSUP || err == -EOPNOTSUPP)) return false;
+            return os_error(std::string("read ") + kClientsMap + " (batch lookup)", err);
+        }
+        for (uint32_t i = 0; i < count; ++i)
+            out.emplace_back(ClientKey::from_bpf(keys[i]),
+                             sum_per_cpu(std::span(values.data() + static_cast<size_t>(i) * ncpus, ncpus)));
+        if (err == -ENOENT) return true; // past the last bucket
+        if (next <= token || next > buckets) return false;
+        token = next;
+        if (token >= until) return true;
+    }
+}
+
+// The client map's entries read on two cores, a half of its buckets each
+// (about 2x: the kernel's copying is most of a read). An entry in a bucket
+// both halves read appears twice, for the sort to drop. false: the batch
+// cursor is not a bucket index on this kernel; read sequentially.
+Result<bool> read_clients_in_halves(int fd, int ncpus, uint32_t max_entries,
+                                    std::vector<ClientTraffic::value_type>& clients)
+{
+    const uint32_t buckets = std::bit_ceil(max_entries); // the kernel's n_buckets
+    std::vector<ClientTraffic::value_type> upper;
+    upper.reserve(clients.capacity() / 2 + kBatchSize);
+    auto upper_read = std::async(std::launch::async, [&] {
+        return read_client_buckets(fd, ncpus, buckets / 2, buckets, buckets, upper);
+    });
+    auto lower = read_client_buckets(fd, ncpus, 0, buckets / 2, buckets, clients);
+    auto higher = upper_read.get();
+    if (!lower) return lower.error();
+    if (!higher) return higher.error();
+    if (!*lower || !*higher) return false;
+    clients.insert(clients.end(), upper.begin(), upper.end());
+    return true;
 }
 
 } // namespace
@@ -106,17 +159,27 @@ Result<CounterSnapshot> PinnedMaps::read()
     CounterSnapshot snapshot;
     std::vector<ClientTraffic::value_type> clients; // in hash order; sorted once below
     clients.reserve(last_client_count_);
-    auto status = for_each_percpu<vpnmeter_client_key, vpnmeter_client_counters>(
-        clients_.get(), ncpus_, kClientsMap, [&](const auto& key, auto per_cpu) {
-            clients.emplace_back(ClientKey::from_bpf(key), sum_per_cpu(per_cpu));
-        });
-    if (!status) return status.error();
-    last_client_count_ = clients.size();
-    // A hash map holds each key once: no equal keys to keep in order.
-    // Many: split at the median in place, then each half sorted on a core
-    // of its own (no second buffer, as a merge would need: 56 MB at 1M).
+    bool in_halves = last_client_count_ >= kParallel;
+    if (in_halves) {
+        auto read = read_clients_in_halves(clients_.get(), ncpus_, max_clients_, clients);
+        if (!read) return read.error();
+        in_halves = *read;
+        if (!in_halves) clients.clear();
+    }
+    Status status = ok();
+    if (!in_halves) {
+        status = for_each_percpu<vpnmeter_client_key, vpnmeter_client_counters>(
+            clients_.get(), ncpus_, kClientsMap, [&](const auto& key, auto per_cpu) {
+                clients.emplace_back(ClientKey::from_bpf(key), sum_per_cpu(per_cpu));
+            });
+        if (!status) return status.error();
+    }
+    // Many entries: split at the median in place, then each half sorted on
+    // a core of its own (no second buffer, as a merge would need: 56 MB at
+    // 1M). A hash map holds each key once; a bucket both halves of the read
+    // took is in twice, and its second copies go once sorted.
     auto by_key = [](const auto& a, const auto& b) { return a.first < b.first; };
-    if (clients.size() >= kParallelSort) {
+    if (clients.size() >= kParallel) {
         const auto middle = clients.begin() + static_cast<std::ptrdiff_t>(clients.size() / 2);
         std::nth_element(clients.begin(), middle, clients.end(), by_key);
         auto upper = std::async(std::launch::async, [&] { std::sort(middle, clients.end(), by_key); });
@@ -125,6 +188,11 @@ Result<CounterSnapshot> PinnedMaps::read()
     } else {
         std::sort(clients.begin(), clients.end(), by_key);
     }
+    if (in_halves) {
+        auto same_key = [](const auto& a, const auto& b) { return a.first == b.first; };
+        clients.erase(std::unique(clients.begin(), clients.end(), same_key), clients.end());
+    }
+    last_client_count_ = clients.size();
     snapshot.clients = ClientTraffic::adopt_sorted(std::move(clients));
     // Every array slot exists; the ones no packet touched are not interfaces.
     auto add_interface = [&](const uint32_t& ifindex, auto per_cpu) {

@@ -631,6 +631,60 @@ TEST_CASE("per-CPU values are summed when reading", "[bpf][meter]")
     CHECK(cpus_used == static_cast<int>(cpus.size()));
 }
 
+TEST_CASE("a large client map is read on two cores, each entry once and exact", "[bpf][meter]")
+{
+    // From 32,768 entries PinnedMaps::read() reads half of the hash buckets
+    // on each of two threads; the batch that crosses the middle overlaps
+    // the other half, and those entries must come out once.
+    constexpr uint32_t kClients = 70000;
+    Meter m(100000); // 131,072 buckets
+    auto maps = PinnedMaps::open(m.pin_path());
+    REQUIRE(maps);
+    const size_t ncpus = static_cast<size_t>(libbpf_num_possible_cpus());
+    auto key_of = [](uint32_t i) { // v4 and v6 on three interfaces
+        char address[40];
+        if (i % 2) std::snprintf(address, sizeof address, "fd00:8::%x:%x", i >> 16, i & 0xffff);
+        else std::snprintf(address, sizeof address, "10.%u.%u.%u", i >> 16 & 255, i >> 8 & 255, i & 255);
+        return ClientKey::parse(1 + i % 3, address);
+    };
+    std::map<ClientKey, Traffic> want;
+    auto fill = [&](uint64_t round) {
+        std::vector<vpnmeter_client_counters> values(ncpus);
+        for (uint32_t i = 0; i < kClients; ++i) {
+            const ClientKey key = key_of(i);
+            Traffic sum;
+            for (size_t cpu = 0; cpu < ncpus; ++cpu) {
+                values[cpu] = {};
+                values[cpu].dir[VPNMETER_UPLOAD] = {i + cpu + round, 100ull * i + cpu};
+                values[cpu].dir[VPNMETER_DOWNLOAD] = {2ull * i + round, 7ull * i + cpu * round};
+                sum.upload.packets += values[cpu].dir[VPNMETER_UPLOAD].packets;
+                sum.upload.bytes += values[cpu].dir[VPNMETER_UPLOAD].bytes;
+                sum.download.packets += values[cpu].dir[VPNMETER_DOWNLOAD].packets;
+                sum.download.bytes += values[cpu].dir[VPNMETER_DOWNLOAD].bytes;
+            }
+            const vpnmeter_client_key raw = key.to_bpf();
+            REQUIRE(bpf_map_update_elem(maps->clients_fd(), &raw, values.data(), BPF_ANY) == 0);
+            want[key] = sum;
+        }
+    };
+    // The first read is sequential (the map's size is not known yet), the
+    // later ones in halves.
+    for (uint64_t round = 1; round <= 3; ++round) {
+        INFO("read " << round);
+        fill(round);
+        auto got = maps->read();
+        REQUIRE(got);
+        REQUIRE(got->clients.size() == want.size());
+        size_t wrong = 0;
+        auto expected = want.begin();
+        for (const auto& [key, traffic] : got->clients) {
+            if (key != expected->first || traffic != expected->second) ++wrong;
+            ++expected;
+        }
+        CHECK(wrong == 0);
+    }
+}
+
 TEST_CASE("the same address on two interfaces keeps separate entries", "[bpf][meter]")
 {
     PrivateNetns netns; // before the Meter: its pins are unlinked first

@@ -452,11 +452,11 @@ std::string render_metrics(const MetricsSnapshot& s)
     return std::move(sink).take();
 }
 
-void MetricsExporter::publish(std::shared_ptr<const MetricsSnapshot> snapshot)
+std::shared_ptr<const MetricsSnapshot> MetricsExporter::publish(std::shared_ptr<const MetricsSnapshot> snapshot)
 {
     std::lock_guard lock(mutex_);
-    latest_ = std::move(snapshot);
     ++published_;
+    return std::exchange(latest_, std::move(snapshot));
 }
 
 std::shared_ptr<const MetricsSnapshot> MetricsExporter::latest() const
@@ -610,6 +610,7 @@ void MetricsRecorder::account(const CycleCommit& commit) { confirm(commit, stage
 
 MetricsRecorder::Staged MetricsRecorder::stage(const CycleCommit& commit)
 {
+    retired_.reset(); // before this stage's copies: never three snapshots' worth at once
     Staged staged;
     staged.taken_.reserve(commit.sessions.size() + commit.session_totals.size());
     expire(commit.time); // first: a place freed now goes to a session new in this cycle
@@ -756,8 +757,8 @@ void MetricsRecorder::publish(LiveMetrics live)
     s->store_commit_errors = store_commit_errors_;
     s->alerts = live.alerts;
     s->version = version_;
-    last_ = s;
-    exporter_->publish(std::move(s));
+    retired_ = std::exchange(last_, s);
+    exporter_->publish(std::move(s)); // the same as retired_, or one publish_errors() made
 }
 
 void MetricsRecorder::publish_errors()

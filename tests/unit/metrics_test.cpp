@@ -332,6 +332,33 @@ TEST_CASE("a cycle staged while the store commits: discarded when the commit fai
     CHECK(landed_upload > 0);
 }
 
+TEST_CASE("the snapshot a publish replaces is freed by the next stage, off the cycle's path", "[metrics]")
+{
+    Recorded r({});
+    r.recorder.load({session("s1", "alice", traffic(1, 100, 2, 200))}, {});
+    r.recorder.publish({});
+    std::weak_ptr<const MetricsSnapshot> first = r.exporter->latest();
+    REQUIRE(!first.expired());
+
+    CycleCommit commit;
+    commit.time = 2000;
+    commit.sessions = {session("s1", "alice", traffic(2, 300, 2, 200))};
+    auto staged = r.recorder.stage(commit);
+    CHECK(!first.expired()); // still the published one
+    r.recorder.confirm(commit, std::move(staged));
+    r.recorder.publish({});
+    CHECK(r.exporter->latest() != first.lock());
+    CHECK(!first.expired()); // replaced, kept for the next stage() to free
+
+    std::weak_ptr<const MetricsSnapshot> second = r.exporter->latest();
+    commit.sessions[0].usage = traffic(3, 400, 2, 200);
+    auto next = r.recorder.stage(commit);
+    CHECK(first.expired());
+    CHECK(!second.expired());
+    r.recorder.confirm(commit, std::move(next));
+    CHECK(sample(r.text(), R"(vpnmeter_client_bytes_total{interface="tun0",user="alice",direction="upload"})") == "400");
+}
+
 TEST_CASE("hash_users replaces user names with 12 hex digits of SHA-256", "[metrics]")
 {
     CHECK(hashed_user("alice") == "2bd806c97f0e");

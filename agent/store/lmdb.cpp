@@ -105,11 +105,24 @@ Result<WriteCursor> WriteCursor::open(Txn& txn, MDB_dbi dbi)
     return WriteCursor(txn, std::move(cursor.value()));
 }
 
+Result<std::optional<std::string_view>> WriteCursor::step_to(std::string_view key)
+{
+    if (!written_) return std::optional<std::string_view>();
+    MDB_val k{}, v{};
+    int rc = mdb_cursor_get(cursor_.cursor_, &k, &v, MDB_NEXT);
+    if (rc == MDB_NOTFOUND) return std::optional<std::string_view>();
+    if (rc != 0) return txn_->check(rc, "read").error();
+    if (view(k) != key) return std::optional<std::string_view>();
+    return std::optional<std::string_view>(view(v));
+}
+
 Status WriteCursor::write(std::string_view key, std::string_view value, unsigned flags)
 {
     MDB_val k = val(key);
     MDB_val v = val(value);
-    return txn_->check(mdb_cursor_put(cursor_.cursor_, &k, &v, flags), "write");
+    auto written = txn_->check(mdb_cursor_put(cursor_.cursor_, &k, &v, flags), "write");
+    written_ = bool(written);
+    return written;
 }
 
 } // namespace vpnmeter::lmdb

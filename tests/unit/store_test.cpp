@@ -19,6 +19,7 @@
 #include <tuple>
 
 #include "store/encoding.h"
+#include "store/lmdb.h"
 #include "store/store.h"
 #include "store_support.h"
 #include "unique_fd.h"
@@ -111,6 +112,77 @@ CycleCommit big_cycle(int64_t time, int users, const std::string& tag)
 }
 
 } // namespace
+
+TEST_CASE("a write cursor's puts and updates in key order, neighbours or far apart, end as a map's", "[store]")
+{
+    // WriteCursor steps to the next record when that is the key written
+    // next, and searches otherwise: runs of neighbours, gaps, new keys
+    // between old ones, values that grow and shrink, a key twice in a row.
+    TempDir dir;
+    auto env = lmdb::Env::create();
+    REQUIRE(env);
+    REQUIRE(mdb_env_set_mapsize(env->get(), 64 << 20) == 0);
+    REQUIRE(mdb_env_open(env->get(), dir.path().c_str(), 0, 0600) == 0);
+    MDB_dbi dbi = 0;
+    {
+        auto txn = lmdb::Txn::begin(env->get(), 0);
+        REQUIRE(txn);
+        REQUIRE(mdb_dbi_open(txn->get(), nullptr, 0, &dbi) == 0);
+        REQUIRE(txn->commit());
+    }
+    std::mt19937 rng(5);
+    auto pick = [&](uint32_t n) { return std::uniform_int_distribution<uint32_t>(0, n - 1)(rng); };
+    auto key_of = [](uint32_t i) {
+        char key[16];
+        std::snprintf(key, sizeof key, "k%06u", i);
+        return std::string(key);
+    };
+    std::map<std::string, std::string> model;
+    for (int round = 0; round < 40; ++round) {
+        CAPTURE(round);
+        // A run of neighbours, a sparse pick, or both, ascending.
+        std::vector<uint32_t> picked;
+        const uint32_t from = pick(3000), run = pick(600), stride = 1 + pick(round % 3 ? 2 : 40);
+        for (uint32_t i = from; i < from + run * stride; i += stride) picked.push_back(i);
+        for (uint32_t i = 0; i < pick(200); ++i) picked.push_back(pick(5000));
+        std::sort(picked.begin(), picked.end());
+        auto txn = lmdb::Txn::begin(env->get(), 0);
+        REQUIRE(txn);
+        {
+            auto cursor = lmdb::WriteCursor::open(*txn, dbi);
+            REQUIRE(cursor);
+            for (uint32_t i : picked) { // a key picked twice is written twice
+                const std::string key = key_of(i);
+                if (pick(2)) {
+                    const std::string value(1 + pick(round % 2 ? 30 : 300), static_cast<char>('a' + pick(26)));
+                    REQUIRE(cursor->put(key, value));
+                    model[key] = value;
+                } else {
+                    std::string out;
+                    auto grow = [&](std::optional<std::string_view> stored) -> Result<std::string_view> {
+                        out = stored ? std::string(*stored) : std::string();
+                        if (stored) CHECK(*stored == model.at(key));
+                        else CHECK(model.count(key) == 0);
+                        out = pick(4) ? out + char('0' + pick(10)) : out.substr(0, out.size() / 2) + "!";
+                        return std::string_view(out);
+                    };
+                    REQUIRE(cursor->update(key, grow));
+                    model[key] = out;
+                }
+            }
+        }
+        REQUIRE(txn->commit());
+        auto read = lmdb::Txn::begin(env->get(), MDB_RDONLY);
+        REQUIRE(read);
+        auto cursor = lmdb::Cursor::open(*read, dbi);
+        REQUIRE(cursor);
+        std::map<std::string, std::string> stored;
+        for (auto entry = cursor->move(MDB_FIRST); entry && *entry; entry = cursor->move(MDB_NEXT))
+            stored.emplace((*entry)->key, (*entry)->value);
+        REQUIRE(stored == model);
+    }
+    CHECK(model.size() > 1000);
+}
 
 TEST_CASE("a new store has schema version 6 and private files", "[store]")
 {

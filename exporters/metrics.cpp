@@ -648,8 +648,8 @@ MetricsRecorder::Staged MetricsRecorder::stage(const CycleCommit& commit)
     hints_ = std::move(hints);
     // Flat copies: a snapshot per cycle of 100,000 map nodes was most of
     // what publishing cost.
-    staged.clients_ = clients_.flat_copy();
-    staged.source_bytes_ = source_bytes_.flat_copy();
+    staged.clients_ = clients_.copy();
+    staged.source_bytes_ = source_bytes_.copy();
     return staged;
 }
 
@@ -731,8 +731,8 @@ void MetricsRecorder::publish(LiveMetrics live)
         s->source_bytes = std::move(confirmed_->source_bytes_);
         confirmed_.reset();
     } else {
-        s->clients = clients_.flat_copy();
-        s->source_bytes = source_bytes_.flat_copy();
+        s->clients = clients_.copy();
+        s->source_bytes = source_bytes_.copy();
     }
     s->interfaces = std::move(live.interfaces);
     s->unattributed = unattributed_;

@@ -83,13 +83,13 @@ struct SourceBytes {
 // final (user names already hashed where configured).
 struct MetricsSnapshot {
     bool per_session = false;                         // the client families carry `session`
-    FlatMap<ClientLabels, Traffic> clients;           // since the store began
+    SeriesCopy<ClientLabels, Traffic> clients;        // since the store began
     std::map<std::string, Traffic> interfaces;        // the kernel's totals, by device name
     std::map<std::string, Traffic> unattributed;      // since the store began, by device name
     std::map<std::string, ClientDrops> drops;         // the kernel's, by device name
     std::map<std::string, uint64_t> sessions_active;  // by OpenVPN or Sing-Box instance
     std::map<std::string, SingboxHealth> singbox;     // by Sing-Box instance
-    FlatMap<std::pair<std::string, std::string>, SourceBytes> source_bytes; // (instance, user)
+    SeriesCopy<std::pair<std::string, std::string>, SourceBytes> source_bytes; // (instance, user)
     FlatMap<std::string, QuotaGauges> quotas;         // users with a plan
     DurationHistogram collection_duration;
     std::map<std::string, MapUsage> maps;             // by BPF map ("clients": vpnmeter_clients)
@@ -189,8 +189,8 @@ public:
             bool new_own_series = false;
         };
         std::vector<Taken> taken_;
-        FlatMap<ClientLabels, Traffic> clients_;
-        FlatMap<std::pair<std::string, std::string>, SourceBytes> source_bytes_;
+        SeriesCopy<ClientLabels, Traffic> clients_;
+        SeriesCopy<std::pair<std::string, std::string>, SourceBytes> source_bytes_;
     };
 
     MetricsRecorder(MetricsConfig config, std::string version, std::shared_ptr<MetricsExporter> exporter);

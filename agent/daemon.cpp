@@ -378,9 +378,25 @@ void Daemon::finish_cycle()
     // Still while the store writes: the quota gauges as they will be once
     // the commit is accepted, when that can be told beforehand.
     std::optional<UserGauges> gauges = quotas_->gauges_once_accepted(commit, connected_users(), now);
+    // The reconciler and the quotas take the commit side by side (neither
+    // touches the other's state); enforcement needs both. When what they
+    // change can be put back, they take it already, while the store
+    // finishes (much of that is waiting for the disk), and put it back if
+    // the commit fails.
+    std::optional<std::pair<Reconciler::Undo, QuotaController::Undo>> tentative;
+    if (Reconciler::undoable(commit) && QuotaController::undoable(commit)) {
+        auto reconciled = std::async(std::launch::async, [&] { return reconciler_->accept_tentatively(commit); });
+        auto quotas = quotas_->accept_tentatively(commit, now);
+        auto reconciler = reconciled.get();
+        tentative.emplace(std::move(*reconciler), std::move(*quotas));
+    }
     if (auto status = committing.get(); !status) {
         // Nothing was written; the kernel keeps counting and the next cycle
         // reads these bytes again.
+        if (tentative) {
+            reconciler_->undo(std::move(tentative->first));
+            quotas_->undo(std::move(tentative->second));
+        }
         metrics_->discard(std::move(staged));
         note_commit_failure(status.error(), failure);
         metrics_->count_store_commit_error(to_string(failure));
@@ -395,11 +411,11 @@ void Daemon::finish_cycle()
     commit_failing_ = false;
     failed_commits_ = 0;
     identity_committed_ = true;
-    // The reconciler and the quotas take the commit side by side (neither
-    // touches the other's state); enforcement needs both.
-    auto reconciled = std::async(std::launch::async, [&] { reconciler_->accept(commit); });
-    quotas_->accept(commit, now);
-    reconciled.get();
+    if (!tentative) {
+        auto reconciled = std::async(std::launch::async, [&] { reconciler_->accept(commit); });
+        quotas_->accept(commit, now);
+        reconciled.get();
+    }
     for (const auto& [server, change] : singbox_changes) server->accept(change);
     quotas_->enforce(reconciler_->keys_by_user(devices), now);
     enforce_singbox(now);

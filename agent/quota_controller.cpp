@@ -213,18 +213,48 @@ void QuotaController::plan(CycleCommit& commit, int64_t now) const
 
 void QuotaController::accept(const CycleCommit& commit, int64_t now)
 {
+    accept(commit, now, nullptr);
+}
+
+bool QuotaController::undoable(const CycleCommit& planned)
+{
+    return planned.alerts_fired.empty();
+}
+
+std::optional<QuotaController::Undo> QuotaController::accept_tentatively(const CycleCommit& planned, int64_t now)
+{
+    if (!undoable(planned)) return std::nullopt;
+    Undo undo;
+    undo.usage.reserve(planned.quota_usage.size());
+    accept(planned, now, &undo);
+    return undo;
+}
+
+void QuotaController::undo(Undo&& undo)
+{
+    std::lock_guard lock(mutex_);
+    for (auto& [record, usage] : undo.usage) record->usage = std::move(usage); // a kept state knows its usage
+    if (undo.walked) walked_ = std::move(undo.walked);
+    if (walked_ && undo.holds_until) walked_->holds_until = *undo.holds_until;
+}
+
+void QuotaController::accept(const CycleCommit& commit, int64_t now, Undo* undo)
+{
     {
         std::lock_guard lock(mutex_);
+        if (undo && walked_) undo->holds_until = walked_->holds_until;
         NameWalk records(users_, users_by_name(), commit.quota_usage.size()); // both in user order: one walk
         for (const auto& [user, stored] : commit.quota_usage) {
             UserQuota& record = records.find_or_add(user)->second;
+            if (undo) undo->usage.emplace_back(&record, record.usage);
             record.usage = PeriodUsage{stored.period_start, stored.upload, stored.download};
             if (!walked_ || !record.enforced) continue;
             // More usage: the kernel's policies still hold unless it changed
             // what they were set from (a threshold crossed, a block).
             const QuotaState& state = kept_state(user, record, now);
-            if (enforced_from(state) != *record.enforced) walked_.reset();
-            else walked_->holds_until = std::min(walked_->holds_until, state.holds_until);
+            if (enforced_from(state) == *record.enforced) walked_->holds_until = std::min(walked_->holds_until, state.holds_until);
+            else if (undo) undo->walked = std::exchange(walked_, std::nullopt);
+            else walked_.reset();
         }
         for (const auto& alert : commit.alerts_fired) {
             remember_fired(alert);

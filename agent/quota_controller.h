@@ -37,6 +37,15 @@ public:
     // After the commit: remember it and send its alerts. Touches nothing
     // but this controller (the daemon runs it beside Reconciler::accept).
     void accept(const CycleCommit& commit, int64_t now);
+    class Undo; // what accept_tentatively() changed, for undo()
+    // accept() before the store has said the commit landed (as
+    // Reconciler::accept_tentatively). Only without alerts, which are sent
+    // once and cannot be taken back: nullopt then, and nothing changed.
+    // undo() puts back what it did if the commit fails. Meanwhile the API
+    // shows the cycle's usage a few milliseconds before it is durable.
+    static bool undoable(const CycleCommit& planned);
+    std::optional<Undo> accept_tentatively(const CycleCommit& planned, int64_t now);
+    void undo(Undo&& undo);
     // Then bring the kernel's policies in line with the state of every user
     // in `keys` (the active sessions' addresses by user in name order:
     // Reconciler::keys_by_user, after its accept()).
@@ -132,6 +141,7 @@ private:
     std::pair<UserGauges, size_t> gauges_of(std::vector<std::string_view> also, int64_t now,
                                             const FlatMap<std::string, QuotaUsageRecord>* planned) const;
     void give_back_slot(const std::string& user, UserQuota* record);
+    void accept(const CycleCommit& commit, int64_t now, Undo* undo); // undo: record what changes
     Result<uint32_t> shaped_class(uint32_t ifindex, uint16_t minor, uint64_t rate_bps);
 
     mutable std::mutex mutex_; // the API's threads read what the cycle writes
@@ -163,6 +173,16 @@ private:
         int64_t holds_until = kForever; // the earliest a walked user's state changes with time alone
     };
     std::optional<Walked> walked_;
+
+public:
+    class Undo {
+        friend class QuotaController;
+        std::vector<std::pair<UserQuota*, std::optional<PeriodUsage>>> usage; // a record, its usage before
+        std::optional<int64_t> holds_until;                                  // the enforce walk's, before
+        std::optional<Walked> walked;                                        // the walk accept() dropped
+    };
+
+private:
     size_t unslotted_ = 0; // users last found without an enforcement slot
     uint64_t alerts_sent_ = 0;
 };

@@ -541,6 +541,36 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
 
 void Reconciler::accept(const CycleCommit& committed)
 {
+    accept(committed, nullptr);
+}
+
+bool Reconciler::undoable(const CycleCommit& planned)
+{
+    return planned.sessions.empty() && planned.address_removals.empty();
+}
+
+std::optional<Reconciler::Undo> Reconciler::accept_tentatively(const CycleCommit& planned)
+{
+    if (!undoable(planned)) return std::nullopt;
+    Undo undo;
+    undo.totals.reserve(planned.session_totals.size());
+    accept(planned, &undo);
+    return undo;
+}
+
+void Reconciler::undo(Undo&& undo)
+{
+    for (const auto& [session, before] : undo.totals) {
+        session->usage = before.usage;
+        session->source_upload_bytes = before.source_upload_bytes;
+        session->source_download_bytes = before.source_download_bytes;
+    }
+    owners_ = std::move(undo.owners);
+    owned_at_ = std::move(undo.owned_at);
+}
+
+void Reconciler::accept(const CycleCommit& committed, Undo* undo)
+{
     // Totals first (the usual: only they moved), before any session comes
     // or goes. They point at our records, in id order as order_ keeps them:
     // one walk along both finds each without a hash or a string compare (a
@@ -557,6 +587,7 @@ void Reconciler::accept(const CycleCommit& committed)
             if (slot == kNone) continue;
         }
         Session& kept = *slots_[slot].session;
+        if (undo) undo->totals.emplace_back(&kept, totals_of(kept));
         kept.usage = moved.usage;
         kept.source_upload_bytes = moved.source_upload_bytes;
         kept.source_download_bytes = moved.source_download_bytes;
@@ -584,6 +615,8 @@ void Reconciler::accept(const CycleCommit& committed)
     std::vector<std::pair<ClientKey, Owner>> merged;
     merged.reserve(owners_.size() + committed.address_updates.size());
     auto kept = owners_.begin();
+    std::vector<uint32_t> owned_at_before;
+    if (undo) owned_at_before = std::move(owned_at_);
     owned_at_.assign(slots_.size(), kNone);
     auto keep = [&](const std::pair<ClientKey, Owner>& entry) {
         const uint32_t slot = slot_of(entry.second);
@@ -608,6 +641,10 @@ void Reconciler::accept(const CycleCommit& committed)
         if (slot != kNone) keep({key, Owner{slot, slots_[slot].generation}}); // else not an open session
     }
     for (; kept != owners_.end(); ++kept) keep(*kept);
+    if (undo) {
+        undo->owners = std::move(owners_);
+        undo->owned_at = std::move(owned_at_before);
+    }
     owners_ = FlatMap<ClientKey, Owner>::adopt_sorted(std::move(merged));
 }
 

@@ -39,6 +39,12 @@ using UserKeys = std::vector<std::pair<std::string_view, ClientKey>>;
 //   it end; a new session on the address starts from that value;
 // - sum over sessions + unattributed == the interface totals, to the byte.
 class Reconciler {
+    // An address's owner: a slot, valid while the slot's generation is the same.
+    struct Owner {
+        uint32_t slot = 0;
+        uint32_t generation = 0;
+    };
+
 public:
     // Resumes ownership from the last checkpoint and the sessions still open
     // in the store.
@@ -55,6 +61,22 @@ public:
     CycleCommit plan(const Cycle& counters, const ConnectedSessions& connected, const Interfaces& interfaces,
                      int64_t now) const;
     void accept(const CycleCommit& committed);
+
+    // What accept_tentatively() changed, for undo().
+    class Undo {
+        friend class Reconciler;
+        std::vector<std::pair<Session*, SessionTotals>> totals; // the session and its totals before
+        FlatMap<ClientKey, Owner> owners;
+        std::vector<uint32_t> owned_at;
+    };
+    // accept() before the store has said the commit landed, so that it is
+    // done by then (the daemon's cycle takes it while the disk syncs). Only
+    // for a commit whose changes can be put back: no session came or went
+    // and no address was removed, as in most cycles; nullopt otherwise,
+    // and nothing changed. undo() puts back what it did if the commit fails.
+    static bool undoable(const CycleCommit& planned);
+    std::optional<Undo> accept_tentatively(const CycleCommit& planned);
+    void undo(Undo&& undo);
 
     const std::map<std::string, Session>& active() const { return active_; }
     // Every active session's addresses on its interface as it is now, by
@@ -83,11 +105,6 @@ private:
         uint32_t user = 0;                // in users_
         std::vector<ClientKey> addresses; // parsed once; ifindex 0 (the interface's is set at use)
     };
-    // An address's owner: a slot, valid while the slot's generation is the same.
-    struct Owner {
-        uint32_t slot = 0;
-        uint32_t generation = 0;
-    };
     struct User {
         std::string_view name; // a key of user_ids_
         uint32_t sessions = 0;
@@ -99,6 +116,7 @@ private:
     bool add_active(const Session& session, uint32_t slot = kNone);
     bool remove_active(const std::string& id); // true: it was active
     void rebuild_order();
+    void accept(const CycleCommit& committed, Undo* undo); // undo: record what changes (totals and owners only)
     // Orders a plan's whole sessions and totals by id (dropping totals that
     // became whole copies); by slot: the index in out.sessions, in out.session_totals.
     void put_in_id_order(CycleCommit& out, const std::vector<uint32_t>& whole_at,

@@ -318,12 +318,22 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         auto staged = metrics.stage(commit);
         // The gauges as they will be once accepted, worked out meanwhile (as the daemon does).
         std::optional<vpnmeter::UserGauges> gauges = quotas.gauges_once_accepted(commit, reconciler.users(), now);
-        if (auto st = committing.get(); !st) return st.error();
+        // The reconciler and the quotas take the commit side by side, as the
+        // daemon does: already while the store finishes when that can be put back.
+        auto accept_both = [&](bool tentatively) {
+            auto reconciled = std::async(std::launch::async, [&] {
+                if (tentatively) reconciler.accept_tentatively(commit);
+                else reconciler.accept(commit);
+            });
+            if (tentatively) quotas.accept_tentatively(commit, now);
+            else quotas.accept(commit, now);
+            reconciled.get();
+        };
+        const bool tentative = vpnmeter::Reconciler::undoable(commit) && vpnmeter::QuotaController::undoable(commit);
+        if (tentative) accept_both(true);
+        if (auto st = committing.get(); !st) return st.error(); // the benchmark stops: nothing to put back
         const auto t3 = Clock::now();
-        // The reconciler and the quotas take the commit side by side, as the daemon does.
-        auto reconciled = std::async(std::launch::async, [&] { reconciler.accept(commit); });
-        quotas.accept(commit, now);
-        reconciled.get();
+        if (!tentative) accept_both(false);
         const auto t3q = Clock::now();
         quotas.enforce(reconciler.keys_by_user(devices), now);
         const auto t3e = Clock::now();
@@ -528,8 +538,11 @@ void print_table(const std::vector<SizeResult>& results)
                 "transaction, fsync) on its own thread, begun before the quotas are planned (their records are\n"
                 "written last), while the cycle's thread plans them, stages the metrics (MetricsRecorder::stage:\n"
                 "the sessions' totals, copies of the series) and works out the quota gauges as they will be\n"
-                "once accepted, as the daemon does; this column is the wait after the quota plan;\n"
-                "publish: the reconciler's and the quotas' accept side by side, then the metrics snapshot;\n"
+                "once accepted, and (when no session came or went and no alert fired: what they change can\n"
+                "be put back) the reconciler and the quotas take it, as the daemon does; this column is the\n"
+                "wait after the quota plan;\n"
+                "publish: otherwise the reconciler's and the quotas' accept side by side, then the metrics\n"
+                "snapshot;\n"
                 "cpu: the process's CPU time in the cycle, all threads (user + system);\n"
                 "first cycle: N new sessions; new hour: the first cycle of the next hour, all active (its\n"
                 "commit also adds the hour just over to the users' days and months); all end: every session\n"

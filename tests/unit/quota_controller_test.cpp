@@ -239,3 +239,56 @@ TEST_CASE("the gauges worked out before a commit is accepted are the ones after"
     quotas.plan(started, now);
     CHECK_FALSE(quotas.gauges_once_accepted(started, {"alice"}, now));
 }
+
+TEST_CASE("a commit taken tentatively and put back leaves the quotas as if it was never taken", "[quota]")
+{
+    // Two controllers over two stores see the same cycles; when a commit
+    // fails, one took it tentatively and put it back, the other never took
+    // it. Their states agree all along; a tentative accept that lands is an
+    // accept.
+    TempDir dir, twin_dir;
+    Store store = open_store(options_in(dir));
+    Store twin_store = open_store(options_in(twin_dir));
+    QuotaConfig daily = one_plan();
+    daily.plans[0].period = Plan::PeriodKind::daily;
+    QuotaController quotas(daily, store, nullptr, nullptr, nullptr), twin(daily, twin_store, nullptr, nullptr, nullptr);
+    REQUIRE(quotas.load());
+    REQUIRE(twin.load());
+    const std::vector<std::string> users{"alice", "bob", "carol", "dave"};
+    std::vector<std::string_view> all(users.begin(), users.end());
+    std::mt19937 rng(23);
+    auto pick = [&](uint64_t n) { return std::uniform_int_distribution<uint64_t>(0, n - 1)(rng); };
+    int64_t now = utc(2024, 5, 30, 20);
+    size_t put_back = 0, landed = 0, not_undoable = 0;
+    for (int step = 0; step < 300; ++step) {
+        CAPTURE(step, now);
+        CycleCommit commit, twin_commit;
+        commit.time = twin_commit.time = now;
+        for (const auto& user : users)
+            if (pick(2)) commit.user_usage[user] = Traffic{{1, pick(kGB / 4)}, {1, pick(kGB)}};
+        if (pick(8) == 0) commit.user_usage["new" + std::to_string(step)] = Traffic{{}, {1, 5}}; // no record yet
+        twin_commit.user_usage = commit.user_usage;
+        quotas.plan(commit, now);
+        twin.plan(twin_commit, now);
+        REQUIRE(commit.quota_usage == twin_commit.quota_usage);
+        auto tentative = quotas.accept_tentatively(commit, now);
+        REQUIRE(tentative.has_value() == QuotaController::undoable(commit));
+        if (!tentative) ++not_undoable;
+        if (tentative && pick(3) == 0) { // the store failed: nothing of it counts
+            quotas.undo(std::move(*tentative));
+            ++put_back;
+        } else {
+            must_commit(store, commit);
+            must_commit(twin_store, twin_commit);
+            if (!tentative) quotas.accept(commit, now);
+            twin.accept(twin_commit, now);
+            ++landed;
+        }
+        REQUIRE(quotas.gauges(all, now) == twin.gauges(all, now));
+        REQUIRE(quotas.quotas(now) == twin.quotas(now));
+        now += static_cast<int64_t>(pick(5) == 0 ? pick(2 * 86400) : pick(1800));
+    }
+    CHECK(put_back > 40);
+    CHECK(landed > 100);
+    CHECK(not_undoable > 5); // alerts fired
+}

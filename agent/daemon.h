@@ -66,7 +66,8 @@ private:
     // The users with a session now (OpenVPN's and Sing-Box's), in name order.
     std::vector<std::string_view> connected_users() const;
     Status start_singbox(const std::vector<Session>& open_sessions);
-    // Each server's change goes into `commit`; accept each once it is committed.
+    // Each server's usage and checkpoint go into `commit` (its sessions are
+    // for the caller to add); accept each once it is committed.
     std::vector<std::pair<singbox::Server*, singbox::LedgerChange>> plan_singbox(CycleCommit& commit);
     void enforce_singbox(int64_t now);
     Interfaces interfaces() const;

@@ -292,6 +292,13 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
                              int64_t now) const
 {
     CycleCommit out;
+    plan(counters, connected, interfaces, now, out, {});
+    return out;
+}
+
+void Reconciler::plan(const Cycle& counters, const ConnectedSessions& connected, const Interfaces& interfaces,
+                      int64_t now, CycleCommit& out, const std::function<void()>& usage_final) const
+{
     out.time = now;
     size_t reported_count = 0;
     for (const auto& [instance, list] : connected) reported_count += list.size();
@@ -418,6 +425,21 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
     for (const auto& [ifindex, traffic] : unattributed) out.unattributed[interface_name(interfaces, ifindex)] += traffic;
     for (const auto& [ifindex, name] : interfaces.name_by_ifindex)
         if (counters.snapshot.interfaces.count(ifindex)) out.interface_names[ifindex] = name;
+    // The users' increments are final now: sessions that end or start below
+    // are closed and opened at the values just read. In byte order (the
+    // commit's): a walk of all users when many moved, else a sort of the
+    // few that did.
+    out.user_usage.reserve(users_seen.size());
+    if (!walk_pays(users_seen.size(), user_ids_.size())) {
+        std::sort(users_seen.begin(), users_seen.end(),
+                  [&](uint32_t a, uint32_t b) { return users_[a].name < users_[b].name; });
+        for (uint32_t user : users_seen) out.user_usage.append(std::string(users_[user].name), user_moved[user]);
+    } else {
+        const KeptUsers& kept = kept_users(); // in name order, without walking the tree of them
+        for (size_t i = 0; i < kept.ids.size(); ++i)
+            if (user_seen[kept.ids[i]]) out.user_usage.append(std::string(kept.names[i]), user_moved[kept.ids[i]]);
+    }
+    if (usage_final) usage_final();
 
     // Ownership changes after step 1 (rare: sessions that start, end or
     // move), kept aside so the in-order updates above stay a flat append.
@@ -524,19 +546,6 @@ CycleCommit Reconciler::plan(const Cycle& counters, const ConnectedSessions& con
 
     out.address_updates.merge(owner_changes);
     put_in_id_order(out, whole_at, totals_at); // the store writes them in key order
-    // Users in byte order (the commit's): a walk of all of them when many
-    // moved, else a sort of the few that did.
-    out.user_usage.reserve(users_seen.size());
-    if (!walk_pays(users_seen.size(), user_ids_.size())) {
-        std::sort(users_seen.begin(), users_seen.end(),
-                  [&](uint32_t a, uint32_t b) { return users_[a].name < users_[b].name; });
-        for (uint32_t user : users_seen) out.user_usage.append(std::string(users_[user].name), user_moved[user]);
-    } else {
-        const KeptUsers& kept = kept_users(); // in name order, without walking the tree of them
-        for (size_t i = 0; i < kept.ids.size(); ++i)
-            if (user_seen[kept.ids[i]]) out.user_usage.append(std::string(kept.names[i]), user_moved[kept.ids[i]]);
-    }
-    return out;
 }
 
 void Reconciler::accept(const CycleCommit& committed)

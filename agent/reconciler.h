@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -60,6 +61,15 @@ public:
     // session_totals point at this reconciler's records: valid until then.
     CycleCommit plan(const Cycle& counters, const ConnectedSessions& connected, const Interfaces& interfaces,
                      int64_t now) const;
+    // The same into `out` (empty), calling `usage_final`, if given, once
+    // out.time and out.user_usage are final (the bytes are attributed; the
+    // sessions that end or start after that are closed and opened at the
+    // values just read). From then on other threads may read those two
+    // and write out.quota_usage and out.alerts_fired, and nothing else of
+    // `out`, until this returns: the daemon plans the quotas and begins the
+    // store's commit meanwhile.
+    void plan(const Cycle& counters, const ConnectedSessions& connected, const Interfaces& interfaces, int64_t now,
+              CycleCommit& out, const std::function<void()>& usage_final) const;
     void accept(const CycleCommit& committed);
 
     // What accept_tentatively() changed, for undo().

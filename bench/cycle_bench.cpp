@@ -4,8 +4,8 @@
 // up on one interface), gives each its own connected session and user, and
 // runs the daemon's cycle on them with the daemon's own classes: read every
 // counter (Collector over PinnedMaps), reconcile (Reconciler::plan), commit
-// to a fresh LMDB store (Store::commit), then accept and publish the metrics
-// snapshot (MetricsRecorder). Before every timed cycle, every client's
+// to a fresh LMDB store (Store::commit, begun once the usage is final), then
+// accept and publish the metrics snapshot (MetricsRecorder). Before every timed cycle, every client's
 // counters move (the worst case: all N active), outside the timing. Then it
 // renders /metrics from that state (and, for comparison, serializes it the
 // old way, with prometheus-cpp) and reports the process's memory.
@@ -52,6 +52,7 @@
 #include "quota_controller.h"
 #include "reconciler.h"
 #include "result.h"
+#include "store/background_commit.h"
 #include "store/store.h"
 
 namespace {
@@ -304,17 +305,21 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         if (!counters) return counters.error();
         const auto t1 = Clock::now();
         const int64_t now = static_cast<int64_t>(std::time(nullptr)) + ahead;
-        vpnmeter::CycleCommit commit = reconciler.plan(counters.value(), connected, devices, now);
-        const auto t2 = Clock::now();
-        // The commit on its own thread while this one plans the quotas and
-        // stages the metrics, as the daemon does.
-        std::promise<bool> quotas_planned;
-        auto committing = std::async(std::launch::async, [&, planned = quotas_planned.get_future().share()] {
-            return store->commit(commit, nullptr, planned);
+        // As the daemon does: the commit begins once the usage is final, the
+        // quotas are planned beside the rest of the reconciliation.
+        vpnmeter::CycleCommit commit;
+        vpnmeter::BackgroundCommit committing;
+        double quota_ms = 0;
+        reconciler.plan(counters.value(), connected, devices, now, commit, [&] {
+            committing.start(*store, commit);
+            const auto q0 = Clock::now();
+            quotas.plan(commit, now);
+            committing.quotas_planned(true);
+            quota_ms = std::chrono::duration<double, std::milli>(Clock::now() - q0).count();
         });
-        quotas.plan(commit, now);
-        quotas_planned.set_value(true);
-        const auto t2q = Clock::now();
+        committing.rest_planned(true);
+        const auto t2 = Clock::now();
+        const auto t2q = t2;
         auto staged = metrics.stage(commit);
         // The gauges as they will be once accepted, worked out meanwhile (as the daemon does).
         std::optional<vpnmeter::UserGauges> gauges = quotas.gauges_once_accepted(commit, reconciler.users(), now);
@@ -331,7 +336,7 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         };
         const bool tentative = vpnmeter::Reconciler::undoable(commit) && vpnmeter::QuotaController::undoable(commit);
         if (tentative) accept_both(true);
-        if (auto st = committing.get(); !st) return st.error(); // the benchmark stops: nothing to put back
+        if (auto st = committing.wait(); !st) return st.error(); // the benchmark stops: nothing to put back
         const auto t3 = Clock::now();
         if (!tentative) accept_both(false);
         const auto t3q = Clock::now();
@@ -365,8 +370,8 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         if (phases) {
             auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
             phases->read.push_back(ms(t0, t1));
-            phases->reconcile.push_back(ms(t1, t2));
-            phases->quota.push_back(ms(t2, t2q) + ms(t3q, t3e));
+            phases->reconcile.push_back(ms(t1, t2) - quota_ms);
+            phases->quota.push_back(quota_ms + ms(t3q, t3e));
             phases->commit.push_back(ms(t2q, t3));
             phases->publish.push_back(ms(t3, t3q) + ms(t3e, t4));
             phases->total.push_back(ms(t0, t4));
@@ -532,15 +537,17 @@ void print_table(const std::vector<SizeResult>& results)
     for (const auto& r : results)
         std::printf("%9u %10.1f %18.1f %10.2f %13zu %10.1f %10.1f %12.1f\n", r.clients, r.render_ms, r.prometheus_ms,
                     r.cached_ms, r.render_bytes, r.rss_mib, r.hwm_mib, r.store_bytes / 1048576.0);
-    std::printf("\nread: Collector::collect (batch read of the map, deltas); reconcile: Reconciler::plan;\n"
-                "quota: QuotaController::plan (period usage, alerts; every user on a 1 TB/month plan unless\n"
-                "--no-quotas) + enforce (kernel policies and budgets); commit: Store::commit (one LMDB write\n"
-                "transaction, fsync) on its own thread, begun before the quotas are planned (their records are\n"
-                "written last), while the cycle's thread plans them, stages the metrics (MetricsRecorder::stage:\n"
-                "the sessions' totals, copies of the series) and works out the quota gauges as they will be\n"
-                "once accepted, and (when no session came or went and no alert fired: what they change can\n"
-                "be put back) the reconciler and the quotas take it, as the daemon does; this column is the\n"
-                "wait after the quota plan;\n"
+    std::printf("\nread: Collector::collect (batch read of the map, deltas); reconcile: Reconciler::plan, but\n"
+                "for the quota plan inside it; quota: QuotaController::plan (period usage, alerts; every user\n"
+                "on a 1 TB/month plan unless --no-quotas), run as soon as the users' usage is final, while the\n"
+                "sessions that came or went are still to be worked out, + enforce (kernel policies and\n"
+                "budgets); commit: Store::commit (one LMDB write transaction, fsync) on its own thread, begun\n"
+                "as soon as the usage is final (it writes the buckets, then the quota records once planned,\n"
+                "then the rest once the reconciliation is done), while the cycle's thread stages the metrics\n"
+                "(MetricsRecorder::stage: the sessions' totals, copies of the series values), works out the\n"
+                "quota gauges as they will be once accepted and (when no session came or went and no alert\n"
+                "fired: what they change can be put back) has the reconciler and the quotas take it, as the\n"
+                "daemon does; this column is the wait after the reconciliation;\n"
                 "publish: otherwise the reconciler's and the quotas' accept side by side, then the metrics\n"
                 "snapshot;\n"
                 "cpu: the process's CPU time in the cycle, all threads (user + system);\n"

@@ -601,7 +601,8 @@ Status roll_up(lmdb::Txn& txn, const Databases& dbs, const BucketCalendar& calen
 
 } // namespace
 
-Status Store::commit(const CycleCommit& cycle, StoreFailure* failure, std::shared_future<bool> quotas_planned)
+Status Store::commit(const CycleCommit& cycle, StoreFailure* failure, std::shared_future<bool> quotas_planned,
+                     std::shared_future<bool> rest_planned)
 {
     if (failure) *failure = StoreFailure::other;
     if (impl_->options.read_only) return Error{"commit: the store is open read-only"};
@@ -609,10 +610,66 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure, std::share
     std::array<int64_t, kGranularities.size()> starts{};
     for (size_t i = 0; i < kGranularities.size(); ++i)
         starts[i] = impl_->calendar.start(cycle.time, kGranularities[i]);
+    // A part still planned on another thread: false (or a broken promise)
+    // means it never will be, and nothing is written.
+    auto ready = [](const std::shared_future<bool>& planned) {
+        if (!planned.valid()) return true;
+        try {
+            return planned.get();
+        } catch (const std::future_error&) { // the planning thread gave up
+            return false;
+        }
+    };
 
     return impl_->write("commit cycle", [&](lmdb::Txn& txn) -> Status {
-        // Every write in key order through one cursor per database (see
-        // lmdb::WriteCursor): sessions come in the order they moved.
+        // The users' usage first, then their quota records: both may be all
+        // that is planned yet. Every write in key order through one cursor
+        // per database (see lmdb::WriteCursor).
+        // Usage: the hours before this one go to their days and months once
+        // (at 100,000 users a day and a month bucket rewritten per user
+        // every cycle cost ~50 ms a cycle).
+        auto rolled = read_rolled_to(txn, *dbs.meta);
+        if (!rolled) return rolled.error();
+        const int64_t hour = starts[0];
+        if (hour > *rolled) {
+            if (auto up = roll_up(txn, dbs, impl_->calendar, *rolled, hour); !up) return prefixed("roll up usage", up.error());
+            if (auto put = txn.put(*dbs.meta, kRolledToKey, encoding::encode_i64(hour)); !put) return put;
+        }
+        // An hour already rolled up (the last hour of a schema 4 store, or
+        // the clock went back) adds to its day and month directly.
+        const size_t runs = hour < *rolled ? kGranularities.size() : 1;
+        // A run per granularity, users in byte order within it (the key
+        // order). A user without this hour's bucket may be new: listed.
+        auto usage_cursor = lmdb::WriteCursor::open(txn, *dbs.usage);
+        if (!usage_cursor) return prefixed("store usage", usage_cursor.error());
+        std::vector<std::string_view> maybe_new_users;
+        std::string bucket_key, bucket;
+        for (size_t i = 0; i < runs; ++i) {
+            for (const auto& entry : cycle.user_usage) { // not a structured binding: the lambda captures it
+                const std::string& user = entry.first;
+                const Traffic& increment = entry.second;
+                if (increment == Traffic{}) continue; // buckets hold only traffic
+                encoding::usage_key(kGranularities[i], starts[i], user, bucket_key);
+                auto add = [&](std::optional<std::string_view> stored) -> Result<std::string_view> {
+                    if (!stored && kGranularities[i] == Granularity::Hour) maybe_new_users.push_back(user);
+                    return add_traffic(stored, increment, bucket);
+                };
+                auto added = usage_cursor->update(bucket_key, add);
+                if (!added) return prefixed("add usage of user '" + user + "'", added.error());
+            }
+        }
+        for (std::string_view user : maybe_new_users) {
+            const std::string key = encoding::user_key(user);
+            auto listed = txn.get(*dbs.users, key); // a read: a page rewritten only for a new user
+            if (!listed) return prefixed("list user '" + std::string(user) + "'", listed.error());
+            if (*listed) continue;
+            if (auto put = txn.put(*dbs.users, key, {}); !put)
+                return prefixed("list user '" + std::string(user) + "'", put.error());
+        }
+        if (!ready(quotas_planned)) return Error{"the cycle's quota usage was not planned"};
+        if (auto written = write_quota_records(txn, dbs, cycle); !written) return written;
+        if (!ready(rest_planned)) return Error{"the cycle's sessions and checkpoints were not planned"};
+        // Sessions come in the order they moved.
         std::vector<const Session*> sessions;
         sessions.reserve(cycle.sessions.size());
         for (const Session& session : cycle.sessions) {
@@ -672,47 +729,6 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure, std::share
         }
         for (; next_whole != whole.end(); ++next_whole)
             if (auto put = put_totals(*next_whole); !put) return put;
-        // Usage: the hours before this one go to their days and months once
-        // (at 100,000 users a day and a month bucket rewritten per user
-        // every cycle cost ~50 ms a cycle).
-        auto rolled = read_rolled_to(txn, *dbs.meta);
-        if (!rolled) return rolled.error();
-        const int64_t hour = starts[0];
-        if (hour > *rolled) {
-            if (auto up = roll_up(txn, dbs, impl_->calendar, *rolled, hour); !up) return prefixed("roll up usage", up.error());
-            if (auto put = txn.put(*dbs.meta, kRolledToKey, encoding::encode_i64(hour)); !put) return put;
-        }
-        // An hour already rolled up (the last hour of a schema 4 store, or
-        // the clock went back) adds to its day and month directly.
-        const size_t runs = hour < *rolled ? kGranularities.size() : 1;
-        // A run per granularity, users in byte order within it (the key
-        // order). A user without this hour's bucket may be new: listed.
-        auto usage_cursor = lmdb::WriteCursor::open(txn, *dbs.usage);
-        if (!usage_cursor) return prefixed("store usage", usage_cursor.error());
-        std::vector<std::string_view> maybe_new_users;
-        std::string bucket_key, bucket;
-        for (size_t i = 0; i < runs; ++i) {
-            for (const auto& entry : cycle.user_usage) { // not a structured binding: the lambda captures it
-                const std::string& user = entry.first;
-                const Traffic& increment = entry.second;
-                if (increment == Traffic{}) continue; // buckets hold only traffic
-                encoding::usage_key(kGranularities[i], starts[i], user, bucket_key);
-                auto add = [&](std::optional<std::string_view> stored) -> Result<std::string_view> {
-                    if (!stored && kGranularities[i] == Granularity::Hour) maybe_new_users.push_back(user);
-                    return add_traffic(stored, increment, bucket);
-                };
-                auto added = usage_cursor->update(bucket_key, add);
-                if (!added) return prefixed("add usage of user '" + user + "'", added.error());
-            }
-        }
-        for (std::string_view user : maybe_new_users) {
-            const std::string key = encoding::user_key(user);
-            auto listed = txn.get(*dbs.users, key); // a read: a page rewritten only for a new user
-            if (!listed) return prefixed("list user '" + std::string(user) + "'", listed.error());
-            if (*listed) continue;
-            if (auto put = txn.put(*dbs.users, key, {}); !put)
-                return prefixed("list user '" + std::string(user) + "'", put.error());
-        }
         auto unattributed_cursor = lmdb::WriteCursor::open(txn, *dbs.unattributed);
         if (!unattributed_cursor) return prefixed("store unattributed usage", unattributed_cursor.error());
         for (const auto& [interface, increment] : cycle.unattributed) {
@@ -764,15 +780,7 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure, std::share
             if (auto put = txn.put(*dbs.stats_checkpoints, instance, encoding::encode(checkpoint)); !put)
                 return prefixed("store Sing-Box checkpoint of " + instance, put.error());
         }
-        if (quotas_planned.valid()) {
-            bool planned = false;
-            try {
-                planned = quotas_planned.get();
-            } catch (const std::future_error&) { // the planning thread gave up
-            }
-            if (!planned) return Error{"the cycle's quota usage was not planned"};
-        }
-        return write_quota_records(txn, dbs, cycle);
+        return ok();
     }, failure);
 }
 

@@ -193,12 +193,14 @@ public:
     // nothing is written and the error says why (the caller retries the
     // whole cycle later: the kernel keeps counting meanwhile). `failure`,
     // if given, is set to the kind of failure (none on success).
-    // `quotas_planned`, if valid: the caller is still filling the cycle's
-    // quota_usage and alerts_fired (and nothing else of it) on another
-    // thread. The commit writes everything else first and reads those once
-    // it is ready; false (or a broken promise): nothing is written.
+    // The commit may begin while the cycle is still being planned on other
+    // threads, once its time and user_usage are final. `quotas_planned`, if
+    // valid: quota_usage and alerts_fired are still being filled in;
+    // `rest_planned`, if valid: everything else is. The commit writes the
+    // usage first, then reads the quota records once they are ready, then
+    // the rest once it is; false (or a broken promise): nothing is written.
     Status commit(const CycleCommit& cycle, StoreFailure* failure = nullptr,
-                  std::shared_future<bool> quotas_planned = {});
+                  std::shared_future<bool> quotas_planned = {}, std::shared_future<bool> rest_planned = {});
 
     // The reads below each use a snapshot of their own; take one with
     // snapshot() to read several things consistently.

@@ -411,7 +411,16 @@ TEST_CASE("random connects, disconnects, late addresses, silent sources and rest
             }
             const CounterSnapshot before = previous.value_or(CounterSnapshot{});
             const Cycle counters = cycle_between(raw, before);
-            const CycleCommit commit = reconciler.plan(counters, reported, model.interfaces, now);
+            // As the daemon plans: the usage is final (and read elsewhere)
+            // before the sessions that came or went are worked out.
+            CycleCommit commit;
+            std::optional<FlatMap<std::string, Traffic>> usage_at_hook;
+            reconciler.plan(counters, reported, model.interfaces, now, commit, [&] {
+                REQUIRE_FALSE(usage_at_hook);
+                REQUIRE(commit.time == now);
+                usage_at_hook = commit.user_usage;
+            });
+            REQUIRE(usage_at_hook == commit.user_usage);
             REQUIRE(std::is_sorted(commit.sessions.begin(), commit.sessions.end(),
                                    [](const Session& a, const Session& b) { return a.id < b.id; }));
             REQUIRE(std::is_sorted(commit.session_totals.begin(), commit.session_totals.end(),

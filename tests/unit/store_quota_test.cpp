@@ -12,6 +12,7 @@
 #include <future>
 #include <thread>
 
+#include "store/background_commit.h"
 #include "store/encoding.h"
 #include "store/store.h"
 #include "store_support.h"
@@ -159,6 +160,77 @@ TEST_CASE("quota records planned while the commit is written go in with it, or n
         }
         CHECK(must(store.usage("alice", 0, kJune, Granularity::Hour)).empty());
         CHECK(must(store.quota_usage()).empty());
+    }
+}
+
+TEST_CASE("a commit begun on the usage alone writes the rest as it is planned, or nothing", "[store][quota]")
+{
+    // The daemon's order: the store starts once the users' usage is final,
+    // the quota records come next, the sessions and checkpoints last.
+    TempDir dir;
+    Store store = open_store(options_in(dir));
+    CycleCommit cycle;
+    cycle.time = kMay + 60;
+    cycle.user_usage = {{"alice", traffic(10, 20)}};
+    auto fill_quotas = [&] { cycle.quota_usage = {{"alice", {kMay, 10, 20}}}; };
+    auto fill_rest = [&] {
+        Session session;
+        session.id = "udp1194:alice:1";
+        session.user = "alice";
+        session.start = kMay;
+        session.usage = Traffic{{1, 10}, {1, 20}};
+        cycle.sessions = {session};
+        cycle.unattributed["tun0"] = traffic(3, 4);
+    };
+    auto nothing_written = [&] {
+        CHECK(must(store.usage("alice", 0, kJune, Granularity::Hour)).empty());
+        CHECK(must(store.quota_usage()).empty());
+        CHECK(must(store.sessions()).empty());
+        CHECK(must(store.unattributed()).empty());
+    };
+
+    SECTION("planned while it writes: all of it lands")
+    {
+        BackgroundCommit committing;
+        committing.start(store, cycle);
+        std::this_thread::sleep_for(std::chrono::milliseconds(30)); // writing the usage, then waiting
+        fill_quotas();
+        committing.quotas_planned(true);
+        std::this_thread::sleep_for(std::chrono::milliseconds(30));
+        fill_rest();
+        committing.rest_planned(true);
+        REQUIRE(committing.wait());
+        CHECK(must(store.usage("alice", 0, kJune, Granularity::Hour)).size() == 1);
+        CHECK(must(store.quota_usage("alice")) == QuotaUsageRecord{kMay, 10, 20});
+        CHECK(must(store.sessions()).size() == 1);
+        CHECK(must(store.unattributed()).size() == 1);
+    }
+    SECTION("the rest never planned: nothing")
+    {
+        BackgroundCommit committing;
+        committing.start(store, cycle);
+        fill_quotas();
+        committing.quotas_planned(true);
+        committing.rest_planned(false);
+        const auto failed = committing.wait();
+        REQUIRE_FALSE(failed);
+        CHECK_THAT(failed.error().message(), Catch::Contains("sessions and checkpoints were not planned"));
+        nothing_written();
+    }
+    SECTION("the planning thread unwinds: the commit is refused and waited for, nothing written")
+    {
+        try {
+            BackgroundCommit committing;
+            committing.start(store, cycle);
+            fill_quotas();
+            committing.quotas_planned(true);
+            throw std::runtime_error("planning failed");
+        } catch (const std::runtime_error&) {
+        }
+        nothing_written();
+        fill_rest();
+        REQUIRE(store.commit(cycle)); // the store takes the next one
+        CHECK(must(store.sessions()).size() == 1);
     }
 }
 

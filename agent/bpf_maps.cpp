@@ -47,11 +47,11 @@ Status for_each_percpu(int fd, int ncpus, const char* what, Visit&& visit)
 }
 
 // Reads the buckets [from, until) of a per-CPU hash map, and possibly a few
-// past `until` (a batch holds whole buckets), adding each entry to `out`.
-// The kernel's batch cursor for hash maps is a bucket index (since 5.6):
-// false, with `out` as it stands, if it did not behave like one.
+// past `until` (a batch holds whole buckets), into `out` from `*at` on, up
+// to `end`. The kernel's batch cursor for hash maps is a bucket index
+// (since 5.6): false if it did not behave like one, or `out` had no room.
 Result<bool> read_client_buckets(int fd, int ncpus, uint32_t from, uint32_t until, uint32_t buckets,
-                                 std::vector<ClientTraffic::value_type>& out)
+                                 ClientTraffic::value_type* out, size_t* at, size_t end)
 {
     std::vector<vpnmeter_client_key> keys(kBatchSize);
     std::vector<vpnmeter_client_counters> values(static_cast<size_t>(kBatchSize) * ncpus);
@@ -66,9 +66,10 @@ Result<bool> read_client_buckets(int fd, int ncpus, uint32_t from, uint32_t unti
             if (first && count == 0 && (err == -EINVAL || err == -ENOTSUP || err == -EOPNOTSUPP)) return false;
             return os_error(std::string("read ") + kClientsMap + " (batch lookup)", err);
         }
+        if (end - *at < count) return false;
         for (uint32_t i = 0; i < count; ++i)
-            out.emplace_back(ClientKey::from_bpf(keys[i]),
-                             sum_per_cpu(std::span(values.data() + static_cast<size_t>(i) * ncpus, ncpus)));
+            out[(*at)++] = {ClientKey::from_bpf(keys[i]),
+                            sum_per_cpu(std::span(values.data() + static_cast<size_t>(i) * ncpus, ncpus))};
         if (err == -ENOENT) return true; // past the last bucket
         if (next <= token || next > buckets) return false;
         token = next;
@@ -76,25 +77,34 @@ Result<bool> read_client_buckets(int fd, int ncpus, uint32_t from, uint32_t unti
     }
 }
 
-// The client map's entries read on two cores, a half of its buckets each
-// (about 2x: the kernel's copying is most of a read). An entry in a bucket
-// both halves read appears twice, for the sort to drop. false: the batch
-// cursor is not a bucket index on this kernel; read sequentially.
-Result<bool> read_clients_in_halves(int fd, int ncpus, uint32_t max_entries,
+// The client map's entries read on two cores, half of its buckets each
+// (about 2x: the kernel's copying is most of a read), into two regions of
+// `clients` sized from the last read, then moved together: no second
+// buffer (at 1M clients one is 56 MB). An entry in a bucket both halves
+// read appears twice, for the sort to drop. false: the cursor is not a
+// bucket index on this kernel, or the map grew past the room: read
+// sequentially.
+Result<bool> read_clients_in_halves(int fd, int ncpus, uint32_t max_entries, size_t expected,
                                     std::vector<ClientTraffic::value_type>& clients)
 {
     const uint32_t buckets = std::bit_ceil(max_entries); // the kernel's n_buckets
-    std::vector<ClientTraffic::value_type> upper;
-    upper.reserve(clients.capacity() / 2 + kBatchSize);
+    // Each half holds about half the entries (a hash spreads them evenly),
+    // some new ones, and one batch the other half also read.
+    const size_t room = expected / 2 + expected / 64 + 2 * kBatchSize;
+    clients.resize(2 * room);
+    size_t lower_end = 0, upper_end = room;
     auto upper_read = std::async(std::launch::async, [&] {
-        return read_client_buckets(fd, ncpus, buckets / 2, buckets, buckets, upper);
+        return read_client_buckets(fd, ncpus, buckets / 2, buckets, buckets, clients.data(), &upper_end, 2 * room);
     });
-    auto lower = read_client_buckets(fd, ncpus, 0, buckets / 2, buckets, clients);
+    auto lower = read_client_buckets(fd, ncpus, 0, buckets / 2, buckets, clients.data(), &lower_end, room);
     auto higher = upper_read.get();
     if (!lower) return lower.error();
     if (!higher) return higher.error();
     if (!*lower || !*higher) return false;
-    clients.insert(clients.end(), upper.begin(), upper.end());
+    auto moved = std::move(clients.begin() + static_cast<std::ptrdiff_t>(room),
+                           clients.begin() + static_cast<std::ptrdiff_t>(upper_end),
+                           clients.begin() + static_cast<std::ptrdiff_t>(lower_end));
+    clients.erase(moved, clients.end());
     return true;
 }
 
@@ -158,10 +168,10 @@ Result<CounterSnapshot> PinnedMaps::read()
                      "run `vpnmeterd --detach` to recreate the maps"};
     CounterSnapshot snapshot;
     std::vector<ClientTraffic::value_type> clients; // in hash order; sorted once below
-    clients.reserve(last_client_count_);
     bool in_halves = last_client_count_ >= kParallel;
+    if (!in_halves) clients.reserve(last_client_count_);
     if (in_halves) {
-        auto read = read_clients_in_halves(clients_.get(), ncpus_, max_clients_, clients);
+        auto read = read_clients_in_halves(clients_.get(), ncpus_, max_clients_, last_client_count_, clients);
         if (!read) return read.error();
         in_halves = *read;
         if (!in_halves) clients.clear();

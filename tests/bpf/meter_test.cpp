@@ -634,9 +634,10 @@ TEST_CASE("per-CPU values are summed when reading", "[bpf][meter]")
 TEST_CASE("a large client map is read on two cores, each entry once and exact", "[bpf][meter]")
 {
     // From 32,768 entries PinnedMaps::read() reads half of the hash buckets
-    // on each of two threads; the batch that crosses the middle overlaps
-    // the other half, and those entries must come out once.
-    constexpr uint32_t kClients = 70000;
+    // on each of two threads into room sized from the last read; the batch
+    // that crosses the middle overlaps the other half, and those entries
+    // must come out once. A map that grew past the room is read
+    // sequentially instead.
     Meter m(100000); // 131,072 buckets
     auto maps = PinnedMaps::open(m.pin_path());
     REQUIRE(maps);
@@ -648,9 +649,9 @@ TEST_CASE("a large client map is read on two cores, each entry once and exact", 
         return ClientKey::parse(1 + i % 3, address);
     };
     std::map<ClientKey, Traffic> want;
-    auto fill = [&](uint64_t round) {
+    auto fill = [&](uint64_t round, uint32_t clients) {
         std::vector<vpnmeter_client_counters> values(ncpus);
-        for (uint32_t i = 0; i < kClients; ++i) {
+        for (uint32_t i = 0; i < clients; ++i) {
             const ClientKey key = key_of(i);
             Traffic sum;
             for (size_t cpu = 0; cpu < ncpus; ++cpu) {
@@ -668,10 +669,11 @@ TEST_CASE("a large client map is read on two cores, each entry once and exact", 
         }
     };
     // The first read is sequential (the map's size is not known yet), the
-    // later ones in halves.
-    for (uint64_t round = 1; round <= 3; ++round) {
+    // second finds 30,000 more than the room (sequential again), the later
+    // ones in halves.
+    for (uint64_t round = 1; round <= 4; ++round) {
         INFO("read " << round);
-        fill(round);
+        fill(round, round == 1 ? 40000 : 70000);
         auto got = maps->read();
         REQUIRE(got);
         REQUIRE(got->clients.size() == want.size());

@@ -44,9 +44,10 @@ namespace {
 template <class Map>
 class NameWalk {
 public:
-    using Entry = std::conditional_t<std::is_const_v<Map>, const typename Map::value_type, typename Map::value_type>;
+    using Value = typename Map::value_type;
+    using Entry = std::conditional_t<std::is_const_v<Map>, const Value, Value>;
 
-    NameWalk(Map& map, const std::vector<const typename Map::value_type*>& by_name, size_t lookups = 0)
+    NameWalk(Map& map, const std::vector<const Value*>& by_name, size_t lookups = 0)
         : map_(map), by_name_(by_name), max_steps_(lookups * 16 >= by_name.size() ? SIZE_MAX : 4)
     {
     }
@@ -54,10 +55,9 @@ public:
     {
         for (size_t step = 0; at_ < by_name_.size() && by_name_[at_]->first < name; ++step) {
             if (step == max_steps_) {
+                auto before = [](const Value* entry, std::string_view n) { return entry->first < n; };
                 auto from = by_name_.begin() + static_cast<std::ptrdiff_t>(at_);
-                at_ = static_cast<size_t>(
-                    std::lower_bound(from, by_name_.end(), name, [](auto* e, std::string_view n) { return e->first < n; }) -
-                    by_name_.begin());
+                at_ = static_cast<size_t>(std::lower_bound(from, by_name_.end(), name, before) - by_name_.begin());
                 break;
             }
             if (++at_ + kAhead < by_name_.size()) __builtin_prefetch(by_name_[at_ + kAhead]);
@@ -81,7 +81,7 @@ public:
 private:
     static constexpr size_t kAhead = 8;
     Map& map_;
-    const std::vector<const typename Map::value_type*>& by_name_;
+    const std::vector<const Value*>& by_name_;
     size_t at_ = 0;
     size_t max_steps_;
 };
@@ -252,9 +252,12 @@ void QuotaController::accept(const CycleCommit& commit, int64_t now, Undo* undo)
             // More usage: the kernel's policies still hold unless it changed
             // what they were set from (a threshold crossed, a block).
             const QuotaState& state = kept_state(user, record, now);
-            if (enforced_from(state) == *record.enforced) walked_->holds_until = std::min(walked_->holds_until, state.holds_until);
-            else if (undo) undo->walked = std::exchange(walked_, std::nullopt);
-            else walked_.reset();
+            if (enforced_from(state) == *record.enforced)
+                walked_->holds_until = std::min(walked_->holds_until, state.holds_until);
+            else if (undo)
+                undo->walked = std::exchange(walked_, std::nullopt);
+            else
+                walked_.reset();
         }
         for (const auto& alert : commit.alerts_fired) {
             remember_fired(alert);

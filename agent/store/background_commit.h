@@ -41,6 +41,7 @@ public:
     // The commit's result; refuses what was not given first.
     Status wait()
     {
+        if (!started()) return Error{"commit: never started"};
         refuse(quotas_, quotas_given_);
         refuse(rest_, rest_given_);
         return done_.get();

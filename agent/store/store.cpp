@@ -632,7 +632,8 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure, std::share
         if (!rolled) return rolled.error();
         const int64_t hour = starts[0];
         if (hour > *rolled) {
-            if (auto up = roll_up(txn, dbs, impl_->calendar, *rolled, hour); !up) return prefixed("roll up usage", up.error());
+            if (auto up = roll_up(txn, dbs, impl_->calendar, *rolled, hour); !up)
+                return prefixed("roll up usage", up.error());
             if (auto put = txn.put(*dbs.meta, kRolledToKey, encoding::encode_i64(hour)); !put) return put;
         }
         // An hour already rolled up (the last hour of a schema 4 store, or

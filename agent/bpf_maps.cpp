@@ -7,6 +7,7 @@
 #include <bit>
 #include <cstring>
 #include <future>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -16,65 +17,64 @@ namespace {
 constexpr uint32_t kBatchSize = 4096;
 constexpr size_t kParallel = 32768; // client entries from which the read and its sort use two cores
 
-// Visits every entry of a per-CPU hash map: visit(const Key&,
-// std::span<const Value>), one key and its per-CPU values.
+// Some of a hash map's buckets: [from, until) of `buckets` (the kernel's
+// batch cursor for hash maps is a bucket index, since 5.6).
+struct BucketRange {
+    uint32_t from = 0, until = 0, buckets = 0;
+};
+
+// Visits a per-CPU map's entries by batch: visit(const Key&,
+// std::span<const Value>), one key and its per-CPU values, returning false
+// when it has no room for more. With `range`, from its first bucket until
+// the cursor reaches its end (a batch holds whole buckets: a few past it
+// come too). false: the kernel has no batch ops (nothing was visited), the
+// visitor had no room, or the cursor did not behave like a bucket index.
 template <class Key, class Value, class Visit>
-Status for_each_percpu(int fd, int ncpus, const char* what, Visit&& visit)
+Result<bool> visit_batches(int fd, int ncpus, const char* what, Visit&& visit,
+                           std::optional<BucketRange> range = std::nullopt)
 {
     std::vector<Key> keys(kBatchSize);
     std::vector<Value> values(static_cast<size_t>(kBatchSize) * ncpus);
-    uint64_t token = 0; // hash maps use a u32 bucket cursor; 8 bytes is room enough
+    uint64_t token = range ? range->from : 0; // read as a u32; 8 bytes is room enough
     LIBBPF_OPTS(bpf_map_batch_opts, opts);
     for (bool first = true;; first = false) {
         uint32_t count = kBatchSize;
-        int err = bpf_map_lookup_batch(fd, first ? nullptr : &token, &token, keys.data(), values.data(),
+        uint64_t next = 0;
+        int err = bpf_map_lookup_batch(fd, first && token == 0 ? nullptr : &token, &next, keys.data(), values.data(),
                                        &count, &opts);
-        if (err && first && count == 0 && (err == -EINVAL || err == -ENOTSUP || err == -EOPNOTSUPP))
-            break; // no batch ops on this kernel: fall through to iteration
+        if (err && err != -ENOENT) {
+            if (first && count == 0 && (err == -EINVAL || err == -ENOTSUP || err == -EOPNOTSUPP)) return false;
+            return os_error(std::string("read ") + what + " (batch lookup)", err);
+        }
         for (uint32_t i = 0; i < count; ++i)
-            visit(keys[i], std::span<const Value>(values.data() + static_cast<size_t>(i) * ncpus, ncpus));
-        if (err == -ENOENT) return ok();
-        if (err) return os_error(std::string("read ") + what + " (batch lookup)", err);
+            if (!visit(keys[i], std::span<const Value>(values.data() + static_cast<size_t>(i) * ncpus, ncpus)))
+                return false;
+        if (err == -ENOENT) return true; // past the last entry
+        if (range && (next <= token || next > range->buckets)) return false;
+        token = next;
+        if (range && token >= range->until) return true;
     }
+}
+
+// Visits every entry of a per-CPU map (as visit_batches), by key iteration
+// on kernels without batch ops.
+template <class Key, class Value, class Visit>
+Status for_each_percpu(int fd, int ncpus, const char* what, Visit&& visit)
+{
+    auto batched = visit_batches<Key, Value>(fd, ncpus, what, [&](const Key& key, std::span<const Value> per_cpu) {
+        visit(key, per_cpu);
+        return true;
+    });
+    if (!batched) return batched.error();
+    if (*batched) return ok();
     // Key iteration: slower, and an entry deleted meanwhile is simply skipped.
     Key key{}, next{};
     std::vector<Value> per_cpu(ncpus);
     for (void* prev = nullptr; bpf_map_get_next_key(fd, prev, &next) == 0; prev = &key) {
         key = next;
-        if (bpf_map_lookup_elem(fd, &key, per_cpu.data()) == 0) visit(key, per_cpu);
+        if (bpf_map_lookup_elem(fd, &key, per_cpu.data()) == 0) visit(key, std::span<const Value>(per_cpu));
     }
     return ok();
-}
-
-// Reads the buckets [from, until) of a per-CPU hash map, and possibly a few
-// past `until` (a batch holds whole buckets), into `out` from `*at` on, up
-// to `end`. The kernel's batch cursor for hash maps is a bucket index
-// (since 5.6): false if it did not behave like one, or `out` had no room.
-Result<bool> read_client_buckets(int fd, int ncpus, uint32_t from, uint32_t until, uint32_t buckets,
-                                 ClientTraffic::value_type* out, size_t* at, size_t end)
-{
-    std::vector<vpnmeter_client_key> keys(kBatchSize);
-    std::vector<vpnmeter_client_counters> values(static_cast<size_t>(kBatchSize) * ncpus);
-    uint64_t token = from; // read as a u32; 8 bytes is room enough
-    LIBBPF_OPTS(bpf_map_batch_opts, opts);
-    for (bool first = true;; first = false) {
-        uint32_t count = kBatchSize;
-        uint64_t next = 0;
-        int err = bpf_map_lookup_batch(fd, first && from == 0 ? nullptr : &token, &next, keys.data(), values.data(),
-                                       &count, &opts);
-        if (err && err != -ENOENT) {
-            if (first && count == 0 && (err == -EINVAL || err == -ENOTSUP || err == -EOPNOTSUPP)) return false;
-            return os_error(std::string("read ") + kClientsMap + " (batch lookup)", err);
-        }
-        if (end - *at < count) return false;
-        for (uint32_t i = 0; i < count; ++i)
-            out[(*at)++] = {ClientKey::from_bpf(keys[i]),
-                            sum_per_cpu(std::span(values.data() + static_cast<size_t>(i) * ncpus, ncpus))};
-        if (err == -ENOENT) return true; // past the last bucket
-        if (next <= token || next > buckets) return false;
-        token = next;
-        if (token >= until) return true;
-    }
 }
 
 // The client map's entries read on two cores, half of its buckets each
@@ -92,11 +92,21 @@ Result<bool> read_clients_in_halves(int fd, int ncpus, uint32_t max_entries, siz
     // some new ones, and one batch the other half also read.
     const size_t room = expected / 2 + expected / 64 + 2 * kBatchSize;
     clients.resize(2 * room);
+    auto read_half = [&](BucketRange range, size_t& at, size_t end) {
+        return visit_batches<vpnmeter_client_key, vpnmeter_client_counters>(
+            fd, ncpus, kClientsMap,
+            [&](const vpnmeter_client_key& key, std::span<const vpnmeter_client_counters> per_cpu) {
+                if (at == end) return false;
+                clients[at++] = {ClientKey::from_bpf(key), sum_per_cpu(per_cpu)};
+                return true;
+            },
+            range);
+    };
     size_t lower_end = 0, upper_end = room;
     auto upper_read = std::async(std::launch::async, [&] {
-        return read_client_buckets(fd, ncpus, buckets / 2, buckets, buckets, clients.data(), &upper_end, 2 * room);
+        return read_half({buckets / 2, buckets, buckets}, upper_end, 2 * room);
     });
-    auto lower = read_client_buckets(fd, ncpus, 0, buckets / 2, buckets, clients.data(), &lower_end, room);
+    auto lower = read_half({0, buckets / 2, buckets}, lower_end, room);
     auto higher = upper_read.get();
     if (!lower) return lower.error();
     if (!higher) return higher.error();

@@ -49,6 +49,29 @@ Result<uint32_t> map_id(int fd, const char* what)
 
 void map_large_allocations() { mallopt(M_MMAP_THRESHOLD, 15 << 20); }
 
+void accept_side_by_side(Reconciler& reconciler, QuotaController& quotas, const CycleCommit& commit, int64_t now)
+{
+    auto reconciled = std::async(std::launch::async, [&] { reconciler.accept(commit); });
+    quotas.accept(commit, now);
+    reconciled.get();
+}
+
+std::optional<TentativeAccept> accept_side_by_side_tentatively(Reconciler& reconciler, QuotaController& quotas,
+                                                                const CycleCommit& commit, int64_t now)
+{
+    if (!Reconciler::undoable(commit) || !QuotaController::undoable(commit)) return std::nullopt;
+    auto reconciled = std::async(std::launch::async, [&] { return reconciler.accept_tentatively(commit); });
+    auto quota_undo = quotas.accept_tentatively(commit, now);
+    auto reconciler_undo = reconciled.get();
+    return TentativeAccept{std::move(*reconciler_undo), std::move(*quota_undo)};
+}
+
+void undo(Reconciler& reconciler, QuotaController& quotas, TentativeAccept&& taken)
+{
+    reconciler.undo(std::move(taken.reconciled));
+    quotas.undo(std::move(taken.quotas));
+}
+
 sigset_t daemon_signals()
 {
     sigset_t signals;
@@ -378,25 +401,14 @@ void Daemon::finish_cycle()
     // Still while the store writes: the quota gauges as they will be once
     // the commit is accepted, when that can be told beforehand.
     std::optional<UserGauges> gauges = quotas_->gauges_once_accepted(commit, connected_users(), now);
-    // The reconciler and the quotas take the commit side by side (neither
-    // touches the other's state); enforcement needs both. When what they
-    // change can be put back, they take it already, while the store
-    // finishes (much of that is waiting for the disk), and put it back if
-    // the commit fails.
-    std::optional<std::pair<Reconciler::Undo, QuotaController::Undo>> tentative;
-    if (Reconciler::undoable(commit) && QuotaController::undoable(commit)) {
-        auto reconciled = std::async(std::launch::async, [&] { return reconciler_->accept_tentatively(commit); });
-        auto quotas = quotas_->accept_tentatively(commit, now);
-        auto reconciler = reconciled.get();
-        tentative.emplace(std::move(*reconciler), std::move(*quotas));
-    }
+    // When what the reconciler and the quotas change can be put back, they
+    // take the commit already, while the store finishes it (much of that is
+    // waiting for the disk), and put it back if it fails.
+    auto tentative = accept_side_by_side_tentatively(*reconciler_, *quotas_, commit, now);
     if (auto status = committing.wait(); !status) {
         // Nothing was written; the kernel keeps counting and the next cycle
         // reads these bytes again.
-        if (tentative) {
-            reconciler_->undo(std::move(tentative->first));
-            quotas_->undo(std::move(tentative->second));
-        }
+        if (tentative) undo(*reconciler_, *quotas_, std::move(*tentative));
         metrics_->discard(std::move(staged));
         note_commit_failure(status.error(), failure);
         metrics_->count_store_commit_error(to_string(failure));
@@ -411,11 +423,7 @@ void Daemon::finish_cycle()
     commit_failing_ = false;
     failed_commits_ = 0;
     identity_committed_ = true;
-    if (!tentative) {
-        auto reconciled = std::async(std::launch::async, [&] { reconciler_->accept(commit); });
-        quotas_->accept(commit, now);
-        reconciled.get();
-    }
+    if (!tentative) accept_side_by_side(*reconciler_, *quotas_, commit, now);
     for (const auto& [server, change] : singbox_changes) server->accept(change);
     quotas_->enforce(reconciler_->keys_by_user(devices), now);
     enforce_singbox(now);

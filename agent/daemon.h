@@ -40,6 +40,20 @@ namespace vpnmeter {
 // calls it, and so does the cycle benchmark.
 void map_large_allocations();
 
+// A committed cycle, taken by the reconciler and the quotas side by side
+// (neither touches the other's state; enforcement needs both).
+void accept_side_by_side(Reconciler& reconciler, QuotaController& quotas, const CycleCommit& commit, int64_t now);
+// The same while the store still finishes the commit, when what both change
+// can be put back (Reconciler::undoable, QuotaController::undoable): what
+// undo() needs if the commit fails. nullopt, with nothing taken, otherwise.
+struct TentativeAccept {
+    Reconciler::Undo reconciled;
+    QuotaController::Undo quotas;
+};
+std::optional<TentativeAccept> accept_side_by_side_tentatively(Reconciler& reconciler, QuotaController& quotas,
+                                                                const CycleCommit& commit, int64_t now);
+void undo(Reconciler& reconciler, QuotaController& quotas, TentativeAccept&& taken);
+
 class Daemon {
 public:
     // Loads and pins the datapath, opens the store, resumes from its

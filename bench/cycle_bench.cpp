@@ -5,10 +5,11 @@
 // runs the daemon's cycle on them with the daemon's own classes: read every
 // counter (Collector over PinnedMaps), reconcile (Reconciler::plan), commit
 // to a fresh LMDB store (Store::commit, begun once the usage is final), then
-// accept and publish the metrics snapshot (MetricsRecorder). Before every timed cycle, every client's
-// counters move (the worst case: all N active), outside the timing. Then it
-// renders /metrics from that state (and, for comparison, serializes it the
-// old way, with prometheus-cpp) and reports the process's memory.
+// accept and publish the metrics snapshot (MetricsRecorder). Before every
+// timed cycle, every client's counters move (the worst case: all N active),
+// outside the timing. Then it renders /metrics from that state (and, for
+// comparison, serializes it the old way, with prometheus-cpp) and reports
+// the process's memory.
 // See docs/benchmarks.md.
 //
 // Needs root (BPF, bpffs). The pin path and the store are private and
@@ -26,7 +27,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
-#include <future>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -319,26 +319,15 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         });
         committing.rest_planned(true);
         const auto t2 = Clock::now();
-        const auto t2q = t2;
         auto staged = metrics.stage(commit);
         // The gauges as they will be once accepted, worked out meanwhile (as the daemon does).
         std::optional<vpnmeter::UserGauges> gauges = quotas.gauges_once_accepted(commit, reconciler.users(), now);
         // The reconciler and the quotas take the commit side by side, as the
         // daemon does: already while the store finishes when that can be put back.
-        auto accept_both = [&](bool tentatively) {
-            auto reconciled = std::async(std::launch::async, [&] {
-                if (tentatively) reconciler.accept_tentatively(commit);
-                else reconciler.accept(commit);
-            });
-            if (tentatively) quotas.accept_tentatively(commit, now);
-            else quotas.accept(commit, now);
-            reconciled.get();
-        };
-        const bool tentative = vpnmeter::Reconciler::undoable(commit) && vpnmeter::QuotaController::undoable(commit);
-        if (tentative) accept_both(true);
+        const bool tentative = vpnmeter::accept_side_by_side_tentatively(reconciler, quotas, commit, now).has_value();
         if (auto st = committing.wait(); !st) return st.error(); // the benchmark stops: nothing to put back
         const auto t3 = Clock::now();
-        if (!tentative) accept_both(false);
+        if (!tentative) vpnmeter::accept_side_by_side(reconciler, quotas, commit, now);
         const auto t3q = Clock::now();
         quotas.enforce(reconciler.keys_by_user(devices), now);
         const auto t3e = Clock::now();
@@ -372,7 +361,7 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
             phases->read.push_back(ms(t0, t1));
             phases->reconcile.push_back(ms(t1, t2) - quota_ms);
             phases->quota.push_back(quota_ms + ms(t3q, t3e));
-            phases->commit.push_back(ms(t2q, t3));
+            phases->commit.push_back(ms(t2, t3));
             phases->publish.push_back(ms(t3, t3q) + ms(t3e, t4));
             phases->total.push_back(ms(t0, t4));
             phases->cpu.push_back(process_cpu_ms() - cpu0);

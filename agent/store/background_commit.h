@@ -20,8 +20,7 @@ public:
     ~BackgroundCommit()
     {
         if (!started()) return;
-        refuse(quotas_, quotas_given_);
-        refuse(rest_, rest_given_);
+        refuse_undelivered();
         done_.wait();
     }
 
@@ -29,35 +28,47 @@ public:
     // anyone else once given, until wait() returns.
     void start(Store& store, const CycleCommit& cycle, StoreFailure* failure = nullptr)
     {
-        done_ = std::async(std::launch::async,
-                           [&store, &cycle, failure, quotas = quotas_.get_future().share(),
-                            rest = rest_.get_future().share()] { return store.commit(cycle, failure, quotas, rest); });
+        done_ = std::async(std::launch::async, [&store, &cycle, failure, quotas = quotas_.future(),
+                                                rest = rest_.future()] {
+            return store.commit(cycle, failure, quotas, rest);
+        });
     }
     bool started() const { return done_.valid(); }
     // cycle.quota_usage and alerts_fired are filled in (false: never will be).
-    void quotas_planned(bool planned) { give(quotas_, quotas_given_, planned); }
+    void quotas_planned(bool planned) { quotas_.give(planned); }
     // Everything else of the cycle is.
-    void rest_planned(bool planned) { give(rest_, rest_given_, planned); }
+    void rest_planned(bool planned) { rest_.give(planned); }
     // The commit's result; refuses what was not given first.
     Status wait()
     {
         if (!started()) return Error{"commit: never started"};
-        refuse(quotas_, quotas_given_);
-        refuse(rest_, rest_given_);
+        refuse_undelivered();
         return done_.get();
     }
 
 private:
-    static void give(std::promise<bool>& promise, bool& given, bool planned)
-    {
-        if (given) return;
-        promise.set_value(planned);
-        given = true;
-    }
-    static void refuse(std::promise<bool>& promise, bool& given) { give(promise, given, false); }
+    // A part of the cycle promised to the commit, given once.
+    class Part {
+    public:
+        std::shared_future<bool> future() { return promise_.get_future().share(); }
+        void give(bool planned)
+        {
+            if (given_) return;
+            promise_.set_value(planned);
+            given_ = true;
+        }
 
-    std::promise<bool> quotas_, rest_;
-    bool quotas_given_ = false, rest_given_ = false;
+    private:
+        std::promise<bool> promise_;
+        bool given_ = false;
+    };
+    void refuse_undelivered()
+    {
+        quotas_.give(false);
+        rest_.give(false);
+    }
+
+    Part quotas_, rest_;
     std::future<Status> done_;
 };
 

@@ -95,7 +95,7 @@ void Reconciler::release_user(uint32_t user)
     free_users_.push_back(user);
 }
 
-bool Reconciler::add_active(const Session& session, uint32_t slot)
+uint32_t Reconciler::add_active(const Session& session, uint32_t slot)
 {
     ++sessions_version_;
     const bool at_slot = slot != kNone && slots_[slot].session && slots_[slot].session->id == session.id;
@@ -113,7 +113,7 @@ bool Reconciler::add_active(const Session& session, uint32_t slot)
             count_instance(session.instance, +1);
         }
         stored = session;
-        return false;
+        return kNone;
     }
     if (free_slots_.empty()) {
         slot = static_cast<uint32_t>(slots_.size());
@@ -129,7 +129,7 @@ bool Reconciler::add_active(const Session& session, uint32_t slot)
     entry.addresses = parse_keys(session.addresses, 0);
     by_id_.emplace(it->first, slot);
     count_instance(session.instance, +1);
-    return true;
+    return slot;
 }
 
 void Reconciler::count_instance(const std::string& instance, int change)
@@ -139,21 +139,22 @@ void Reconciler::count_instance(const std::string& instance, int change)
     if (it->second == 0) by_instance_.erase(it);
 }
 
-bool Reconciler::remove_active(const std::string& id)
+uint32_t Reconciler::remove_active(const std::string& id)
 {
     ++sessions_version_;
     auto it = by_id_.find(id);
-    if (it == by_id_.end()) return false;
-    Active& entry = slots_[it->second];
+    if (it == by_id_.end()) return kNone;
+    const uint32_t slot = it->second;
+    Active& entry = slots_[slot];
     release_user(entry.user);
     count_instance(entry.session->instance, -1);
     entry.session = nullptr;
     entry.addresses.clear();
     ++entry.generation; // owners still naming the slot now name nobody
-    free_slots_.push_back(it->second);
+    free_slots_.push_back(slot);
     by_id_.erase(it);
     active_.erase(id);
-    return true;
+    return slot;
 }
 
 void Reconciler::rebuild_order()
@@ -161,6 +162,31 @@ void Reconciler::rebuild_order()
     order_.clear();
     order_.reserve(active_.size());
     for (const auto& [id, session] : active_) order_.push_back(by_id_.at(id));
+}
+
+// The kept entries stay in order and the new ones are merged in: at 100,000
+// sessions a rebuild from active_ (a tree walk and a hash per session) took
+// ~13 ms in every cycle that saw one come or go.
+void Reconciler::update_order(std::vector<uint32_t> came, const std::vector<uint32_t>& went)
+{
+    if (walk_pays(came.size() + went.size(), order_.size())) return rebuild_order();
+    // By slot first: a slot freed here may have been taken again by a new session.
+    std::vector<uint8_t> gone(slots_.size(), 0);
+    for (uint32_t slot : went) gone[slot] = 1;
+    std::erase_if(order_, [&](uint32_t slot) { return gone[slot]; });
+    auto by_id = [&](uint32_t a, uint32_t b) { return slots_[a].session->id < slots_[b].session->id; };
+    std::sort(came.begin(), came.end(), by_id);
+    std::vector<uint32_t> merged;
+    merged.reserve(order_.size() + came.size());
+    auto from = order_.begin();
+    for (uint32_t slot : came) {
+        auto at = std::lower_bound(from, order_.end(), slot, by_id);
+        merged.insert(merged.end(), from, at);
+        merged.push_back(slot);
+        from = at;
+    }
+    merged.insert(merged.end(), from, order_.end());
+    order_ = std::move(merged);
 }
 
 // A counting sort by the users' rank in name order: no name is compared.
@@ -612,12 +638,13 @@ void Reconciler::accept(const CycleCommit& committed, Undo* undo)
             if (at < order_.size() && slots_[order_[at]].session->id == id) found[i] = order_[at];
         }
     }
-    bool came_or_went = false;
+    std::vector<uint32_t> came, went; // slots
     for (size_t i = 0; i < committed.sessions.size(); ++i) {
         const Session& session = committed.sessions[i];
-        came_or_went |= session.active() ? add_active(session, found[i]) : remove_active(session.id);
+        const uint32_t slot = session.active() ? add_active(session, found[i]) : remove_active(session.id);
+        if (slot != kNone) (session.active() ? came : went).push_back(slot);
     }
-    if (came_or_went) rebuild_order();
+    if (!came.empty() || !went.empty()) update_order(std::move(came), went);
     for (const auto& key : committed.address_removals) owners_.erase(key);
     // The owners after the commit: one merge of the kept ones with its
     // updates (both in key order), dropping those whose session is gone.

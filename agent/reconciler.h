@@ -122,10 +122,13 @@ private:
     uint32_t find_slot(std::string_view id) const;
     uint32_t slot_of(const Owner& owner) const; // kNone once the session is gone
     uint64_t owner_tag(uint32_t slot) const;    // the slot and its generation, for AddressUpdates
-    // `slot`: where it probably is (checked), kNone: look it up. True: a new one.
-    bool add_active(const Session& session, uint32_t slot = kNone);
-    bool remove_active(const std::string& id); // true: it was active
+    // `slot`: where it probably is (checked), kNone: look it up. Returns the
+    // slot it took for a new one, kNone for one it knew.
+    uint32_t add_active(const Session& session, uint32_t slot = kNone);
+    uint32_t remove_active(const std::string& id); // the slot it freed, kNone: it was not active
     void rebuild_order();
+    // order_ after the sessions in these slots came and went.
+    void update_order(std::vector<uint32_t> came, const std::vector<uint32_t>& went);
     void accept(const CycleCommit& committed, Undo* undo); // undo: record what changes (totals and owners only)
     // Orders a plan's whole sessions and totals by id (dropping totals that
     // became whole copies); by slot: the index in out.sessions, in out.session_totals.

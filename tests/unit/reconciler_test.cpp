@@ -549,6 +549,9 @@ TEST_CASE("thousands of reported sessions (looked up beside the bytes) end, star
         CHECK(closed == ended);
         CHECK(started.size() == ended.size());
         CHECK(commit.session_totals.size() == list.size() - ended.size());
+        // In id order, as the store writes them: the kept order had the ended ones taken out and the new ones merged in.
+        CHECK(std::is_sorted(commit.session_totals.begin(), commit.session_totals.end(),
+                             [](const auto& a, const auto& b) { return a.session->id < b.session->id; }));
         CHECK(h.reconciler.active().size() == list.size());
         h.check_invariant();
     }

@@ -142,6 +142,8 @@ class UserSlots {
     // by someone else.
     Status adopt(const std::string &user, uint32_t slot);
     size_t size() const { return by_user_.size(); }
+    uint32_t capacity() const { return capacity_; }
+    bool full() const { return free_.empty() && next_ >= capacity_; } // acquire() would find none
     // Holders in name order.
     const std::map<std::string, uint32_t, std::less<>> &by_user() const { return by_user_; }
 

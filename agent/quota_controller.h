@@ -7,6 +7,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -24,9 +25,10 @@ namespace vpnmeter {
 class QuotaController {
 public:
     // `enforcer` may be null (no enforcement: states are still computed and
-    // reported); `webhook` may be null (alerts are logged only).
+    // reported); `webhook` may be null (alerts are logged only). `slots`:
+    // users the kernel can enforce at once (the datapath's; fewer in tests).
     QuotaController(QuotaConfig config, Store& store, Enforcer* enforcer, PinnedMaps* registry,
-                    std::unique_ptr<WebhookSender> webhook);
+                    std::unique_ptr<WebhookSender> webhook, uint32_t slots = VPNMETER_MAX_USERS);
 
     // Period usage and grants as committed before the restart.
     Status load();
@@ -141,6 +143,30 @@ private:
     std::pair<UserGauges, size_t> gauges_of(std::vector<std::string_view> also, int64_t now,
                                             const FlatMap<std::string, QuotaUsageRecord>* planned) const;
     void give_back_slot(const std::string& user, UserQuota* record);
+    // What an enforce() walk gathers from the users it visits.
+    struct Walk {
+        std::vector<std::pair<ClientKey, PolicyEntry>> wanted; // the policies their keys should have
+        std::vector<std::string> unslotted;                    // with a plan, but every slot taken: in name order
+        bool failed = false;                                   // a kernel write failed
+        int64_t holds_until = kForever; // the earliest a visited user's state changes with time alone
+    };
+    void enforce_user(Users::value_type& entry, std::span<const UserKeys::value_type> user_keys, int64_t now,
+                      Walk& walk);
+    // A user whose keys differ between the last walk and now: where they
+    // are in each (an empty range: none).
+    struct KeysChange {
+        size_t before_begin = 0, before_end = 0; // in Walked::keys
+        size_t now_begin = 0, now_end = 0;       // in the keys given now
+    };
+    static std::vector<KeysChange> keys_changes(const std::vector<std::pair<std::string, ClientKey>>& before,
+                                                const UserKeys& now);
+    bool enforce_changes(const UserKeys& keys, const std::vector<KeysChange>& changes, int64_t now);
+    // Kernel writes, failures logged and noted in `walk`; put_policy: true when set.
+    bool put_policy(const ClientKey& key, const PolicyEntry& policy, Walk& walk);
+    std::map<ClientKey, PolicyEntry>::iterator drop_policy(std::map<ClientKey, PolicyEntry>::iterator held, Walk& walk);
+    // Keeps who is left without a slot; false (and no walk kept) when the
+    // next cycle must walk again.
+    bool finish_walk(Walk& walk, size_t unslotted_before);
     void accept(const CycleCommit& commit, int64_t now, Undo* undo); // undo: record what changes
     Result<uint32_t> shaped_class(uint32_t ifindex, uint16_t minor, uint64_t rate_bps);
 
@@ -164,9 +190,10 @@ private:
     std::set<std::string> disconnects_;
     // What the last enforce() walk was given, while everything it set
     // still holds: most cycles change nothing it depends on, and a walk over
-    // every connected user cost ~25 ms a cycle at 100,000. Reset by a
-    // reload, a grant, a user's state that changed what was set, a failed
-    // kernel write or a disconnect asked for (none: walk next time).
+    // every connected user cost ~25 ms a cycle at 100,000 (when only some
+    // users' keys changed, only they are walked). Reset by a reload, a
+    // grant, a user's state that changed what was set, a failed kernel
+    // write or a disconnect asked for (none: walk all next time).
     struct Walked {
         std::vector<std::pair<std::string, ClientKey>> keys;
         int64_t at = 0;                 // its `now` (a clock that goes back walks again)
@@ -183,7 +210,7 @@ public:
     };
 
 private:
-    size_t unslotted_ = 0; // users last found without an enforcement slot
+    std::vector<std::string> unslotted_; // connected users with a plan left without a slot, in name order
     uint64_t alerts_sent_ = 0;
 };
 

@@ -62,6 +62,7 @@ Reconciler::Reconciler(const std::optional<Checkpoint>& checkpoint, const std::v
     for (const auto& session : open_sessions)
         if (session.active()) add_active(session);
     rebuild_order();
+    users_touched_ = {}; // kept for accept()
     if (!checkpoint) return;
     for (const auto& [key, address] : checkpoint->addresses) {
         // An owner that is not an open session owns nothing.
@@ -82,9 +83,18 @@ uint32_t Reconciler::intern_user(const std::string& name)
             free_users_.pop_back();
         }
         users_[it->second] = {it->first, 0};
+        users_touched_.push_back(it->second);
     }
     ++users_[it->second].sessions;
     return it->second;
+}
+
+uint32_t Reconciler::intern_interface(const std::string& name)
+{
+    auto known = std::find(interface_names_.begin(), interface_names_.end(), name);
+    if (known != interface_names_.end()) return static_cast<uint32_t>(known - interface_names_.begin());
+    interface_names_.push_back(name);
+    return static_cast<uint32_t>(interface_names_.size() - 1);
 }
 
 void Reconciler::release_user(uint32_t user)
@@ -93,6 +103,7 @@ void Reconciler::release_user(uint32_t user)
     user_ids_.erase(user_ids_.find(users_[user].name));
     users_[user] = {};
     free_users_.push_back(user);
+    users_touched_.push_back(user);
 }
 
 uint32_t Reconciler::add_active(const Session& session, uint32_t slot)
@@ -112,6 +123,7 @@ uint32_t Reconciler::add_active(const Session& session, uint32_t slot)
             count_instance(stored.instance, -1);
             count_instance(session.instance, +1);
         }
+        if (stored.interface != session.interface) known.interface = intern_interface(session.interface);
         stored = session;
         return kNone;
     }
@@ -126,6 +138,7 @@ uint32_t Reconciler::add_active(const Session& session, uint32_t slot)
     Active& entry = slots_[slot];
     entry.session = &it->second;
     entry.user = intern_user(session.user);
+    entry.interface = intern_interface(session.interface);
     entry.addresses = parse_keys(session.addresses, 0);
     by_id_.emplace(it->first, slot);
     count_instance(session.instance, +1);
@@ -195,18 +208,20 @@ const UserKeys& Reconciler::keys_by_user(const Interfaces& interfaces) const
     if (kept_keys_ && kept_keys_->sessions_version == sessions_version_ &&
         kept_keys_->devices == interfaces.ifindex_by_name)
         return kept_keys_->keys;
+    const KeptUsers& by_name = kept_users();
     std::vector<uint32_t> rank(users_.size());
-    uint32_t ranked = 0;
-    for (const auto& [name, user] : user_ids_) rank[user] = ranked++;
-    // Where each session's interface is now: 0 while it is gone.
+    for (uint32_t r = 0; r < by_name.ids.size(); ++r) rank[by_name.ids[r]] = r;
+    // Where each interface is now (0: gone), and so each session's.
+    std::vector<uint32_t> ifindex_of(interface_names_.size(), 0);
+    for (size_t i = 0; i < interface_names_.size(); ++i)
+        if (auto it = interfaces.ifindex_by_name.find(interface_names_[i]); it != interfaces.ifindex_by_name.end())
+            ifindex_of[i] = it->second;
     std::vector<uint32_t> ifindex(slots_.size(), 0);
-    std::vector<size_t> first(size_t{ranked} + 1, 0); // by rank: where its keys start
+    std::vector<size_t> first(by_name.ids.size() + 1, 0); // by rank: where its keys start
     for (size_t slot = 0; slot < slots_.size(); ++slot) {
         const Active& entry = slots_[slot];
-        if (!entry.session || entry.addresses.empty()) continue;
-        auto it = interfaces.ifindex_by_name.find(entry.session->interface);
-        if (it == interfaces.ifindex_by_name.end()) continue;
-        ifindex[slot] = it->second;
+        if (!entry.session || entry.addresses.empty() || ifindex_of[entry.interface] == 0) continue;
+        ifindex[slot] = ifindex_of[entry.interface];
         first[rank[entry.user] + 1] += entry.addresses.size();
     }
     for (size_t r = 1; r < first.size(); ++r) first[r] += first[r - 1];
@@ -239,6 +254,52 @@ const Reconciler::KeptUsers& Reconciler::kept_users() const
 }
 
 const std::vector<std::string_view>& Reconciler::users() const { return kept_users().names; }
+
+// The kept users, current before an accept(), after it: those it added
+// (users_touched_ that have sessions) merged in, those it dropped taken out
+// (by id: one dropped may have been taken again by a new user, and its name
+// is gone). At 100,000 users a new walk of user_ids_ took ~5 ms.
+void Reconciler::update_kept_users()
+{
+    KeptUsers& kept = *kept_users_;
+    if (walk_pays(users_touched_.size(), kept.ids.size())) {
+        kept_users_.reset(); // made again at the next use
+        return;
+    }
+    std::vector<uint8_t> touched(users_.size(), 0);
+    for (uint32_t user : users_touched_) touched[user] = 1;
+    size_t kept_count = 0;
+    for (size_t i = 0; i < kept.ids.size(); ++i) {
+        if (touched[kept.ids[i]]) continue;
+        kept.names[kept_count] = kept.names[i];
+        kept.ids[kept_count++] = kept.ids[i];
+    }
+    kept.names.resize(kept_count);
+    kept.ids.resize(kept_count);
+    std::vector<uint32_t> added;
+    for (uint32_t user : users_touched_) {
+        if (!touched[user] || users_[user].sessions == 0) continue;
+        touched[user] = 0; // once
+        added.push_back(user);
+    }
+    std::sort(added.begin(), added.end(), [&](uint32_t a, uint32_t b) { return users_[a].name < users_[b].name; });
+    KeptUsers merged{sessions_version_, {}, {}};
+    merged.names.reserve(kept.names.size() + added.size());
+    merged.ids.reserve(kept.ids.size() + added.size());
+    size_t from = 0;
+    for (uint32_t user : added) {
+        const auto at = static_cast<size_t>(
+            std::lower_bound(kept.names.begin() + from, kept.names.end(), users_[user].name) - kept.names.begin());
+        merged.names.insert(merged.names.end(), kept.names.begin() + from, kept.names.begin() + at);
+        merged.ids.insert(merged.ids.end(), kept.ids.begin() + from, kept.ids.begin() + at);
+        merged.names.push_back(users_[user].name);
+        merged.ids.push_back(user);
+        from = at;
+    }
+    merged.names.insert(merged.names.end(), kept.names.begin() + from, kept.names.end());
+    merged.ids.insert(merged.ids.end(), kept.ids.begin() + from, kept.ids.end());
+    kept = std::move(merged);
+}
 
 uint32_t Reconciler::find_slot(std::string_view id) const
 {
@@ -606,6 +667,8 @@ void Reconciler::undo(Undo&& undo)
 
 void Reconciler::accept(const CycleCommit& committed, Undo* undo)
 {
+    const uint64_t version_before = sessions_version_;
+    users_touched_.clear();
     // Totals first (the usual: only they moved), before any session comes
     // or goes. They point at our records, in id order as order_ keeps them:
     // one walk along both finds each without a hash or a string compare (a
@@ -645,6 +708,8 @@ void Reconciler::accept(const CycleCommit& committed, Undo* undo)
         if (slot != kNone) (session.active() ? came : went).push_back(slot);
     }
     if (!came.empty() || !went.empty()) update_order(std::move(came), went);
+    if (kept_users_ && kept_users_->sessions_version == version_before && sessions_version_ != version_before)
+        update_kept_users();
     for (const auto& key : committed.address_removals) owners_.erase(key);
     // The owners after the commit: one merge of the kept ones with its
     // updates (both in key order), dropping those whose session is gone.

@@ -536,12 +536,17 @@ TEST_CASE("thousands of reported sessions (looked up beside the bytes) end, star
     for (uint64_t i = 0; i < 6000; ++i) list.push_back(connected("user" + std::to_string(i % 4000), i, address(i)));
     CHECK(h.cycle({{"udp", list}}).sessions.size() == 6000);
     for (int round = 0; round < 3; ++round) {
+        h.reconciler.keys_by_user(kInterfaces); // kept, and brought up to date by the accept
         for (uint64_t i = 0; i < list.size(); ++i) h.traffic(list[i].addresses[0], 10 + i, 20);
         // Every 1000th ends; as many new ones come, listed among the others.
         std::set<std::string> ended;
         for (size_t i = round; i < list.size(); i += 1000) {
             ended.insert(list[i].id);
-            list[i] = connected("new" + std::to_string(i), 100000 + 10 * i + round, list[i].addresses[0], 3000 + round);
+            // The one at 2000 + round is its user's only session: the user
+            // comes back at once (dropped, then added again, in one accept).
+            list[i] = i == 2000 + size_t(round)
+                          ? connected(list[i].user, 900000 + round, list[i].addresses[0], 3000 + round)
+                          : connected("new" + std::to_string(i), 100000 + 10 * i + round, list[i].addresses[0], 3000 + round);
         }
         const CycleCommit commit = h.cycle({{"udp", list}});
         std::set<std::string> closed, started;
@@ -553,6 +558,18 @@ TEST_CASE("thousands of reported sessions (looked up beside the bytes) end, star
         CHECK(std::is_sorted(commit.session_totals.begin(), commit.session_totals.end(),
                              [](const auto& a, const auto& b) { return a.session->id < b.session->id; }));
         CHECK(h.reconciler.active().size() == list.size());
+        std::set<std::string> users;
+        UserKeys keys;
+        for (const Session& s : list) {
+            users.insert(s.user);
+            keys.emplace_back(s.user, ClientKey::parse(kTun0, s.addresses[0]));
+        }
+        CHECK(std::vector<std::string>(h.reconciler.users().begin(), h.reconciler.users().end()) ==
+              std::vector<std::string>(users.begin(), users.end()));
+        UserKeys kept = h.reconciler.keys_by_user(kInterfaces);
+        std::sort(keys.begin(), keys.end());
+        std::sort(kept.begin(), kept.end());
+        CHECK(kept == keys);
         h.check_invariant();
     }
 }

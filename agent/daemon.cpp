@@ -252,9 +252,9 @@ Status Daemon::start_singbox(const std::vector<Session>& open_sessions)
     return ok();
 }
 
-std::vector<std::pair<singbox::Server*, singbox::LedgerChange>> Daemon::plan_singbox(CycleCommit& commit)
+Daemon::SingboxChanges Daemon::plan_singbox(CycleCommit& commit)
 {
-    std::vector<std::pair<singbox::Server*, singbox::LedgerChange>> changes;
+    SingboxChanges changes;
     for (const auto& server : singbox_) {
         auto change = server->plan();
         if (!change) continue;
@@ -384,7 +384,7 @@ void Daemon::finish_cycle()
     CycleCommit commit;
     StoreFailure failure = StoreFailure::none;
     BackgroundCommit committing; // if this unwinds, it refuses what is missing: nothing is written
-    std::vector<std::pair<singbox::Server*, singbox::LedgerChange>> singbox_changes;
+    SingboxChanges singbox_changes;
     auto usage_final = [&] {
         singbox_changes = plan_singbox(commit); // Sing-Box users' increments join (their sessions below)
         committing.start(store_, commit, &failure);
@@ -400,7 +400,9 @@ void Daemon::finish_cycle()
     auto staged = metrics_->stage(commit);
     // Still while the store writes: the quota gauges as they will be once
     // the commit is accepted, when that can be told beforehand.
-    std::optional<UserGauges> gauges = quotas_->gauges_once_accepted(commit, connected_users(), now);
+    std::optional<UserGauges> gauges;
+    if (auto connected_then = connected_users_once_accepted(commit, singbox_changes))
+        gauges = quotas_->gauges_once_accepted(commit, std::move(*connected_then), now);
     // When what the reconciler and the quotas change can be put back, they
     // take the commit already, while the store finishes it (much of that is
     // waiting for the disk), and put it back if it fails.
@@ -505,9 +507,23 @@ Status Daemon::start_metrics()
 
 std::vector<std::string_view> Daemon::connected_users() const
 {
+    return with_singbox_users(reconciler_->users());
+}
+
+std::optional<std::vector<std::string_view>>
+Daemon::connected_users_once_accepted(const CycleCommit& commit, const SingboxChanges& singbox_changes) const
+{
+    // A Sing-Box user whose session closes may leave: not told here.
+    for (const auto& [server, change] : singbox_changes)
+        if (std::any_of(change.sessions.begin(), change.sessions.end(), [](const Session& s) { return !s.active(); }))
+            return std::nullopt;
+    return with_singbox_users(reconciler_->users_once_accepted(commit));
+}
+
+std::vector<std::string_view> Daemon::with_singbox_users(std::vector<std::string_view> connected) const
+{
     // In name order as each source lists them: merged, not sorted (a set of
     // 100,000 names cost ~50 ms, a sort ~10 ms).
-    std::vector<std::string_view> connected = reconciler_->users();
     for (const auto& server : singbox_) {
         const auto merged_from = static_cast<std::ptrdiff_t>(connected.size());
         for (const auto& [user, session] : server->ledger.open()) connected.push_back(user);

@@ -794,7 +794,6 @@ UserGauges QuotaController::gauges(std::vector<std::string_view> also, int64_t n
 std::optional<UserGauges> QuotaController::gauges_once_accepted(const CycleCommit& planned,
                                                                 std::vector<std::string_view> also, int64_t now) const
 {
-    if (!planned.sessions.empty()) return std::nullopt; // sessions come, go or change: so may the connected users
     auto [out, seen] = gauges_of(std::move(also), now, &planned.quota_usage);
     if (seen != planned.quota_usage.size()) return std::nullopt; // some would have been missed
     return std::move(out);

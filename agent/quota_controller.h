@@ -79,10 +79,9 @@ public:
     UserGauges gauges(std::vector<std::string_view> also, int64_t now) const;
     // The gauges as gauges() will give them once `planned` (plan()) is
     // accepted, worked out before it is: the daemon does so while the
-    // store writes it, with the connected users as they are before it.
-    // Nullopt when that cannot be told beforehand: a session came or went
-    // (the connected users change), or a user of it is neither on record
-    // nor in `also`.
+    // store writes it, with `also` the users connected once it is accepted
+    // (Reconciler::users_once_accepted). Nullopt when that cannot be told
+    // beforehand: a user of it is neither on record nor in `also`.
     std::optional<UserGauges> gauges_once_accepted(const CycleCommit& planned, std::vector<std::string_view> also,
                                                    int64_t now) const;
     uint64_t webhook_failures() const;

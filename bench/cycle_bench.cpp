@@ -321,7 +321,8 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         const auto t2 = Clock::now();
         auto staged = metrics.stage(commit);
         // The gauges as they will be once accepted, worked out meanwhile (as the daemon does).
-        std::optional<vpnmeter::UserGauges> gauges = quotas.gauges_once_accepted(commit, reconciler.users(), now);
+        std::optional<vpnmeter::UserGauges> gauges =
+            quotas.gauges_once_accepted(commit, reconciler.users_once_accepted(commit), now);
         // The reconciler and the quotas take the commit side by side, as the
         // daemon does: already while the store finishes when that can be put back.
         const bool tentative = vpnmeter::accept_side_by_side_tentatively(reconciler, quotas, commit, now).has_value();

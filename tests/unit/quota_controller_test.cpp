@@ -230,14 +230,6 @@ TEST_CASE("the gauges worked out before a commit is accepted are the ones after"
         now += static_cast<int64_t>(pick(4) == 0 ? pick(3 * 86400) : pick(1800)); // across days and months
     }
     CHECK(told > 300);
-
-    // A session came or went: the connected users may change with the commit.
-    CycleCommit started;
-    started.time = now;
-    started.sessions.emplace_back().id = "udp:1:17";
-    started.user_usage["alice"] = Traffic{{}, {1, 5}};
-    quotas.plan(started, now);
-    CHECK_FALSE(quotas.gauges_once_accepted(started, {"alice"}, now));
 }
 
 TEST_CASE("a commit taken tentatively and put back leaves the quotas as if it was never taken", "[quota]")

@@ -449,6 +449,8 @@ TEST_CASE("random connects, disconnects, late addresses, silent sources and rest
             // writes it. When the store fails, it is put back; the next
             // cycle's commit holds all of it (nothing else changed: no
             // session came or went, so ownership is the model's still).
+            std::vector<std::string> users_after;
+            for (std::string_view user : reconciler.users_once_accepted(commit)) users_after.emplace_back(user);
             auto tentative = reconciler.accept_tentatively(commit);
             REQUIRE(tentative.has_value() == Reconciler::undoable(commit));
             if (tentative && chance(0.3)) {
@@ -457,6 +459,7 @@ TEST_CASE("random connects, disconnects, late addresses, silent sources and rest
                 continue;
             }
             if (!tentative) reconciler.accept(commit);
+            CHECK(std::vector<std::string>(reconciler.users().begin(), reconciler.users().end()) == users_after);
             store.apply(commit);
             previous = raw;
             if (chance(0.05)) reconciler = store.resume(); // the agent restarts

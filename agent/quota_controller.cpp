@@ -355,10 +355,11 @@ void QuotaController::enforce(const UserKeys& keys, int64_t now)
     if (config_.plans.empty() && granted_ == 0 && slots_.size() == 0 && policies_.empty()) return;
     // While what the last walk set holds, only the users whose keys changed
     // since are walked (none: nothing to do).
-    if (walked_ && walked_->at <= now && now < walked_->holds_until) {
-        const std::vector<KeysChange> changes = keys_changes(walked_->keys, keys);
+    std::vector<KeysChange> changes;
+    if (walked_) changes = keys_changes(walked_->keys, keys);
+    if (walked_ && walked_->at <= now && now < walked_->holds_until)
         if (changes.empty() || enforce_changes(keys, changes, now)) return;
-    }
+    const bool keys_walked = walked_ && changes.empty();
 
     // Users with no session left give their slot back (its budget is
     // zeroed; set again from the committed usage if they return): users come
@@ -397,9 +398,11 @@ void QuotaController::enforce(const UserKeys& keys, int64_t now)
     while (held != policies_.end()) held = drop_policy(held, walk);
 
     if (!finish_walk(walk, unslotted_.size())) return;
-    walked_ = Walked{};
-    walked_->keys.reserve(keys.size());
-    for (const auto& [user, key] : keys) walked_->keys.emplace_back(user, key);
+    if (!keys_walked) {
+        walked_ = Walked{};
+        walked_->keys.reserve(keys.size());
+        for (const auto& [user, key] : keys) walked_->keys.emplace_back(user, key);
+    }
     walked_->at = now;
     walked_->holds_until = walk.holds_until;
 }

@@ -59,17 +59,16 @@ void accept_side_by_side(Reconciler& reconciler, QuotaController& quotas, const 
 std::optional<TentativeAccept> accept_side_by_side_tentatively(Reconciler& reconciler, QuotaController& quotas,
                                                                 const CycleCommit& commit, int64_t now)
 {
-    if (!Reconciler::undoable(commit) || !QuotaController::undoable(commit)) return std::nullopt;
+    if (!QuotaController::undoable(commit)) return std::nullopt;
     auto reconciled = std::async(std::launch::async, [&] { return reconciler.accept_tentatively(commit); });
     auto quota_undo = quotas.accept_tentatively(commit, now);
-    auto reconciler_undo = reconciled.get();
-    return TentativeAccept{std::move(*reconciler_undo), std::move(*quota_undo)};
+    return TentativeAccept{reconciled.get(), std::move(*quota_undo)};
 }
 
-void undo(Reconciler& reconciler, QuotaController& quotas, TentativeAccept&& taken)
+bool undo(Reconciler& reconciler, QuotaController& quotas, TentativeAccept&& taken)
 {
-    reconciler.undo(std::move(taken.reconciled));
     quotas.undo(std::move(taken.quotas));
+    return reconciler.undo(std::move(taken.reconciled));
 }
 
 sigset_t daemon_signals()
@@ -221,14 +220,29 @@ Status Daemon::resume()
         resumed->interfaces.clear();
     }
     collector_ = std::make_unique<Collector>(maps_, std::move(baseline));
-    // Sing-Box sessions are the ledgers' (they own no addresses).
-    std::vector<Session> address_sessions;
-    for (const auto& session : open_sessions.value())
+    reconciler_ = std::make_unique<Reconciler>(resumed, address_sessions(open_sessions.value()));
+    return start_singbox(open_sessions.value());
+}
+
+// Sing-Box sessions are the ledgers' (they own no addresses).
+std::vector<Session> Daemon::address_sessions(const std::vector<Session>& open_sessions) const
+{
+    std::vector<Session> out;
+    for (const auto& session : open_sessions)
         if (std::none_of(config_.singbox.begin(), config_.singbox.end(),
                          [&](const SingboxInstance& s) { return s.name == session.instance; }))
-            address_sessions.push_back(session);
-    reconciler_ = std::make_unique<Reconciler>(resumed, address_sessions);
-    return start_singbox(open_sessions.value());
+            out.push_back(session);
+    return out;
+}
+
+Status Daemon::resume_reconciler()
+{
+    auto checkpoint = store_.checkpoint();
+    if (!checkpoint) return checkpoint.error();
+    auto open_sessions = store_.sessions(/*active_only=*/true);
+    if (!open_sessions) return open_sessions.error();
+    reconciler_ = std::make_unique<Reconciler>(checkpoint.value(), address_sessions(open_sessions.value()));
+    return ok();
 }
 
 // Each server resumes from its checkpoint, committed with the usage it
@@ -353,7 +367,7 @@ bool Daemon::cycle_answered(SteadyClock::time_point now) const
     return true;
 }
 
-void Daemon::finish_cycle()
+Status Daemon::finish_cycle()
 {
     const auto began = SteadyClock::now();
     answer_deadline_.reset();
@@ -362,7 +376,7 @@ void Daemon::finish_cycle()
         spdlog::error("collect: {}", counters.error().message());
         metrics_->count_error("collect");
         metrics_->publish_errors();
-        return;
+        return ok();
     }
     ConnectedSessions connected;
     for (const auto& source : sources_) {
@@ -403,20 +417,26 @@ void Daemon::finish_cycle()
     std::optional<UserGauges> gauges;
     if (auto connected_then = connected_users_once_accepted(commit, singbox_changes))
         gauges = quotas_->gauges_once_accepted(commit, std::move(*connected_then), now);
-    // When what the reconciler and the quotas change can be put back, they
-    // take the commit already, while the store finishes it (much of that is
-    // waiting for the disk), and put it back if it fails.
+    // When what the quotas change can be put back (no alert fired), they and
+    // the reconciler take the commit already, while the store finishes it
+    // (much of that is waiting for the disk), and put it back if it fails;
+    // the kernel keys as they will be after it are worked out meanwhile.
     auto tentative = accept_side_by_side_tentatively(*reconciler_, *quotas_, commit, now);
+    if (tentative) reconciler_->keys_by_user(devices);
     if (auto status = committing.wait(); !status) {
         // Nothing was written; the kernel keeps counting and the next cycle
-        // reads these bytes again.
-        if (tentative) undo(*reconciler_, *quotas_, std::move(*tentative));
+        // reads these bytes again. A reconciler that took sessions coming
+        // or going starts again from the store, as after a restart.
+        if (tentative && !undo(*reconciler_, *quotas_, std::move(*tentative))) {
+            if (auto resumed = resume_reconciler(); !resumed)
+                return Error{"after a failed commit, resume from the store: " + resumed.error().message()};
+        }
         metrics_->discard(std::move(staged));
         note_commit_failure(status.error(), failure);
         metrics_->count_store_commit_error(to_string(failure));
         metrics_->publish_errors();
         update_status(std::nullopt);
-        return;
+        return ok();
     }
     if (commit_failing_)
         spdlog::info("store: commits succeed again after {} failed cycles; this one holds every byte since the last "
@@ -463,6 +483,7 @@ void Daemon::finish_cycle()
             metrics_->count_error("store_prune");
         }
     }
+    return ok();
 }
 
 // Said once when commits start failing, then every kCommitFailureReminder
@@ -660,7 +681,8 @@ Status Daemon::run()
             client_event = false;
             if (now >= next_cycle) next_cycle = std::max(next_cycle + config_.collect_interval, now);
         }
-        if (answer_deadline_ && cycle_answered(now)) finish_cycle();
+        if (answer_deadline_ && cycle_answered(now))
+            if (auto status = finish_cycle(); !status) return status;
 
         std::vector<pollfd> fds = {{signal_fd.get(), POLLIN, 0}, {links_->fd(), POLLIN, 0}};
         for (const auto& source : sources_) fds.push_back({source->fd(), source->events(), 0});
@@ -687,7 +709,7 @@ Status Daemon::run()
             }
             systemd::notify_stopping();
             if (!answer_deadline_) start_cycle(SteadyClock::now());
-            finish_cycle(); // the latest numbers into the store before leaving
+            if (auto status = finish_cycle(); !status) return status; // the latest numbers into the store before leaving
             spdlog::info("stopping; programs stay attached and counting (vpnmeterd --detach removes them)");
             return ok();
         }

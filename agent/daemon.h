@@ -43,8 +43,8 @@ void map_large_allocations();
 // A committed cycle, taken by the reconciler and the quotas side by side
 // (neither touches the other's state; enforcement needs both).
 void accept_side_by_side(Reconciler& reconciler, QuotaController& quotas, const CycleCommit& commit, int64_t now);
-// The same while the store still finishes the commit, when what both change
-// can be put back (Reconciler::undoable, QuotaController::undoable): what
+// The same while the store still finishes the commit, when what the quotas
+// change can be put back (QuotaController::undoable: no alert fired): what
 // undo() needs if the commit fails. nullopt, with nothing taken, otherwise.
 struct TentativeAccept {
     Reconciler::Undo reconciled;
@@ -52,7 +52,9 @@ struct TentativeAccept {
 };
 std::optional<TentativeAccept> accept_side_by_side_tentatively(Reconciler& reconciler, QuotaController& quotas,
                                                                 const CycleCommit& commit, int64_t now);
-void undo(Reconciler& reconciler, QuotaController& quotas, TentativeAccept&& taken);
+// False when the reconciler could not be put back (Reconciler::undo): it is
+// to be made again from the store.
+[[nodiscard]] bool undo(Reconciler& reconciler, QuotaController& quotas, TentativeAccept&& taken);
 
 class Daemon {
 public:
@@ -67,10 +69,15 @@ public:
 private:
     Daemon(Config config, Datapath datapath, PinnedMaps maps, Store store);
     Status resume();
+    // The reconciler as the store has it: the checkpoint's owners and the
+    // open sessions (after a failed commit it took already).
+    Status resume_reconciler();
+    std::vector<Session> address_sessions(const std::vector<Session>& open_sessions) const;
     void on_link(LinkWatcher::Change change, const Link& link);
     void start_cycle(SteadyClock::time_point now);
     bool cycle_answered(SteadyClock::time_point now) const;
-    void finish_cycle();
+    // An error only when the daemon cannot go on counting exactly.
+    Status finish_cycle();
     void note_commit_failure(const Error& error, StoreFailure failure);
     void reload();
     Status start_metrics();

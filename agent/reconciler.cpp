@@ -672,17 +672,22 @@ bool Reconciler::undoable(const CycleCommit& planned)
     return planned.sessions.empty() && planned.address_removals.empty();
 }
 
-std::optional<Reconciler::Undo> Reconciler::accept_tentatively(const CycleCommit& planned)
+Reconciler::Undo Reconciler::accept_tentatively(const CycleCommit& planned)
 {
-    if (!undoable(planned)) return std::nullopt;
     Undo undo;
+    if (!undoable(planned)) {
+        undo.whole = true;
+        accept(planned, nullptr);
+        return undo;
+    }
     undo.totals.reserve(planned.session_totals.size());
     accept(planned, &undo);
     return undo;
 }
 
-void Reconciler::undo(Undo&& undo)
+bool Reconciler::undo(Undo&& undo)
 {
+    if (undo.whole) return false;
     for (const auto& [session, before] : undo.totals) {
         session->usage = before.usage;
         session->source_upload_bytes = before.source_upload_bytes;
@@ -690,6 +695,7 @@ void Reconciler::undo(Undo&& undo)
     }
     owners_ = std::move(undo.owners);
     owned_at_ = std::move(undo.owned_at);
+    return true;
 }
 
 void Reconciler::accept(const CycleCommit& committed, Undo* undo)

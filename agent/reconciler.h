@@ -75,18 +75,21 @@ public:
     // What accept_tentatively() changed, for undo().
     class Undo {
         friend class Reconciler;
+        bool whole = false; // sessions came or went: not put back piece by piece
         std::vector<std::pair<Session*, SessionTotals>> totals; // the session and its totals before
         FlatMap<ClientKey, Owner> owners;
         std::vector<uint32_t> owned_at;
     };
     // accept() before the store has said the commit landed, so that it is
-    // done by then (the daemon's cycle takes it while the disk syncs). Only
-    // for a commit whose changes can be put back: no session came or went
-    // and no address was removed, as in most cycles; nullopt otherwise,
-    // and nothing changed. undo() puts back what it did if the commit fails.
+    // done by then (the daemon's cycle takes it while the disk syncs). If
+    // the commit fails, undo() puts back what it did when that can be done
+    // piece by piece (undoable(): no session came or went and no address
+    // was removed, as in most cycles); otherwise undo() returns false and
+    // the reconciler is to be made again from the store, as on a restart
+    // (what it holds is what the store's checkpoint and open sessions say).
     static bool undoable(const CycleCommit& planned);
-    std::optional<Undo> accept_tentatively(const CycleCommit& planned);
-    void undo(Undo&& undo);
+    Undo accept_tentatively(const CycleCommit& planned);
+    [[nodiscard]] bool undo(Undo&& undo);
 
     const std::map<std::string, Session>& active() const { return active_; }
     // Every active session's addresses on its interface as it is now, by

@@ -326,6 +326,7 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         // The reconciler and the quotas take the commit side by side, as the
         // daemon does: already while the store finishes when that can be put back.
         const bool tentative = vpnmeter::accept_side_by_side_tentatively(reconciler, quotas, commit, now).has_value();
+        if (tentative) reconciler.keys_by_user(devices); // as the daemon: the keys enforce() needs, meanwhile
         if (auto st = committing.wait(); !st) return st.error(); // the benchmark stops: nothing to put back
         const auto t3 = Clock::now();
         if (!tentative) vpnmeter::accept_side_by_side(reconciler, quotas, commit, now);
@@ -535,8 +536,8 @@ void print_table(const std::vector<SizeResult>& results)
                 "as soon as the usage is final (it writes the buckets, then the quota records once planned,\n"
                 "then the rest once the reconciliation is done), while the cycle's thread stages the metrics\n"
                 "(MetricsRecorder::stage: the sessions' totals, copies of the series values), works out the\n"
-                "quota gauges as they will be once accepted and (when no session came or went and no alert\n"
-                "fired: what they change can be put back) has the reconciler and the quotas take it, as the\n"
+                "quota gauges as they will be once accepted and (when no alert fired: the quotas' part can be\n"
+                "put back) has the reconciler and the quotas take it and works out the kernel keys, as the\n"
                 "daemon does; this column is the wait after the reconciliation;\n"
                 "publish: otherwise the reconciler's and the quotas' accept side by side, then the metrics\n"
                 "snapshot;\n"

@@ -360,7 +360,8 @@ TEST_CASE("random connects, disconnects, late addresses, silent sources and rest
         std::optional<CounterSnapshot> previous;
         std::map<std::string, std::vector<std::string>> pending_address; // sessions listed before their address
         uint64_t next_client = 1;
-        size_t put_back = 0;
+        size_t put_back = 0, resumed = 0;
+        ConnectedSessions committed_lists; // each source's last list that a commit took
 
         for (int64_t now = 1000; now < 1300; ++now) {
             CAPTURE(now);
@@ -380,6 +381,7 @@ TEST_CASE("random connects, disconnects, late addresses, silent sources and rest
                 }
             }
             // What the sources report at the end of the cycle.
+            const std::map<ClientKey, std::string> owner_before = model.owner;
             ConnectedSessions reported;
             for (Model::Instance& instance : model.instances) {
                 if (chance(0.1)) continue; // the source did not answer: nothing changes
@@ -445,20 +447,25 @@ TEST_CASE("random connects, disconnects, late addresses, silent sources and rest
                 if (s.active() && stored != store.sessions.end() && stored->second.active())
                     REQUIRE(without_totals(s) != without_totals(stored->second));
             }
-            // The daemon takes a commit that can be put back while the store
-            // writes it. When the store fails, it is put back; the next
-            // cycle's commit holds all of it (nothing else changed: no
-            // session came or went, so ownership is the model's still).
+            // The daemon takes the commit while the store writes it. When
+            // the store fails, it is put back, or, when sessions came or
+            // went, the reconciler is made again from the store; the next
+            // cycle's commit holds all of it, under the ownership last
+            // committed (the sources report the same changes again).
             std::vector<std::string> users_after;
             for (std::string_view user : reconciler.users_once_accepted(commit)) users_after.emplace_back(user);
             auto tentative = reconciler.accept_tentatively(commit);
-            REQUIRE(tentative.has_value() == Reconciler::undoable(commit));
-            if (tentative && chance(0.3)) {
-                reconciler.undo(std::move(*tentative));
+            if (chance(0.3)) {
+                const bool undone = reconciler.undo(std::move(tentative));
+                REQUIRE(undone == Reconciler::undoable(commit));
+                if (!undone) {
+                    reconciler = store.resume();
+                    ++resumed;
+                }
                 ++put_back;
+                model.owner = owner_before;
                 continue;
             }
-            if (!tentative) reconciler.accept(commit);
             CHECK(std::vector<std::string>(reconciler.users().begin(), reconciler.users().end()) == users_after);
             store.apply(commit);
             previous = raw;
@@ -472,8 +479,9 @@ TEST_CASE("random connects, disconnects, late addresses, silent sources and rest
             FlatMap<ClientKey, std::string> owners;
             for (const auto& [key, id] : model.owner) owners.append(key, id);
             REQUIRE(reconciler.owners() == owners);
-            for (const Model::Instance& instance : model.instances)
-                for (const Session& s : instance.listed) REQUIRE(store.sessions.at(s.id).active());
+            for (const auto& [instance, list] : reported) committed_lists[instance] = list;
+            for (const auto& [instance, list] : committed_lists)
+                for (const Session& s : list) REQUIRE(store.sessions.at(s.id).active());
             // The quota engine's view: each active session's keys, by user
             // (tun1 is gone now and then: its sessions have none).
             const Interfaces now_present = chance(0.2) ? Interfaces{{{"tun0", 7}}, {{7, "tun0"}}} : model.interfaces;
@@ -498,6 +506,7 @@ TEST_CASE("random connects, disconnects, late addresses, silent sources and rest
             REQUIRE(keys == expected);
         }
         CHECK(put_back > 5);
+        CHECK(resumed > 2);
     }
 }
 

@@ -2,7 +2,8 @@
 per-session usage + unattributed equals the device's own counters.
 
 - the client map full (more addresses than bpf.max_clients);
-- the store's map full (storage.map_size), then raised by SIGHUP;
+- the store's map full (storage.map_size), then raised by SIGHUP; also while
+  sessions come and go;
 - the store's file system full, then freed;
 - the webhook receiver down, then up (alerts delivered once each);
 - 1000 short sessions through a management-interface simulator, the daemon
@@ -151,6 +152,74 @@ def test_a_full_store_map_keeps_counting_and_commits_all_once_raised(namespaces,
         assert agent.proc.poll() is None
     finally:
         peer.close()
+
+
+def test_sessions_that_come_and_go_while_commits_fail_are_exact_once_they_land(namespaces, agents):
+    """The store's map full while sessions connect, move bytes and leave:
+    the agent takes each cycle's sessions while the store writes, so after
+    each failed commit it starts again from the store (as after a restart)
+    and sees the same changes again. Once the map is raised, the sessions
+    committed before hold exactly their bytes (those that left meanwhile
+    closed), and sessions plus unattributed equal the device: the bytes of
+    sessions that started meanwhile were read under the committed ownership."""
+    ns = namespaces("mdbchurn")
+    sim = OpenVpnSim(ns, "vmtun3")
+    try:
+        agent = sim_agent(agents, ns, "vmtun3", interval="200ms")
+        set_storage(agent, path=agent.store_path, map_size="192KiB")
+        agent.start(wait_attached="vmtun3")
+        sim.call("up")
+        ids: dict[int, str] = {}  # cid -> session id
+        sent: dict[int, int] = {}  # cid -> upload bytes
+
+        def connect(cn: str, v4: str) -> int:
+            client = sim.call(f"connect {cn} {v4}")
+            ids[client["cid"]], sent[client["cid"]] = f"sim:{client['cid']}:{client['since']}", 0
+            return client["cid"]
+
+        def send(cid: int, count: int, size: int):
+            sent[cid] += sim.call(f"send {cid} {count} {size}")["bytes"]
+
+        def stored_uploads() -> dict[str, int]:
+            return {s["id"]: s["upload_bytes"] for s in sessions(agent)["sessions"]}
+
+        early = [connect(f"early-{i}", f"10.70.5.{2 + i}") for i in range(4)]
+        wait_for(lambda: set(stored_uploads()) == {ids[c] for c in early}, 15, "the first sessions in the store")
+        for cid in early:
+            send(cid, 3, 400)
+        wait_for(lambda: stored_uploads() == {ids[c]: sent[c] for c in early}, 15, "their bytes in the store")
+
+        # Many sessions at once: their records are more than the map holds.
+        sim.call("join_batch 300 flood")
+        wait_for(lambda: "is full" in agent.log(), 15, "the map-full error")
+        committed = stored_uploads()  # the cycles before held some of them
+        # Commits fail every cycle now, while sessions come and go.
+        late = []
+        for step in range(6):
+            if step < len(early) - 1:
+                sim.call(f"disconnect {early[step]}")
+            late.append(connect(f"late-{step}", f"10.70.6.{2 + step}"))
+            send(late[-1], 2, 300)
+            for cid in early[step + 1:]:
+                send(cid, 1, 100 + step)
+            sim.call("wait_status")  # a cycle or more sees each step
+            sim.call("wait_status")
+        failed = metric_value(metrics(agent), 'vpnmeter_store_commit_errors_total{reason="map_full"}')
+        assert failed and failed >= 5, failed
+        assert stored_uploads() == committed, "a failed commit writes nothing"
+
+        set_storage(agent, path=agent.store_path, map_size="8MiB")
+        agent.proc.send_signal(1)  # SIGHUP
+        wait_for(lambda: "commits succeed again" in agent.log(), 10, "commits to succeed again")
+        wait_store_matches_device(agent, ns, interface="vmtun3")
+        wait_for(lambda: all(ids[c] in stored_uploads() for c in late), 10, "the sessions that started meanwhile")
+        stored = {s["id"]: s for s in sessions(agent)["sessions"]}
+        for cid in early:
+            assert stored[ids[cid]]["upload_bytes"] == sent[cid], (stored[ids[cid]], sent[cid])
+            assert (stored[ids[cid]]["end"] is not None) == (cid != early[-1]), stored[ids[cid]]
+        assert agent.proc.poll() is None
+    finally:
+        sim.close()
 
 
 @pytest.fixture

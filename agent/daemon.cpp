@@ -45,6 +45,14 @@ Result<uint32_t> map_id(int fd, const char* what)
     return info.id;
 }
 
+bool singbox_session_closes(const std::vector<std::pair<singbox::Server*, singbox::LedgerChange>>& changes)
+{
+    for (const auto& [server, change] : changes)
+        if (std::any_of(change.sessions.begin(), change.sessions.end(), [](const Session& s) { return !s.active(); }))
+            return true;
+    return false;
+}
+
 } // namespace
 
 void map_large_allocations() { mallopt(M_MMAP_THRESHOLD, 15 << 20); }
@@ -412,17 +420,18 @@ Status Daemon::finish_cycle()
     committing.rest_planned(true);
 
     auto staged = metrics_->stage(commit);
-    // Still while the store writes: the quota gauges as they will be once
-    // the commit is accepted, when that can be told beforehand.
-    std::optional<UserGauges> gauges;
-    if (auto connected_then = connected_users_once_accepted(commit, singbox_changes))
-        gauges = quotas_->gauges_once_accepted(commit, std::move(*connected_then), now);
     // When what the quotas change can be put back (no alert fired), they and
     // the reconciler take the commit already, while the store finishes it
     // (much of that is waiting for the disk), and put it back if it fails;
-    // the kernel keys as they will be after it are worked out meanwhile.
+    // the kernel keys and the quota gauges as they will be after it are
+    // worked out meanwhile (the gauges not when a Sing-Box session closes:
+    // its user leaves the ledger's open sessions only once it is accepted).
     auto tentative = accept_side_by_side_tentatively(*reconciler_, *quotas_, commit, now);
-    if (tentative) reconciler_->keys_by_user(devices);
+    std::optional<UserGauges> gauges;
+    if (tentative) {
+        reconciler_->keys_by_user(devices);
+        if (!singbox_session_closes(singbox_changes)) gauges = quotas_->gauges(connected_users(), now);
+    }
     if (auto status = committing.wait(); !status) {
         // Nothing was written; the kernel keeps counting and the next cycle
         // reads these bytes again. A reconciler that took sessions coming
@@ -528,23 +537,9 @@ Status Daemon::start_metrics()
 
 std::vector<std::string_view> Daemon::connected_users() const
 {
-    return with_singbox_users(reconciler_->users());
-}
-
-std::optional<std::vector<std::string_view>>
-Daemon::connected_users_once_accepted(const CycleCommit& commit, const SingboxChanges& singbox_changes) const
-{
-    // A Sing-Box user whose session closes may leave: not told here.
-    for (const auto& [server, change] : singbox_changes)
-        if (std::any_of(change.sessions.begin(), change.sessions.end(), [](const Session& s) { return !s.active(); }))
-            return std::nullopt;
-    return with_singbox_users(reconciler_->users_once_accepted(commit));
-}
-
-std::vector<std::string_view> Daemon::with_singbox_users(std::vector<std::string_view> connected) const
-{
     // In name order as each source lists them: merged, not sorted (a set of
     // 100,000 names cost ~50 ms, a sort ~10 ms).
+    std::vector<std::string_view> connected = reconciler_->users();
     for (const auto& server : singbox_) {
         const auto merged_from = static_cast<std::ptrdiff_t>(connected.size());
         for (const auto& [user, session] : server->ledger.open()) connected.push_back(user);

@@ -87,12 +87,6 @@ private:
     using SingboxChanges = std::vector<std::pair<singbox::Server*, singbox::LedgerChange>>;
     // The users with a session now (OpenVPN's and Sing-Box's), in name order.
     std::vector<std::string_view> connected_users() const;
-    // ... and once `commit` (with these Sing-Box changes) is accepted, when
-    // that can be told beforehand (views valid while `commit` lives).
-    std::optional<std::vector<std::string_view>> connected_users_once_accepted(const CycleCommit& commit,
-                                                                               const SingboxChanges& changes) const;
-    // `connected` (in name order) with the Sing-Box servers' open sessions' users merged in.
-    std::vector<std::string_view> with_singbox_users(std::vector<std::string_view> connected) const;
     Status start_singbox(const std::vector<Session>& open_sessions);
     // Each server's usage and checkpoint go into `commit` (its sessions are
     // for the caller to add); accept each once it is committed.

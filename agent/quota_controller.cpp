@@ -727,37 +727,19 @@ QuotaState QuotaController::current_state(const std::string& user, int64_t now) 
 }
 
 template <typename Visit>
-size_t QuotaController::each_planned_state(std::vector<std::string_view> also, int64_t now, Visit&& visit,
-                                           const FlatMap<std::string, QuotaUsageRecord>* planned) const
+void QuotaController::each_planned_state(std::vector<std::string_view> also, int64_t now, Visit&& visit) const
 {
     std::lock_guard lock(mutex_);
-    if (config_.plans.empty() && granted_ == 0) return planned ? planned->size() : 0; // nobody has a plan
+    if (config_.plans.empty() && granted_ == 0) return; // nobody has a plan
     if (!std::is_sorted(also.begin(), also.end())) std::sort(also.begin(), also.end());
     also.erase(std::unique(also.begin(), also.end()), also.end());
     // The union of the users on record (with usage or a grant) and `also`,
-    // both in name order: one walk. The planned usage, also in name order,
-    // is found along.
-    static const FlatMap<std::string, QuotaUsageRecord> nothing_planned;
-    const auto& usage = planned ? *planned : nothing_planned;
-    auto next_planned = usage.begin();
-    size_t planned_seen = 0;
+    // both in name order: one walk.
     auto extra = also.begin();
     auto add = [&](const std::string& user, const UserQuota* record) {
-        for (; next_planned != usage.end() && next_planned->first < user; ++next_planned) {}
-        const bool is_planned = next_planned != usage.end() && next_planned->first == user;
-        if (is_planned) ++planned_seen;
-        const Plan* plan = plan_of(config_, user, grant_in(record)); // no copy of the grant
-        if (!plan) return;
-        if (is_planned) { // the state of the usage it will have (plan() may have kept it)
-            const QuotaUsageRecord& to_be = next_planned->second;
-            const std::optional<PeriodUsage> used = PeriodUsage{to_be.period_start, to_be.upload, to_be.download};
-            if (const QuotaState* kept = record ? kept_for(*record, used, now) : nullptr) visit(user, *kept);
-            else visit(user, evaluate_usage(user, grant_in(record), used, now));
-        } else if (record) {
-            visit(user, kept_state(user, *record, now));
-        } else {
-            visit(user, evaluate_user(user, nullptr, now));
-        }
+        if (!plan_of(config_, user, grant_in(record))) return; // no copy of the grant
+        if (record) visit(user, kept_state(user, *record, now));
+        else visit(user, evaluate_user(user, nullptr, now));
     };
     const auto& by_name = users_by_name();
     for (size_t i = 0; i < by_name.size(); ++i) {
@@ -769,7 +751,6 @@ size_t QuotaController::each_planned_state(std::vector<std::string_view> also, i
         if (connected || record.usage || record.grant) add(user, &record);
     }
     for (; extra != also.end(); ++extra) add(std::string(*extra), nullptr);
-    return planned_seen;
 }
 
 std::vector<QuotaState> QuotaController::planned_states(std::vector<std::string_view> also, int64_t now) const
@@ -779,31 +760,14 @@ std::vector<QuotaState> QuotaController::planned_states(std::vector<std::string_
     return out;
 }
 
-std::pair<UserGauges, size_t> QuotaController::gauges_of(std::vector<std::string_view> also, int64_t now,
-                                                         const FlatMap<std::string, QuotaUsageRecord>* planned) const
+UserGauges QuotaController::gauges(std::vector<std::string_view> also, int64_t now) const
 {
     UserGauges out;
     out.reserve(also.size());
-    const size_t seen = each_planned_state(
-        std::move(also), now,
-        [&](const std::string& user, const QuotaState& state) {
-            out.emplace_back(user, QuotaGauges{state.limit_bytes, state.used_bytes, state.state});
-        },
-        planned);
-    return {std::move(out), seen};
-}
-
-UserGauges QuotaController::gauges(std::vector<std::string_view> also, int64_t now) const
-{
-    return gauges_of(std::move(also), now, nullptr).first;
-}
-
-std::optional<UserGauges> QuotaController::gauges_once_accepted(const CycleCommit& planned,
-                                                                std::vector<std::string_view> also, int64_t now) const
-{
-    auto [out, seen] = gauges_of(std::move(also), now, &planned.quota_usage);
-    if (seen != planned.quota_usage.size()) return std::nullopt; // some would have been missed
-    return std::move(out);
+    each_planned_state(std::move(also), now, [&](const std::string& user, const QuotaState& state) {
+        out.emplace_back(user, QuotaGauges{state.limit_bytes, state.used_bytes, state.state});
+    });
+    return out;
 }
 
 uint64_t QuotaController::webhook_failures() const { return webhook_ ? webhook_->failed() + webhook_->dropped() : 0; }

@@ -77,13 +77,6 @@ public:
     // The same users' gauges, by user in name order: what publishing needs,
     // without a copy of each state (names and period) every cycle.
     UserGauges gauges(std::vector<std::string_view> also, int64_t now) const;
-    // The gauges as gauges() will give them once `planned` (plan()) is
-    // accepted, worked out before it is: the daemon does so while the
-    // store writes it, with `also` the users connected once it is accepted
-    // (Reconciler::users_once_accepted). Nullopt when that cannot be told
-    // beforehand: a user of it is neither on record nor in `also`.
-    std::optional<UserGauges> gauges_once_accepted(const CycleCommit& planned, std::vector<std::string_view> also,
-                                                   int64_t now) const;
     uint64_t webhook_failures() const;
 
 private:
@@ -131,16 +124,9 @@ private:
     QuotaState state_of(const std::string& user, int64_t now) const;
     // The record's kept state, evaluated again only when it may have changed.
     const QuotaState& kept_state(const std::string& user, const UserQuota& record, int64_t now) const;
-    // Calls `visit(user, state)` for each user planned_states() lists, in
-    // name order; with `planned`, as they will be once it is accepted.
-    // Returns how many users of `planned` it visited.
+    // Calls `visit(user, state)` for each user planned_states() lists, in name order.
     template <typename Visit>
-    size_t each_planned_state(std::vector<std::string_view> also, int64_t now, Visit&& visit,
-                              const FlatMap<std::string, QuotaUsageRecord>* planned = nullptr) const;
-    // The gauges of the users each_planned_state() visits, and how many
-    // users of `planned` it visited.
-    std::pair<UserGauges, size_t> gauges_of(std::vector<std::string_view> also, int64_t now,
-                                            const FlatMap<std::string, QuotaUsageRecord>* planned) const;
+    void each_planned_state(std::vector<std::string_view> also, int64_t now, Visit&& visit) const;
     void give_back_slot(const std::string& user, UserQuota* record);
     // What an enforce() walk gathers from the users it visits.
     struct Walk {

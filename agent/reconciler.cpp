@@ -255,33 +255,6 @@ const Reconciler::KeptUsers& Reconciler::kept_users() const
 
 const std::vector<std::string_view>& Reconciler::users() const { return kept_users().names; }
 
-// What accept() will do to each user's count of sessions: the users whose
-// count drops to none leave, those not known yet join.
-std::vector<std::string_view> Reconciler::users_once_accepted(const CycleCommit& planned) const
-{
-    std::vector<int64_t> change(users_.size(), 0); // by user
-    std::vector<std::string_view> joining;
-    for (const Session& session : planned.sessions) {
-        const uint32_t slot = find_slot(session.id);
-        const bool same_user = slot != kNone && users_[slots_[slot].user].name == session.user;
-        if (slot != kNone && (!session.active() || !same_user)) --change[slots_[slot].user]; // ends, or moves
-        if (!session.active() || same_user) continue;
-        if (auto known = user_ids_.find(session.user); known != user_ids_.end()) ++change[known->second];
-        else joining.push_back(session.user);
-    }
-    const KeptUsers& kept = kept_users();
-    std::vector<std::string_view> out;
-    out.reserve(kept.names.size() + joining.size());
-    for (size_t i = 0; i < kept.ids.size(); ++i)
-        if (int64_t{users_[kept.ids[i]].sessions} + change[kept.ids[i]] > 0) out.push_back(kept.names[i]);
-    std::sort(joining.begin(), joining.end());
-    joining.erase(std::unique(joining.begin(), joining.end()), joining.end());
-    const auto kept_end = static_cast<std::ptrdiff_t>(out.size());
-    out.insert(out.end(), joining.begin(), joining.end());
-    std::inplace_merge(out.begin(), out.begin() + kept_end, out.end());
-    return out;
-}
-
 // The kept users, current before an accept(), after it: those it added
 // (users_touched_ that have sessions) merged in, those it dropped taken out
 // (by id: one dropped may have been taken again by a new user, and its name

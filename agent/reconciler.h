@@ -101,9 +101,6 @@ public:
     // The users with an active session, in name order (views, valid until
     // the next accept()); kept like keys_by_user().
     const std::vector<std::string_view>& users() const;
-    // users() as it will be once `planned` is accepted (views of its names
-    // and of ours: valid while it lives and until that accept()).
-    std::vector<std::string_view> users_once_accepted(const CycleCommit& planned) const;
     // How many sessions are active, by instance (those with none are absent).
     const std::map<std::string, uint64_t>& sessions_by_instance() const { return by_instance_; }
     // The session owning each address that has one (the others are

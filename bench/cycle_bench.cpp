@@ -320,13 +320,14 @@ Result<SizeResult> run_size(vpnmeter::PinnedMaps& maps, const std::string& pin_p
         committing.rest_planned(true);
         const auto t2 = Clock::now();
         auto staged = metrics.stage(commit);
-        // The gauges as they will be once accepted, worked out meanwhile (as the daemon does).
-        std::optional<vpnmeter::UserGauges> gauges =
-            quotas.gauges_once_accepted(commit, reconciler.users_once_accepted(commit), now);
         // The reconciler and the quotas take the commit side by side, as the
         // daemon does: already while the store finishes when that can be put back.
         const bool tentative = vpnmeter::accept_side_by_side_tentatively(reconciler, quotas, commit, now).has_value();
-        if (tentative) reconciler.keys_by_user(devices); // as the daemon: the keys enforce() needs, meanwhile
+        std::optional<vpnmeter::UserGauges> gauges;
+        if (tentative) { // as the daemon: the keys enforce() needs and the gauges, meanwhile
+            reconciler.keys_by_user(devices);
+            gauges = quotas.gauges(reconciler.users(), now);
+        }
         if (auto st = committing.wait(); !st) return st.error(); // the benchmark stops: nothing to put back
         const auto t3 = Clock::now();
         if (!tentative) vpnmeter::accept_side_by_side(reconciler, quotas, commit, now);
@@ -535,10 +536,10 @@ void print_table(const std::vector<SizeResult>& results)
                 "budgets); commit: Store::commit (one LMDB write transaction, fsync) on its own thread, begun\n"
                 "as soon as the usage is final (it writes the buckets, then the quota records once planned,\n"
                 "then the rest once the reconciliation is done), while the cycle's thread stages the metrics\n"
-                "(MetricsRecorder::stage: the sessions' totals, copies of the series values), works out the\n"
-                "quota gauges as they will be once accepted and (when no alert fired: the quotas' part can be\n"
-                "put back) has the reconciler and the quotas take it and works out the kernel keys, as the\n"
-                "daemon does; this column is the wait after the reconciliation;\n"
+                "(MetricsRecorder::stage: the sessions' totals, copies of the series values) and (when no\n"
+                "alert fired: the quotas' part can be put back) has the reconciler and the quotas take it and\n"
+                "works out the kernel keys and the quota gauges, as the daemon does; this column is the wait\n"
+                "after the reconciliation;\n"
                 "publish: otherwise the reconciler's and the quotas' accept side by side, then the metrics\n"
                 "snapshot;\n"
                 "cpu: the process's CPU time in the cycle, all threads (user + system);\n"

@@ -187,51 +187,6 @@ TEST_CASE("a planned state counts only once its commit is accepted", "[quota]")
     CHECK(quotas.current_state("alice", may + 120).state == QuotaState::State::warning);
 }
 
-TEST_CASE("the gauges worked out before a commit is accepted are the ones after", "[quota]")
-{
-    TempDir dir;
-    Store store = open_store(options_in(dir));
-    QuotaConfig daily = one_plan();
-    daily.plans[0].period = Plan::PeriodKind::daily;
-    const std::vector<QuotaConfig> configs{one_plan(), daily};
-    QuotaController quotas(configs[0], store, nullptr, nullptr, nullptr);
-    REQUIRE(quotas.load());
-    const std::vector<std::string> users{"alice", "bob", "carol", "dave", "erin", "frank"};
-    std::mt19937 rng(11);
-    auto pick = [&](uint64_t n) { return std::uniform_int_distribution<uint64_t>(0, n - 1)(rng); };
-    int64_t now = utc(2024, 5, 30, 20);
-    size_t told = 0;
-    for (int step = 0; step < 400; ++step) {
-        CAPTURE(step, now);
-        if (pick(10) == 0)
-            REQUIRE(put_topup_or_expiry(quotas, users[pick(6)], pick(2), 3 * kGB, now + 60 * pick(600), now) == 200);
-        if (pick(20) == 0) quotas.reload(configs[pick(2)]);
-        // Connected: a random few (new ones among them); usage from some of those.
-        std::vector<std::string_view> connected;
-        CycleCommit commit;
-        commit.time = now;
-        for (const auto& user : users) {
-            if (pick(3) == 0) continue;
-            connected.push_back(user);
-            if (pick(2) == 0) commit.user_usage[user] = Traffic{{1, pick(kGB)}, {1, pick(3 * kGB)}};
-        }
-        if (pick(10) == 0) commit.user_usage["zoe"] = Traffic{{}, {1, 5}}; // neither connected nor on record
-        quotas.plan(commit, now);
-        const auto before = quotas.gauges_once_accepted(commit, connected, now);
-        must_commit(store, commit);
-        quotas.accept(commit, now);
-        const auto after = quotas.gauges(connected, now);
-        if (before) {
-            ++told;
-            REQUIRE(*before == after);
-        } else {
-            CHECK(commit.user_usage.count("zoe")); // only then could it not be told
-        }
-        now += static_cast<int64_t>(pick(4) == 0 ? pick(3 * 86400) : pick(1800)); // across days and months
-    }
-    CHECK(told > 300);
-}
-
 TEST_CASE("a commit taken tentatively and put back leaves the quotas as if it was never taken", "[quota]")
 {
     // Two controllers over two stores see the same cycles; when a commit

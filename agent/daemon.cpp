@@ -55,7 +55,11 @@ bool singbox_session_closes(const std::vector<std::pair<singbox::Server*, singbo
 
 } // namespace
 
-void map_large_allocations() { mallopt(M_MMAP_THRESHOLD, 15 << 20); }
+void tune_heap_for_cycles()
+{
+    mallopt(M_MMAP_THRESHOLD, 15 << 20);
+    mallopt(M_TRIM_THRESHOLD, kHeapKeptForCycles);
+}
 
 void accept_side_by_side(Reconciler& reconciler, QuotaController& quotas, const CycleCommit& commit, int64_t now)
 {
@@ -108,7 +112,7 @@ Daemon::Daemon(Config config, Datapath datapath, PinnedMaps maps, Store store)
 
 Result<std::unique_ptr<Daemon>> Daemon::start(Config config)
 {
-    map_large_allocations();
+    tune_heap_for_cycles();
     StoreOptions store_options;
     store_options.path = config.storage_path;
     store_options.timezone = config.storage_timezone;

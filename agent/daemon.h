@@ -31,14 +31,20 @@
 
 namespace vpnmeter {
 
-// A cycle at 1M clients allocates and frees tables of 16-56 MB (address
-// updates, snapshots). Under glibc's adaptive thresholds, freed ones below
-// 32 MB stayed in the heap (untrimmed up to 64 MB) and the next cycle's peak
-// stacked on them. From 15 MB up they are now mapped and given back when
-// freed; the tables of a 100k-client cycle (under 15 MB) stay in the heap,
-// reused without page faults. For processes that run cycles: Daemon::start
-// calls it, and so does the cycle benchmark.
-void map_large_allocations();
+// A cycle allocates and frees the same tables every time; glibc's defaults
+// suit neither end:
+// - From 15 MB up (the 16-56 MB tables of a 1M-client cycle) they are mapped
+//   and given back when freed. Under glibc's adaptive thresholds, freed ones
+//   below 32 MB stayed in the heap (untrimmed up to 64 MB) and the next
+//   cycle's peak stacked on them.
+// - Below that (a 100k-client cycle's tables), up to kHeapKeptForCycles
+//   freed at the top of a heap stays there for the next cycle. Fixing the
+//   first threshold fixes this one at 128 KiB, and each 100k-client cycle
+//   then paid ~2,000 page faults to get its tables back from the kernel.
+// For processes that run cycles: Daemon::start calls it, and so does the
+// cycle benchmark.
+constexpr int kHeapKeptForCycles = 8 << 20;
+void tune_heap_for_cycles();
 
 // A committed cycle, taken by the reconciler and the quotas side by side
 // (neither touches the other's state; enforcement needs both).

@@ -615,7 +615,7 @@ int run(const Options& o)
 
 int main(int argc, char** argv)
 {
-    vpnmeter::map_large_allocations(); // as the daemon does
+    vpnmeter::tune_heap_for_cycles(); // as the daemon does
     Options o;
     CLI::App app{"vpnmeter collection cycle benchmark: read, reconcile and commit N synthetic clients through the "
                  "daemon's own classes; /metrics render time and size; memory. Needs root."};

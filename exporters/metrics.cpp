@@ -426,6 +426,10 @@ SourceBytes& operator+=(SourceBytes& total, const SourceBytes& more)
 
 // What a counter gained since `before`; a smaller value is a restart.
 uint64_t gained(uint64_t now, uint64_t before) { return now >= before ? now - before : now; }
+SourceBytes gained(const SourceBytes& now, const SourceBytes& before)
+{
+    return {gained(now.upload, before.upload), gained(now.download, before.download)};
+}
 
 } // namespace
 
@@ -550,7 +554,7 @@ const std::string& MetricsRecorder::user_label(const std::string& user)
     return it->second;
 }
 
-MetricsRecorder::Tracked& MetricsRecorder::track(const Session& session, Staged::Taken* taken)
+MetricsRecorder::Tracked& MetricsRecorder::track(const Session& session, Staged::Added* added)
 {
     auto it = sessions_.find(session.id);
     if (it != sessions_.end()) return it->second;
@@ -562,7 +566,7 @@ MetricsRecorder::Tracked& MetricsRecorder::track(const Session& session, Staged:
         if (own_series_ < config_.max_sessions) {
             tracked.labels.session = session.id;
             ++own_series_;
-            if (taken) taken->new_own_series = true;
+            if (added) added->new_own_series = true;
         } else {
             tracked.labels.session = "other";
         }
@@ -571,14 +575,14 @@ MetricsRecorder::Tracked& MetricsRecorder::track(const Session& session, Staged:
     auto source = source_bytes_.try_emplace({session.instance, tracked.labels.user});
     tracked.series = &series.first->second;
     tracked.source_total = &source.first->second;
-    if (taken) {
-        taken->id = session.id;
-        if (series.second) taken->new_series = series.first;
-        if (source.second) taken->new_source = source.first;
+    if (added) {
+        added->id = session.id;
+        if (series.second) added->new_series = series.first;
+        if (source.second) added->new_source = source.first;
     }
-    auto added = sessions_.emplace(session.id, std::move(tracked)).first;
-    added->second.id = &added->first;
-    return added->second;
+    auto entry = sessions_.emplace(session.id, std::move(tracked)).first;
+    entry->second.id = &entry->first;
+    return entry->second;
 }
 
 MetricsRecorder::Sessions::iterator MetricsRecorder::forget(Sessions::iterator it)
@@ -619,27 +623,26 @@ MetricsRecorder::Staged MetricsRecorder::stage(const CycleCommit& commit)
     std::ptrdiff_t shift = 0; // sessions that came or went before: how far the hints moved
     auto take = [&](const Session& session, const Traffic& usage, SourceBytes source) {
         const auto position = static_cast<std::ptrdiff_t>(staged.taken_.size());
-        Staged::Taken& taken = staged.taken_.emplace_back();
         const std::ptrdiff_t was = position - shift;
         Tracked* hinted = was >= 0 && static_cast<size_t>(was) < hints_.size() ? hints_[was] : nullptr;
         if (!hinted || *hinted->id != session.id) {
-            hinted = &track(session, &taken);
+            Staged::Added added;
+            hinted = &track(session, &added);
+            if (!added.id.empty()) {
+                added.taken = static_cast<size_t>(position);
+                staged.added_.push_back(std::move(added));
+            }
             if (hinted->position < hints_.size() && hints_[hinted->position] == hinted)
                 shift = position - static_cast<std::ptrdiff_t>(hinted->position);
         }
         Tracked& tracked = *hinted;
         hints[position] = &tracked;
         tracked.position = static_cast<uint32_t>(position); // in `hints`, hints_ once this stage is done
-        taken.tracked = &tracked; // an element of sessions_ stays put
-        taken.usage = tracked.usage;
-        taken.source = tracked.source;
+        staged.taken_.push_back({&tracked, tracked.usage, tracked.source}); // an element of sessions_ stays put
         // A session's totals only grow: what they gained is this cycle's.
-        taken.gained = delta(usage, tracked.usage);
-        taken.source_gained = {gained(source.upload, tracked.source.upload),
-                               gained(source.download, tracked.source.download)};
-        *tracked.series += taken.gained;
+        *tracked.series += delta(usage, tracked.usage);
         tracked.usage = usage;
-        *tracked.source_total += taken.source_gained;
+        *tracked.source_total += gained(source, tracked.source);
         tracked.source = source;
     };
     for (const Session& s : commit.sessions) take(s, s.usage, {s.source_upload_bytes, s.source_download_bytes});
@@ -655,19 +658,24 @@ MetricsRecorder::Staged MetricsRecorder::stage(const CycleCommit& commit)
 
 void MetricsRecorder::discard(Staged staged)
 {
-    for (auto it = staged.taken_.rbegin(); it != staged.taken_.rend(); ++it) { // newest first
-        Tracked& tracked = *it->tracked;
-        // The series holds at least what it gained: delta() is the exact difference.
-        *tracked.series = delta(*tracked.series, it->gained);
-        tracked.source_total->upload -= it->source_gained.upload;
-        tracked.source_total->download -= it->source_gained.download;
-        tracked.usage = it->usage;
-        tracked.source = it->source;
-        if (it->id.empty()) continue; // known before this cycle
-        if (it->new_series) clients_.erase(*it->new_series);
-        if (it->new_source) source_bytes_.erase(*it->new_source);
-        if (it->new_own_series) --own_series_;
-        forget(sessions_.find(it->id));
+    auto added = staged.added_.rbegin();
+    for (size_t i = staged.taken_.size(); i-- > 0;) { // newest first: each finds the totals its stage left
+        const Staged::Taken& taken = staged.taken_[i];
+        Tracked& tracked = *taken.tracked;
+        // What stage() added, from the same totals. The series holds at
+        // least that: delta() is the exact difference.
+        *tracked.series = delta(*tracked.series, delta(tracked.usage, taken.usage));
+        const SourceBytes source_gained = gained(tracked.source, taken.source);
+        tracked.source_total->upload -= source_gained.upload;
+        tracked.source_total->download -= source_gained.download;
+        tracked.usage = taken.usage;
+        tracked.source = taken.source;
+        if (added == staged.added_.rend() || added->taken != i) continue; // known before this cycle
+        if (added->new_series) clients_.erase(*added->new_series);
+        if (added->new_source) source_bytes_.erase(*added->new_source);
+        if (added->new_own_series) --own_series_;
+        forget(sessions_.find(added->id));
+        ++added;
     }
 }
 

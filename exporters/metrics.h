@@ -177,18 +177,23 @@ public:
     // What stage() took from a cycle, and the next snapshot's copies of the series.
     class Staged {
         friend class MetricsRecorder;
-        struct Taken { // one session's, to give back
+        // One session's totals before, to give back. What its series gained
+        // follows from them and the new ones, kept in its Tracked. Small: a
+        // cycle takes every active session (100,000 of these a cycle).
+        struct Taken {
             Tracked* tracked = nullptr;
-            Traffic usage;      // its totals before,
+            Traffic usage;
             SourceBytes source;
-            Traffic gained;     // and what its series gained
-            SourceBytes source_gained;
-            std::string id; // set when the session was new to the recorder:
+        };
+        struct Added { // a session new to the recorder, to be forgotten again
+            size_t taken = 0; // its entry in taken_
+            std::string id;
             std::optional<SeriesMap<ClientLabels, Traffic>::iterator> new_series;
             std::optional<SeriesMap<std::pair<std::string, std::string>, SourceBytes>::iterator> new_source;
             bool new_own_series = false;
         };
         std::vector<Taken> taken_;
+        std::vector<Added> added_; // in the order taken
         SeriesCopy<ClientLabels, Traffic> clients_;
         SeriesCopy<std::pair<std::string, std::string>, SourceBytes> source_bytes_;
     };
@@ -237,8 +242,8 @@ private:
         uint32_t position = UINT32_MAX;  // in hints_, if there
     };
     const std::string& user_label(const std::string& user);
-    // The session's entry; a new one is noted in `taken` (when given), to be given back.
-    Tracked& track(const Session& session, Staged::Taken* taken = nullptr);
+    // The session's entry; a new one is noted in `added` (when given), to be given back.
+    Tracked& track(const Session& session, Staged::Added* added = nullptr);
     using Sessions = std::unordered_map<std::string, Tracked>; // by session id
     // Erases the session's entry, and the hint to it. Returns the next.
     Sessions::iterator forget(Sessions::iterator it);

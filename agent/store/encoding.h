@@ -124,6 +124,7 @@ struct AlertKey {
 std::optional<AlertKey> decode_alert_key(std::string_view bytes);
 
 std::string encode(const ClientKey& key); // 9 bytes for IPv4, 21 for IPv6
+void encode(const ClientKey& key, std::string& out); // writes over `out`
 std::optional<ClientKey> decode_client_key(std::string_view bytes);
 std::string encode(const AddressCheckpoint& checkpoint);
 std::string encode_address_checkpoint(const Traffic& raw, std::string_view owner);

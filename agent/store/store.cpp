@@ -745,9 +745,11 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure, std::share
         }
         auto address_cursor = lmdb::WriteCursor::open(txn, *dbs.checkpoint_addresses);
         if (!address_cursor) return prefixed("store checkpoints", address_cursor.error());
+        std::string key;
         for (const auto& update : cycle.address_updates) { // in key order: the encoding's order too
             encoding::encode_address_checkpoint(update.raw(), cycle.address_updates.owner(update), value);
-            if (auto put = address_cursor->put(encoding::encode(update.key()), value); !put)
+            encoding::encode(update.key(), key);
+            if (auto put = address_cursor->put(key, value); !put)
                 return prefixed("store checkpoint of " + update.key().address(), put.error());
         }
         std::set<uint32_t> interfaces;

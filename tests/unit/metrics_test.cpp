@@ -383,6 +383,39 @@ TEST_CASE("hash_users replaces user names with 12 hex digits of SHA-256", "[metr
     CHECK(sample(text, R"(vpnmeter_quota_state{user="2bd806c97f0e",state="ok"})") == "1");
 }
 
+TEST_CASE("discard gives back what stage took: the known sessions' totals, the new ones and their places",
+          "[metrics]")
+{
+    MetricsConfig config;
+    config.per_session = true;
+    config.max_sessions = 2;
+    Recorded r(config);
+    r.recorder.load({session("s1", "alice", traffic(1, 10, 0, 0))}, {});
+    const std::string before = r.text();
+    // s1 moves; s2 (new) takes the last place of its own, s3 (new) goes to "other";
+    // a new session first in the cycle, where the undo ends.
+    CycleCommit commit;
+    commit.time = 1000;
+    commit.sessions = {session("s0", "bob", traffic(1, 5, 0, 0)), session("s1", "alice", traffic(3, 50, 0, 0)),
+                       session("s3", "carol", traffic(1, 30, 0, 0))};
+    commit.sessions[1].source_upload_bytes = 7;
+    r.recorder.discard(r.recorder.stage(commit));
+    CHECK(r.text() == before);
+
+    // The places are free again: the next new ones get them in their order.
+    commit.sessions = {session("s2", "dave", traffic(1, 20, 0, 0))};
+    r.recorder.account(commit);
+    const std::string text = r.text();
+    auto bytes = [&](const std::string& user, const std::string& id) {
+        return sample(text, "vpnmeter_client_bytes_total{interface=\"tun0\",user=\"" + user + "\",session=\"" + id +
+                                "\",direction=\"upload\"}");
+    };
+    CHECK(bytes("dave", "s2") == "20");
+    CHECK(bytes("alice", "s1") == "10");
+    CHECK_FALSE(bytes("bob", "s0"));
+    CHECK_FALSE(bytes("bob", "other"));
+}
+
 TEST_CASE("per_session: at most max_sessions series of their own, the rest under session=\"other\"", "[metrics]")
 {
     MetricsConfig config;

@@ -33,10 +33,10 @@ void AddressUpdates::merge(const std::map<ClientKey, AddressCheckpoint>& changes
         while (entry != entries_.end() && entry->key() < key) merged.push_back(*entry++);
         const uint32_t owner = add_owner(change.owner);
         if (entry != entries_.end() && entry->key() == key) {
-            merged.push_back({entry->at, owner});
+            merged.push_back({entry->at, owner, true});
             ++entry;
         } else {
-            merged.push_back({&owned_.emplace_back(key, change.raw), owner});
+            merged.push_back({&owned_.emplace_back(key, change.raw), owner, true});
         }
     }
     merged.insert(merged.end(), entry, entries_.end());

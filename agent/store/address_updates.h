@@ -35,6 +35,9 @@ public:
     struct Entry {
         const Viewed* at = nullptr;
         uint32_t owner = 0; // in owners(); 0: nobody
+        // Set by merge(): the owner differs from the one last committed (or
+        // may). The store rewrites an owner only then.
+        bool owner_changed = false;
         const ClientKey& key() const { return at->first; }
         const Traffic& raw() const { return at->second; }
     };
@@ -65,9 +68,11 @@ public:
         owners_.reserve(entries + 1); // about a session an entry
     }
     // `viewed` after every key appended so far; it must outlive this.
+    // `owner`: the one last committed (an owner that changed is merged).
     void append(const Viewed& viewed, uint32_t owner) { entries_.push_back({&viewed, owner}); }
-    // Sets the owner of each address in `changes` (in key order): the
-    // entry's if there is one, else a new entry with the change's raw value.
+    // Sets the owner of each address in `changes` (in key order), noted as
+    // changed: the entry's if there is one, else a new entry with the
+    // change's raw value.
     void merge(const std::map<ClientKey, AddressCheckpoint>& changes);
 
     const Entry* find(const ClientKey& key) const;

@@ -15,7 +15,11 @@
 //   usage_by_time          usage key (below)      -> traffic
 //   users                  user key (below)       -> nothing: every user with usage
 //   unattributed           interface name (bytes) -> traffic
-//   checkpoint_addresses   client key (below)     -> address checkpoint (below)
+//   checkpoint_addresses   client key (below)     -> address checkpoint (below): the raw
+//                                                    counters last accounted for
+//   checkpoint_owners      client key             -> session id (bytes) of the address's
+//                                                    owner, if any (schema 7; before, it
+//                                                    ended the address checkpoint)
 //   checkpoint_interfaces  ifindex (u32 BE)       -> u8 flags (bit 0: traffic present),
 //                                                    interface traffic (total, unattributed),
 //                                                    name (rest)
@@ -48,10 +52,10 @@
 //                 fills a sorted table by appending. (Schemas 1-3: 24 bytes,
 //                 u32 BE ifindex, u8 family, 3 zero bytes, 16 address bytes.)
 //   address checkpoint = upload packets, upload bytes, download packets,
-//                 download bytes as LEB128 varints, then the owner session id
-//                 (rest; empty: nobody). (Schemas 1-3: 32-byte traffic, owner.)
-//                 At 1,000,000 addresses an entry is ~40 bytes instead of ~66:
-//                 every cycle rewrites the ones that moved.
+//                 download bytes as LEB128 varints. Schemas 4-6: then the owner
+//                 session id (rest; empty: nobody); schemas 1-3: 32-byte
+//                 traffic, owner. Every cycle rewrites the ones that moved:
+//                 at 100,000 an entry is ~25 bytes instead of ~66 in schema 3.
 //   quota usage = i64 period start, u64 upload bytes, u64 download bytes (24 bytes)
 //   alert key   = u16 BE length of user, user bytes, i64 BE period start and
 //                 i32 BE threshold, both with the sign bit flipped: one

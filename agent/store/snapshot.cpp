@@ -48,6 +48,20 @@ Result<std::optional<Checkpoint>> StoreSnapshot::checkpoint() const
         });
         if (!scanned) return scanned.error();
     }
+    if (dbs.checkpoint_owners) { // schema 7; before, the owner ended each address's record
+        auto address = checkpoint.addresses.begin();
+        auto scanned = scan(txn, *dbs.checkpoint_owners, {}, [&](auto key, auto value) -> Result<bool> {
+            auto client = encoding::decode_client_key(key);
+            if (!client) return corrupt("address owner record");
+            while (address != checkpoint.addresses.end() && address->first < *client) ++address;
+            // Written with its address's checkpoint, in one transaction.
+            if (address == checkpoint.addresses.end() || address->first != *client)
+                return corrupt("owner of " + client->address() + " without a checkpoint");
+            address->second.owner = value;
+            return true;
+        });
+        if (!scanned) return scanned.error();
+    }
     if (dbs.checkpoint_interfaces) {
         auto scanned = scan(txn, *dbs.checkpoint_interfaces, {}, [&](auto key, auto value) -> Result<bool> {
             auto ifindex = encoding::decode_interface_key(key);

@@ -21,7 +21,7 @@ namespace vpnmeter {
 // 6: active sessions' totals in a small record of their own, the full record
 // rewritten only when something else changes (nothing to migrate: without a
 // totals record the full one holds them).
-constexpr uint32_t kSchemaVersion = 6;
+constexpr uint32_t kSchemaVersion = 7;
 
 // In "meta": hour buckets that start before this (unix seconds) are added to
 // their day and month buckets; those from it on are not yet (commit() rolls
@@ -39,6 +39,7 @@ struct Databases {
     std::optional<MDB_dbi> users;
     std::optional<MDB_dbi> unattributed;
     std::optional<MDB_dbi> checkpoint_addresses;
+    std::optional<MDB_dbi> checkpoint_owners; // schema 7: apart from the raw values each cycle rewrites
     std::optional<MDB_dbi> checkpoint_interfaces;
     std::optional<MDB_dbi> checkpoint_meta;
     std::optional<MDB_dbi> quota_usage;

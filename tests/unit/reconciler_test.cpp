@@ -325,8 +325,12 @@ struct Committed {
         for (const auto& s : commit.sessions) sessions[s.id] = s;
         for (const auto& t : commit.session_totals) sessions[t.session->id] = with_totals(t);
         for (const auto& key : commit.address_removals) addresses.erase(key);
-        for (const auto& update : commit.address_updates)
-            addresses[update.key()] = {update.raw(), std::string(commit.address_updates.owner(update))};
+        for (const auto& update : commit.address_updates) {
+            AddressCheckpoint& stored = addresses[update.key()];
+            stored.raw = update.raw();
+            // As the store: an owner is written only when the plan changed it.
+            if (update.owner_changed) stored.owner = commit.address_updates.owner(update);
+        }
         for (const auto& [user, t] : commit.user_usage) users[user] += t;
         for (const auto& [name, t] : commit.unattributed) unattributed[name] += t;
     }

@@ -114,7 +114,7 @@ TEST_CASE("a schema 1 store is migrated: its session records rewritten in the bi
     }
     {
         Store store = open_store(options);
-        CHECK(store.schema_version() == 6);
+        CHECK(store.schema_version() == 7);
         CHECK(must(store.sessions()) == std::vector<Session>{open, closed});
     }
     // On disk they are binary records now (version byte 2), the open one
@@ -123,7 +123,7 @@ TEST_CASE("a schema 1 store is migrated: its session records rewritten in the bi
     CHECK(get_raw(options.path, "sessions", closed.id).at(0) == 2);
     CHECK(get_raw(options.path, "sessions", open.id).empty());
     Store store = open_store(options);
-    CHECK(store.schema_version() == 6);
+    CHECK(store.schema_version() == 7);
     CHECK(must(store.session(closed.id)) == closed);
     CHECK(must(store.session(open.id)) == open);
 }

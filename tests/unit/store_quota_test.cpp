@@ -430,7 +430,7 @@ TEST_CASE("a store from before quotas gains their databases when the daemon open
     open_store(options); // the daemon migrates it
     { // Then: no quota data yet, and nothing fails.
         Store reader = open_store(reader_options);
-        CHECK(reader.schema_version() == 6);
+        CHECK(reader.schema_version() == 7);
         CHECK(must(reader.quota_usage()).empty());
         CHECK(must(reader.quota_usage("alice")) == std::nullopt);
         CHECK(must(reader.alerts_fired("alice", kMay)).empty());
@@ -440,7 +440,7 @@ TEST_CASE("a store from before quotas gains their databases when the daemon open
     }
     {
         Store store = open_store(options);
-        CHECK(store.schema_version() == 6); // migrated
+        CHECK(store.schema_version() == 7); // migrated
         const auto unattributed = must(store.unattributed()); // the old data is there
         REQUIRE(unattributed.size() == 1);
         CHECK(unattributed[0].traffic == traffic(40, 60));

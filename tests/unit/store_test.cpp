@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <compare>
@@ -189,7 +190,7 @@ TEST_CASE("a new store has schema version 6 and private files", "[store]")
     TempDir dir;
     const auto options = options_in(dir);
     Store store = open_store(options);
-    CHECK(store.schema_version() == 6);
+    CHECK(store.schema_version() == 7);
     CHECK(mode_of(options.path) == 0700);
     CHECK(mode_of(options.path + "/data.mdb") == 0600);
     CHECK(mode_of(options.path + "/lock.mdb") == 0600);
@@ -705,7 +706,7 @@ TEST_CASE("read-only opens: missing, never written, uninitialised", "[store]")
             Store writer = open_store(writer_options);
         }
         Store reader = open_store(options);
-        CHECK(reader.schema_version() == 6);
+        CHECK(reader.schema_version() == 7);
         CHECK(must(reader.sessions()).empty());
         CHECK(must(reader.checkpoint()) == std::nullopt);
         CHECK(must(reader.unattributed()).empty());
@@ -748,7 +749,7 @@ TEST_CASE("a reopened store keeps everything", "[store]")
         must_commit(store, cycle);
     }
     Store store = open_store(options);
-    CHECK(store.schema_version() == 6);
+    CHECK(store.schema_version() == 7);
     CHECK(must(store.sessions()) == cycle.sessions);
     CHECK(usage(store, "kept-user-2", 0, t + kDay, Granularity::Day) ==
           std::vector<UsageBucket>{{utc(2024, 4, 30, 22), traffic(1, 100, 2, 200)}}); // midnight CEST
@@ -779,13 +780,13 @@ TEST_CASE("opening fails clearly on a newer schema, an unknown zone, a second op
         {
             Store store = open_store(options);
         }
-        put_raw(options.path, "meta", "schema_version", encoding::encode_u32(7));
+        put_raw(options.path, "meta", "schema_version", encoding::encode_u32(8));
         for (bool read_only : {false, true}) {
             options.read_only = read_only;
             const auto store = Store::open(options);
             REQUIRE_FALSE(store);
-            CHECK_THAT(store.error().message(), Catch::Contains("schema version 7") &&
-                                                    Catch::Contains("newer than this vpnmeter understands (6)"));
+            CHECK_THAT(store.error().message(), Catch::Contains("schema version 8") &&
+                                                    Catch::Contains("newer than this vpnmeter understands (7)"));
         }
     }
     SECTION("the same store twice in one process")
@@ -810,7 +811,7 @@ TEST_CASE("opening fails clearly on a newer schema, an unknown zone, a second op
 // package test does it for real; these pin down the schema checks.
 TEST_CASE("a store from a newer release is refused and left as it was", "[store]")
 {
-    constexpr uint32_t kSchemaVersion = 6; // this release's (store_impl.h)
+    constexpr uint32_t kSchemaVersion = 7; // this release's (store_impl.h)
     TempDir dir;
     auto options = options_in(dir);
     const int64_t t = utc(2026, 11, 1, 12);
@@ -937,7 +938,7 @@ TEST_CASE("address checkpoints hold any counter value, and reject truncated reco
     CHECK_FALSE(encoding::decode_address_checkpoint(std::string(11, '\xff'))); // longer than a u64
 }
 
-TEST_CASE("a schema 3 store is migrated: address checkpoints rewritten compact", "[store]")
+TEST_CASE("a schema 3 store is migrated: address checkpoints rewritten compact, their owners apart", "[store]")
 {
     TempDir dir;
     auto options = options_in(dir);
@@ -963,16 +964,87 @@ TEST_CASE("a schema 3 store is migrated: address checkpoints rewritten compact",
                 encoding::encode(checkpoint.raw) + checkpoint.owner);
     {
         Store store = open_store(options);
-        CHECK(store.schema_version() == 6);
+        CHECK(store.schema_version() == 7);
         auto checkpoint = must(store.checkpoint());
         REQUIRE(checkpoint);
         CHECK(checkpoint->addresses == expected);
     }
     CHECK(get_raw(options.path, "checkpoint_addresses", old_key(v4(3, "10.8.0.2"))).empty());
     CHECK(get_raw(options.path, "checkpoint_addresses", encoding::encode(v4(3, "10.8.0.2"))) ==
-          encoding::encode(expected.find(v4(3, "10.8.0.2"))->second));
+          encoding::encode_address_checkpoint(traffic(5, 500, 6, 600), ""));
+    CHECK(get_raw(options.path, "checkpoint_owners", encoding::encode(v4(3, "10.8.0.2"))) == "udp:1:17");
     Store store = open_store(options); // as it is now
     CHECK(must(store.checkpoint())->addresses == expected);
+}
+
+TEST_CASE("a schema 6 store is migrated: the addresses' owners move apart from their raw values", "[store]")
+{
+    TempDir dir;
+    auto options = options_in(dir);
+    REQUIRE(mkdir(options.path.c_str(), 0700) == 0);
+    const AddressCheckpoints expected = AddressCheckpoints::from_unsorted({
+        {v4(3, "10.8.0.2"), {traffic(5, 500, 6, 600), "openvpn:alice:1700000000"}},
+        {v4(3, "10.8.0.10"), {traffic(1, 2, 3, 4), ""}},
+        {ClientKey::parse(3, "fd00::2"), {traffic(~0ull, 1, 0, 0), "openvpn:alice:1700000000"}},
+    });
+    put_raw(options.path, "meta", "schema_version", encoding::encode_u32(6));
+    for (const auto& [key, checkpoint] : expected) // schema 6: the owner ends the record
+        put_raw(options.path, "checkpoint_addresses", encoding::encode(key), encoding::encode(checkpoint));
+    {
+        Store store = open_store(options);
+        CHECK(store.schema_version() == 7);
+        auto checkpoint = must(store.checkpoint());
+        REQUIRE(checkpoint);
+        CHECK(checkpoint->addresses == expected);
+    }
+    for (const auto& [key, checkpoint] : expected) {
+        CAPTURE(key.address());
+        CHECK(get_raw(options.path, "checkpoint_addresses", encoding::encode(key)) ==
+              encoding::encode_address_checkpoint(checkpoint.raw, ""));
+        CHECK(get_raw(options.path, "checkpoint_owners", encoding::encode(key)) == checkpoint.owner);
+    }
+}
+
+TEST_CASE("an address's owner is written when it changes; the raw values every cycle", "[store]")
+{
+    TempDir dir;
+    auto options = options_in(dir);
+    Store store = open_store(options);
+    const ClientKey a = v4(3, "10.8.0.2"), b = v4(3, "10.8.0.3");
+    const int64_t t = utc(2026, 11, 1, 12);
+    {
+        CycleCommit cycle;
+        cycle.time = t;
+        cycle.address_updates = {{a, {traffic(1, 100, 1, 100), "s1"}}, {b, {traffic(1, 50, 0, 0), "s2"}}};
+        must_commit(store, cycle);
+    }
+    // As the reconciler's first step: the owners last committed, not noted
+    // as changed. Had the store rewritten them, b's owner would now be "s9".
+    const std::deque<AddressUpdates::Viewed> read{{a, traffic(2, 200, 2, 200)}, {b, traffic(2, 90, 0, 0)}};
+    {
+        CycleCommit cycle;
+        cycle.time = t + 60;
+        const uint32_t s1 = cycle.address_updates.add_owner("s1");
+        cycle.address_updates.append(read[0], s1);
+        cycle.address_updates.append(read[1], cycle.address_updates.add_owner("s9"));
+        must_commit(store, cycle);
+    }
+    auto checkpoint = must(store.checkpoint());
+    REQUIRE(checkpoint);
+    CHECK(checkpoint->addresses == AddressCheckpoints::from_unsorted({{a, {traffic(2, 200, 2, 200), "s1"}},
+                                                                      {b, {traffic(2, 90, 0, 0), "s2"}}}));
+    // A change: a's owner leaves (nobody's: its owner record goes), b's is s3.
+    {
+        CycleCommit cycle;
+        cycle.time = t + 120;
+        cycle.address_updates = {{a, {traffic(3, 300, 3, 300), ""}}, {b, {traffic(3, 99, 0, 0), "s3"}}};
+        must_commit(store, cycle);
+    }
+    checkpoint = must(store.checkpoint());
+    CHECK(checkpoint->addresses == AddressCheckpoints::from_unsorted({{a, {traffic(3, 300, 3, 300), ""}},
+                                                                      {b, {traffic(3, 99, 0, 0), "s3"}}}));
+    CHECK(get_raw(options.path, "checkpoint_owners", encoding::encode(a)).empty());
+    CHECK(get_raw(options.path, "checkpoint_owners", encoding::encode(b)) == "s3");
 }
 
 TEST_CASE("a full store says why, and a raised limit applies without reopening", "[store]")
@@ -1048,7 +1120,7 @@ TEST_CASE("a schema 2 store is migrated: usage re-keyed by time, active sessions
         CHECK_THAT(reader.error().message(), Catch::Contains("has schema version 2; start this release's vpnmeterd"));
     }
     auto check = [&](const Store& store) {
-        CHECK(store.schema_version() == 6);
+        CHECK(store.schema_version() == 7);
         const int64_t end = utc(2030, 1, 1);
         CHECK(must(store.usage(alice, 0, end, Granularity::Hour)) ==
               std::vector<UsageBucket>{{hour, traffic(1, 10, 2, 20)}});
@@ -1165,7 +1237,7 @@ TEST_CASE("a schema 4 store is migrated: its current hour, already in its day an
     put_raw(options.path, "users", encoding::user_key("alice"), "");
 
     Store store = open_store(options);
-    CHECK(store.schema_version() == 6);
+    CHECK(store.schema_version() == 7);
     CycleCommit cycle;
     cycle.time = now; // the same hour: taken as rolled up, so added to all three
     cycle.user_usage["alice"] = traffic(1, 5, 1, 5);

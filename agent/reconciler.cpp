@@ -479,7 +479,6 @@ void Reconciler::plan(const Cycle& counters, const ConnectedSessions& connected,
     std::vector<uint32_t> users_seen;
     std::map<uint32_t, Traffic> unattributed; // by ifindex; named once at the end
     std::vector<uint32_t> owner_index(slots_.size(), kNone); // slot -> its owner index in out.address_updates
-    std::vector<uint32_t> owner_slots{kNone};                // and back (0: nobody)
     out.address_updates.reserve(counters.snapshot.clients.size()); // sized for all moving: the peak
     auto owner = owners_.begin();
     for_each_moved(counters, [&](const ClientTraffic::value_type& raw, const Traffic& moved) { // in key order
@@ -498,10 +497,8 @@ void Reconciler::plan(const Cycle& counters, const ConnectedSessions& connected,
             users_seen.push_back(user);
         }
         user_moved[user] += moved;
-        if (owner_index[slot] == kNone) {
+        if (owner_index[slot] == kNone)
             owner_index[slot] = out.address_updates.add_owner(slots_[slot].session->id, owner_tag(slot));
-            owner_slots.push_back(slot);
-        }
         out.address_updates.append(raw, owner_index[slot]);
     });
     for (const auto& [ifindex, moved] : counters.interfaces_moved) {
@@ -573,12 +570,11 @@ void Reconciler::plan(const Cycle& counters, const ConnectedSessions& connected,
         any_ended = true;
     }
     // Their addresses become nobody's: one pass for all of them, not one
-    // per ended session (a VPN restart ends them all at once).
+    // per ended session (a VPN restart ends them all at once). Step 1's
+    // entries of those addresses are among them: merged in their place.
     if (any_ended) {
         for (const auto& [key, owner] : owners_)
             if (uint32_t slot = slot_of(owner); slot != kNone && ended[slot]) set_owner(key, "");
-        for (auto& update : out.address_updates) // still step 1's: every owner in owner_slots
-            if (update.owner != 0 && ended[owner_slots[update.owner]]) update.owner = 0;
     }
 
     // 3. New sessions start from the values just read; known ones get the
@@ -642,7 +638,7 @@ void Reconciler::accept(const CycleCommit& committed)
 
 bool Reconciler::undoable(const CycleCommit& planned)
 {
-    return planned.sessions.empty() && planned.address_removals.empty();
+    return planned.sessions.empty();
 }
 
 Reconciler::Undo Reconciler::accept_tentatively(const CycleCommit& planned)
@@ -716,7 +712,6 @@ void Reconciler::accept(const CycleCommit& committed, Undo* undo)
     if (!came.empty() || !went.empty()) update_order(std::move(came), went);
     if (kept_users_ && kept_users_->sessions_version == version_before && sessions_version_ != version_before)
         update_kept_users();
-    for (const auto& key : committed.address_removals) owners_.erase(key);
     // The owners after the commit: one merge of the kept ones with its
     // updates (both in key order), dropping those whose session is gone.
     std::vector<std::pair<ClientKey, Owner>> merged;

@@ -83,8 +83,8 @@ public:
     // accept() before the store has said the commit landed, so that it is
     // done by then (the daemon's cycle takes it while the disk syncs). If
     // the commit fails, undo() puts back what it did when that can be done
-    // piece by piece (undoable(): no session came or went and no address
-    // was removed, as in most cycles); otherwise undo() returns false and
+    // piece by piece (undoable(): no session came or went, as in most
+    // cycles); otherwise undo() returns false and
     // the reconciler is to be made again from the store, as on a restart
     // (what it holds is what the store's checkpoint and open sessions say).
     static bool undoable(const CycleCommit& planned);

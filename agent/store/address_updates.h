@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -29,6 +30,13 @@ using AddressCheckpoints = FlatMap<ClientKey, AddressCheckpoint>; // by address,
 // copies with an owner string each took 88 MB at the cycle's peak; views
 // take 16 bytes an entry. The few entries with no snapshot entry behind them
 // (an owner set on an address the kernel has not seen) are kept here.
+//
+// Built in two steps, as the reconciler plans: the addresses that moved are
+// appended under their owners as last committed, then the owners that
+// changed are merged. The appended entries never change after that, so the
+// store writes their raw values while the plan goes on (appended()); the
+// merged changes are kept apart and take their entries' places when the
+// whole is iterated.
 class AddressUpdates {
 public:
     using Viewed = std::pair<ClientKey, Traffic>; // a ClientTraffic entry
@@ -69,25 +77,67 @@ public:
     }
     // `viewed` after every key appended so far; it must outlive this.
     // `owner`: the one last committed (an owner that changed is merged).
-    void append(const Viewed& viewed, uint32_t owner) { entries_.push_back({&viewed, owner}); }
+    // Not after a merge().
+    void append(const Viewed& viewed, uint32_t owner)
+    {
+        entries_.push_back({&viewed, owner});
+        ++size_;
+    }
     // Sets the owner of each address in `changes` (in key order), noted as
-    // changed: the entry's if there is one, else a new entry with the
-    // change's raw value.
+    // changed: in place of its entry if there is one, else a new entry with
+    // the change's raw value.
     void merge(const std::map<ClientKey, AddressCheckpoint>& changes);
 
+    // The entries appended, as appended: merge() leaves them as they are.
+    std::span<const Entry> appended() const { return entries_; }
+    // The entries merge() made, in key order.
+    std::span<const Entry> changed() const { return changes_; }
+
+    // The whole, in key order: the appended entries, a changed one in place
+    // of the appended one with its key.
+    class const_iterator {
+    public:
+        using value_type = Entry;
+        using difference_type = std::ptrdiff_t;
+        const Entry& operator*() const { return takes_change() ? *change_ : *entry_; }
+        const Entry* operator->() const { return &**this; }
+        const_iterator& operator++();
+        const_iterator operator++(int)
+        {
+            auto before = *this;
+            ++*this;
+            return before;
+        }
+        bool operator==(const const_iterator& other) const
+        {
+            return entry_ == other.entry_ && change_ == other.change_;
+        }
+
+    private:
+        friend class AddressUpdates;
+        const_iterator(const Entry* entry, const Entry* entries_end, const Entry* change, const Entry* changes_end)
+            : entry_(entry), entries_end_(entries_end), change_(change), changes_end_(changes_end)
+        {
+        }
+        bool takes_change() const
+        {
+            return change_ != changes_end_ && (entry_ == entries_end_ || !(entry_->key() < change_->key()));
+        }
+        const Entry *entry_, *entries_end_, *change_, *changes_end_;
+    };
+    const_iterator begin() const;
+    const_iterator end() const;
+    size_t size() const { return size_; }
+    bool empty() const { return size_ == 0; }
     const Entry* find(const ClientKey& key) const;
-    std::vector<Entry>::iterator begin() { return entries_.begin(); }
-    std::vector<Entry>::iterator end() { return entries_.end(); }
-    std::vector<Entry>::const_iterator begin() const { return entries_.begin(); }
-    std::vector<Entry>::const_iterator end() const { return entries_.end(); }
-    size_t size() const { return entries_.size(); }
-    bool empty() const { return entries_.empty(); }
 
     // Copies, as the store reads them back.
     AddressCheckpoints checkpoints() const;
 
 private:
-    std::vector<Entry> entries_;
+    std::vector<Entry> entries_; // appended, in key order
+    std::vector<Entry> changes_; // merged, in key order
+    size_t size_ = 0;            // of the whole
     // The owners' ids, one after another in one buffer (a string each cost
     // an allocation per session per cycle): owners_[i] is id i's place.
     std::string owner_text_;

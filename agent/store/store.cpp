@@ -704,6 +704,19 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure, std::share
         }
         if (!ready(quotas_planned)) return Error{"the cycle's quota usage was not planned"};
         if (auto written = write_quota_records(txn, dbs, cycle); !written) return written;
+        // The raw values of the addresses that moved: final with the usage
+        // (the plan merges the owners that changed later, apart).
+        std::string key, value; // one buffer each for every record of the cycle's big writes
+        {
+            auto address_cursor = lmdb::WriteCursor::open(txn, *dbs.checkpoint_addresses);
+            if (!address_cursor) return prefixed("store checkpoints", address_cursor.error());
+            for (const auto& moved : cycle.address_updates.appended()) { // in key order: the encoding's order too
+                encoding::encode(moved.key(), key);
+                encoding::encode_address_checkpoint(moved.raw(), {}, value);
+                if (auto put = address_cursor->put(key, value); !put)
+                    return prefixed("store checkpoint of " + moved.key().address(), put.error());
+            }
+        }
         if (!ready(rest_planned)) return Error{"the cycle's sessions and checkpoints were not planned"};
         // Sessions come in the order they moved.
         std::vector<const Session*> sessions;
@@ -743,7 +756,6 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure, std::share
         // two lists in id order (the reconciler's), written merged.
         auto totals_cursor = lmdb::WriteCursor::open(txn, *dbs.session_totals);
         if (!totals_cursor) return prefixed("store sessions", totals_cursor.error());
-        std::string value; // one buffer for every value of the cycle's big writes
         auto put_totals = [&](const SessionTotals& entry) -> Status {
             const std::string& id = entry.session->id;
             if (id.empty()) return Error{"store session: empty session id (user '" + entry.session->user + "')"};
@@ -772,24 +784,16 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure, std::share
             if (auto added = add_traffic(*unattributed_cursor, interface, increment); !added)
                 return prefixed("add unattributed usage of " + interface, added.error());
         }
-        // Removals first: an address both removed and updated (taken over
-        // within the cycle) ends up with its update.
-        for (const ClientKey& key : cycle.address_removals) {
-            for (MDB_dbi dbi : {*dbs.checkpoint_addresses, *dbs.checkpoint_owners})
-                if (auto removed = txn.del(dbi, encoding::encode(key)); !removed)
-                    return prefixed("remove checkpoint of " + key.address(), removed.error());
-        }
+        // The addresses whose owner changed (a new one's raw value too).
         auto address_cursor = lmdb::WriteCursor::open(txn, *dbs.checkpoint_addresses);
         if (!address_cursor) return prefixed("store checkpoints", address_cursor.error());
         auto owner_cursor = lmdb::WriteCursor::open(txn, *dbs.checkpoint_owners);
         if (!owner_cursor) return prefixed("store checkpoints", owner_cursor.error());
-        std::string key;
-        for (const auto& update : cycle.address_updates) { // in key order: the encoding's order too
+        for (const auto& update : cycle.address_updates.changed()) {
             encoding::encode(update.key(), key);
             encoding::encode_address_checkpoint(update.raw(), {}, value);
             if (auto put = address_cursor->put(key, value); !put)
                 return prefixed("store checkpoint of " + update.key().address(), put.error());
-            if (!update.owner_changed) continue; // the stored owner is still its owner
             const std::string_view owner = cycle.address_updates.owner(update);
             auto set = owner.empty() ? txn.del(*dbs.checkpoint_owners, key) : owner_cursor->put(key, owner);
             if (!set) return prefixed("store the owner of " + update.key().address(), set.error());

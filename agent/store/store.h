@@ -102,7 +102,6 @@ struct CycleCommit {
     std::map<std::string, Traffic> unattributed;   // interface name -> increment
     std::optional<CounterIdentity> identity;       // set when it changed
     AddressUpdates address_updates; // views the snapshot plan() read: keep that alive until committed
-    std::vector<ClientKey> address_removals;       // entries no longer tracked
     std::map<uint32_t, InterfaceTraffic> interface_updates;
     std::map<uint32_t, std::string> interface_names;
     // Quotas, in the same transaction as the usage they account for, so a

@@ -324,7 +324,6 @@ struct Committed {
     {
         for (const auto& s : commit.sessions) sessions[s.id] = s;
         for (const auto& t : commit.session_totals) sessions[t.session->id] = with_totals(t);
-        for (const auto& key : commit.address_removals) addresses.erase(key);
         for (const auto& update : commit.address_updates) {
             AddressCheckpoint& stored = addresses[update.key()];
             stored.raw = update.raw();

@@ -470,7 +470,7 @@ TEST_CASE("sessions filter by activity and user", "[store]")
     CHECK(must(store.session("a:2:1"))->end == utc(2024, 5, 1, 13));
 }
 
-TEST_CASE("checkpoints round-trip with removals, names and identity", "[store]")
+TEST_CASE("checkpoints round-trip with owners, names and identity", "[store]")
 {
     TempDir dir;
     Store store = open_store(options_in(dir));
@@ -488,8 +488,7 @@ TEST_CASE("checkpoints round-trip with removals, names and identity", "[store]")
 
     CycleCommit second;
     second.time = utc(2024, 5, 1, 12, 1);
-    second.address_removals = {b, v4(9, "10.9.9.9")}; // an unknown key is fine
-    second.address_updates = {{a, {traffic(7, 7, 7, 7), "s3"}}};
+    second.address_updates = {{a, {traffic(7, 7, 7, 7), "s3"}}, {b, {traffic(4, 4, 4, 4), ""}}}; // b: nobody's now
     second.interface_updates = {{3, {traffic(8, 8, 8, 8), traffic(1, 1, 1, 1)}}}; // name kept
     second.interface_names = {{4, "tun1-renamed"}, {5, "wg0"}};                   // traffic kept; a name only
     must_commit(store, second);
@@ -497,8 +496,9 @@ TEST_CASE("checkpoints round-trip with removals, names and identity", "[store]")
     auto checkpoint = must(store.checkpoint());
     REQUIRE(checkpoint);
     CHECK(checkpoint->identity == CounterIdentity{"boot-1", 10, 11}); // unchanged: not in the second commit
-    CHECK(checkpoint->addresses ==
-          AddressCheckpoints{{a, {traffic(7, 7, 7, 7), "s3"}}, {c, {traffic(3, 3, 3, 3), ""}}});
+    CHECK(checkpoint->addresses == AddressCheckpoints{{a, {traffic(7, 7, 7, 7), "s3"}},
+                                                      {b, {traffic(4, 4, 4, 4), ""}},
+                                                      {c, {traffic(3, 3, 3, 3), ""}}});
     CHECK(checkpoint->interfaces ==
           std::map<uint32_t, InterfaceTraffic>{{3, {traffic(8, 8, 8, 8), traffic(1, 1, 1, 1)}},
                                                {4, {traffic(6, 6, 6, 6), traffic(3, 3, 3, 3)}}});
@@ -507,12 +507,11 @@ TEST_CASE("checkpoints round-trip with removals, names and identity", "[store]")
     CycleCommit third;
     third.time = utc(2024, 5, 1, 12, 2);
     third.identity = CounterIdentity{"boot-2", 20, 21};
-    third.address_removals = {a, c};
     must_commit(store, third);
     checkpoint = must(store.checkpoint());
     REQUIRE(checkpoint);
     CHECK(checkpoint->identity == CounterIdentity{"boot-2", 20, 21});
-    CHECK(checkpoint->addresses.empty());
+    CHECK(checkpoint->addresses.size() == 3); // kept
 }
 
 TEST_CASE("a full store fails the commit whole and works again with a larger limit", "[store]")

@@ -490,6 +490,12 @@ Status Daemon::finish_cycle()
     else if (!map_full && client_map_full_)
         spdlog::info("client map has room again ({} of {} entries)", entries, maps_.max_clients());
     client_map_full_ = map_full;
+    // The hour just over into its day and month: a write once an hour,
+    // after the cycle rather than in its commit.
+    if (auto status = store_.roll_up(now); !status) {
+        spdlog::warn("store roll-up: {}", status.error().message());
+        metrics_->count_error("store_roll_up");
+    }
     if (cycles_ % 3600 == 1) {
         if (auto status = store_.prune(now); !status) {
             spdlog::warn("store prune: {}", status.error().message());

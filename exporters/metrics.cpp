@@ -540,7 +540,7 @@ MetricsRecorder::MetricsRecorder(MetricsConfig config, std::string version, std:
     : config_(config), version_(std::move(version)), exporter_(std::move(exporter))
 {
     // Present from the start, so that rate() sees the first failure.
-    for (const char* op : {"collect", "source", "store_commit", "store_prune", "read_drops", "webhook"})
+    for (const char* op : {"collect", "source", "store_commit", "store_roll_up", "store_prune", "read_drops", "webhook"})
         errors_[op] = 0;
     for (const char* reason : {"map_full", "disk_full", "other"})
         store_commit_errors_[reason] = 0;

@@ -600,7 +600,7 @@ namespace {
 // Adds the hour buckets starting in [from, to) to their days and months.
 // Hours come in (start, user) order: the usual single hour gives each run
 // already in key order; several are summed after a sort.
-Status roll_up(lmdb::Txn& txn, const Databases& dbs, const BucketCalendar& calendar, int64_t from, int64_t to)
+Status roll_up_hours(lmdb::Txn& txn, const Databases& dbs, const BucketCalendar& calendar, int64_t from, int64_t to)
 {
     std::array<std::vector<std::pair<std::string, Traffic>>, 2> adds; // day, month
     constexpr std::array kWholes{Granularity::Day, Granularity::Month};
@@ -660,19 +660,14 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure, std::share
         // The users' usage first, then their quota records: both may be all
         // that is planned yet. Every write in key order through one cursor
         // per database (see lmdb::WriteCursor).
-        // Usage: the hours before this one go to their days and months once
-        // (at 100,000 users a day and a month bucket rewritten per user
-        // every cycle cost ~50 ms a cycle).
+        // Usage: a cycle adds to its hour; roll_up() adds the hours before
+        // to their days and months once, off the cycle (at 100,000 users a
+        // day and a month bucket rewritten per user every cycle cost ~50 ms
+        // a cycle). An hour already rolled up (the last hour of a schema 4
+        // store, or the clock went back) adds to its day and month directly.
         auto rolled = read_rolled_to(txn, *dbs.meta);
         if (!rolled) return rolled.error();
         const int64_t hour = starts[0];
-        if (hour > *rolled) {
-            if (auto up = roll_up(txn, dbs, impl_->calendar, *rolled, hour); !up)
-                return prefixed("roll up usage", up.error());
-            if (auto put = txn.put(*dbs.meta, kRolledToKey, encoding::encode_i64(hour)); !put) return put;
-        }
-        // An hour already rolled up (the last hour of a schema 4 store, or
-        // the clock went back) adds to its day and month directly.
         const size_t runs = hour < *rolled ? kGranularities.size() : 1;
         // A run per granularity, users in byte order within it (the key
         // order). A user without this hour's bucket may be new: listed.
@@ -831,6 +826,20 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure, std::share
         }
         return ok();
     }, failure);
+}
+
+Status Store::roll_up(int64_t now)
+{
+    if (impl_->options.read_only) return Error{"roll up: the store is open read-only"};
+    const int64_t hour = impl_->calendar.start(now, Granularity::Hour);
+    const Databases& dbs = impl_->dbs;
+    return impl_->write("roll up usage", [&](lmdb::Txn& txn) -> Status {
+        auto rolled = read_rolled_to(txn, *dbs.meta);
+        if (!rolled) return rolled.error();
+        if (hour <= *rolled) return ok(); // nothing dirty: LMDB commits without a sync
+        if (auto up = roll_up_hours(txn, dbs, impl_->calendar, *rolled, hour); !up) return up;
+        return txn.put(*dbs.meta, kRolledToKey, encoding::encode_i64(hour));
+    });
 }
 
 Status Store::prune(int64_t now)

@@ -216,6 +216,12 @@ public:
     Result<std::vector<UnattributedUsage>> unattributed() const;
     Result<std::map<std::string, StatsCheckpoint>> stats_checkpoints() const; // by instance
     Result<std::vector<std::string>> users() const;
+    // Adds the hour buckets before `now`'s hour to their days and months,
+    // each hour once (the meta record usage_rolled_to moves with them): a
+    // write once an hour, nothing otherwise. Off the cycle's path: the
+    // daemon calls it after each cycle. Until it runs, readers add the hours
+    // not rolled up yet themselves, so days and months are always whole.
+    Status roll_up(int64_t now);
     // Drops hour and day buckets past their retention, and alert records of
     // past quota periods: older than the period of the user's quota usage
     // record or, for a user without one, older than daily_retention_days.

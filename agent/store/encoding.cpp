@@ -13,20 +13,31 @@ namespace {
 
 constexpr uint32_t kSessionRecordVersion = 1;
 
-// Bytes gathered first and appended once: a push_back per byte checked the
-// capacity eight times per number (a cycle encodes millions of them).
+// Into a buffer, returning its end: a record's fields are gathered first
+// and appended once (a push_back per byte checked the capacity eight times
+// per number, and a cycle encodes millions of them).
+char* put_le(char* at, uint64_t value, int width)
+{
+    for (int i = 0; i < width; ++i) *at++ = static_cast<char>(value >> (8 * i));
+    return at;
+}
+
+char* put_be(char* at, uint64_t value, int width)
+{
+    for (int i = 0; i < width; ++i) *at++ = static_cast<char>(value >> (8 * (width - 1 - i)));
+    return at;
+}
+
 void put_le(std::string& out, uint64_t value, int width)
 {
     char bytes[8];
-    for (int i = 0; i < width; ++i) bytes[i] = static_cast<char>(value >> (8 * i));
-    out.append(bytes, static_cast<size_t>(width));
+    out.append(bytes, static_cast<size_t>(put_le(bytes, value, width) - bytes));
 }
 
 void put_be(std::string& out, uint64_t value, int width)
 {
     char bytes[8];
-    for (int i = 0; i < width; ++i) bytes[i] = static_cast<char>(value >> (8 * (width - 1 - i)));
-    out.append(bytes, static_cast<size_t>(width));
+    out.append(bytes, static_cast<size_t>(put_be(bytes, value, width) - bytes));
 }
 
 uint64_t get_le(std::string_view in, size_t at, int width)
@@ -74,19 +85,12 @@ std::optional<Granularity> granularity_of(char byte)
     return std::nullopt;
 }
 
-// Into a buffer, appended once: the cycle's big writes encode 100,000s of values.
-char* put_le64(char* at, uint64_t value)
-{
-    for (int i = 0; i < 8; ++i) *at++ = static_cast<char>(value >> (8 * i));
-    return at;
-}
-
 void put_traffic(std::string& out, const Traffic& t)
 {
     char bytes[kTrafficSize];
     char* at = bytes;
     for (uint64_t value : {t.upload.packets, t.upload.bytes, t.download.packets, t.download.bytes})
-        at = put_le64(at, value);
+        at = put_le(at, value, 8);
     out.append(bytes, sizeof bytes);
 }
 
@@ -151,8 +155,7 @@ void usage_key(Granularity granularity, int64_t start, std::string_view user, st
 {
     char head[kUsageKeyOverhead];
     head[0] = granularity_byte(granularity);
-    const uint64_t time = static_cast<uint64_t>(start) ^ kSignBit;
-    for (int i = 0; i < 8; ++i) head[1 + i] = static_cast<char>(time >> (8 * (7 - i)));
+    put_be(head + 1, static_cast<uint64_t>(start) ^ kSignBit, 8);
     out.reserve(user.size() + kUsageKeyOverhead);
     out.assign(head, sizeof head);
     out.append(user);
@@ -203,9 +206,9 @@ std::string encode(const QuotaUsageRecord& record)
 void encode(const QuotaUsageRecord& record, std::string& out)
 {
     char bytes[kQuotaUsageSize];
-    char* at = put_le64(bytes, static_cast<uint64_t>(record.period_start));
-    at = put_le64(at, record.upload);
-    put_le64(at, record.download);
+    char* at = put_le(bytes, static_cast<uint64_t>(record.period_start), 8);
+    at = put_le(at, record.upload, 8);
+    put_le(at, record.download, 8);
     out.assign(bytes, sizeof bytes);
 }
 
@@ -271,7 +274,6 @@ char* put_varint(char* at, uint64_t value)
     return at;
 }
 
-
 std::optional<uint64_t> get_varint(std::string_view in, size_t& at)
 {
     uint64_t value = 0;
@@ -296,7 +298,7 @@ void encode(const ClientKey& key, std::string& out)
 {
     const size_t address_size = compact_v4(key) ? 4 : key.addr.size();
     char bytes[5 + sizeof key.addr];
-    for (int i = 0; i < 4; ++i) bytes[i] = static_cast<char>(key.ifindex >> (8 * (3 - i)));
+    put_be(bytes, key.ifindex, 4);
     bytes[4] = static_cast<char>(key.family);
     std::memcpy(bytes + 5, key.addr.data(), address_size);
     out.assign(bytes, 5 + address_size);

@@ -702,15 +702,19 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure, std::share
         // The raw values of the addresses that moved: final with the usage
         // (the plan merges the owners that changed later, apart).
         std::string key, value; // one buffer each for every record of the cycle's big writes
+        // An address's raw value; `key` is left holding its key.
+        auto put_raw = [&](lmdb::WriteCursor& cursor, const AddressUpdates::Entry& update) -> Status {
+            encoding::encode(update.key(), key);
+            encoding::encode_address_checkpoint(update.raw(), {}, value);
+            if (auto put = cursor.put(key, value); !put)
+                return prefixed("store checkpoint of " + update.key().address(), put.error());
+            return ok();
+        };
         {
             auto address_cursor = lmdb::WriteCursor::open(txn, *dbs.checkpoint_addresses);
             if (!address_cursor) return prefixed("store checkpoints", address_cursor.error());
-            for (const auto& moved : cycle.address_updates.appended()) { // in key order: the encoding's order too
-                encoding::encode(moved.key(), key);
-                encoding::encode_address_checkpoint(moved.raw(), {}, value);
-                if (auto put = address_cursor->put(key, value); !put)
-                    return prefixed("store checkpoint of " + moved.key().address(), put.error());
-            }
+            for (const auto& moved : cycle.address_updates.appended()) // in key order: the encoding's order too
+                if (auto put = put_raw(*address_cursor, moved); !put) return put;
         }
         if (!ready(rest_planned)) return Error{"the cycle's sessions and checkpoints were not planned"};
         // Sessions come in the order they moved.
@@ -785,10 +789,7 @@ Status Store::commit(const CycleCommit& cycle, StoreFailure* failure, std::share
         auto owner_cursor = lmdb::WriteCursor::open(txn, *dbs.checkpoint_owners);
         if (!owner_cursor) return prefixed("store checkpoints", owner_cursor.error());
         for (const auto& update : cycle.address_updates.changed()) {
-            encoding::encode(update.key(), key);
-            encoding::encode_address_checkpoint(update.raw(), {}, value);
-            if (auto put = address_cursor->put(key, value); !put)
-                return prefixed("store checkpoint of " + update.key().address(), put.error());
+            if (auto put = put_raw(*address_cursor, update); !put) return put;
             const std::string_view owner = cycle.address_updates.owner(update);
             auto set = owner.empty() ? txn.del(*dbs.checkpoint_owners, key) : owner_cursor->put(key, owner);
             if (!set) return prefixed("store the owner of " + update.key().address(), set.error());
